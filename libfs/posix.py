@@ -1,0 +1,393 @@
+"""The built-in driver: objects as files under a directory (the embedded default).
+
+Chain syntax: ``posix:/var/mail`` or ``posix:path=/var/mail,fsync=never``.
+
+- create: the data goes to a temporary file that is then ``link(2)``-ed to its name;
+  ``link`` fails with EEXIST if the name exists, so exactly one creator wins and a reader
+  sees nothing or the whole file;
+- replace: temporary file + ``rename(2)``;
+- append: one ``write(2)`` on an ``O_APPEND`` descriptor per record; Linux holds the
+  inode lock for a whole write to a regular file, so records never interleave;
+- metadata: extended attributes ``user.cloudcote.<key>`` set on the temporary file before it
+  is published, so they appear atomically with the data;
+- ``fsync=always`` (the default) syncs the file and its directory before a write returns.
+
+A path can't be both an object and a "directory" of other objects here (``a`` and ``a/b``),
+as on any POSIX file system.  The top-level name ``.cloudcote-tmp`` is reserved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from typing import TYPE_CHECKING
+
+from .api import (
+    DEFAULT_CHUNK_SIZE,
+    Feature,
+    Fs,
+    FsError,
+    FsExists,
+    FsInvalidSpec,
+    FsNotFound,
+    FsPermission,
+    FsUnavailable,
+    Stat,
+    WriteMode,
+    check_metadata,
+    check_path,
+    check_prefix,
+    unique_name,
+)
+
+if TYPE_CHECKING:
+    from .chain import Settings
+
+TMP_DIR = ".cloudcote-tmp"
+XATTR_PREFIX = "user.cloudcote."
+
+
+def _map_oserror(exc: OSError, op: str, path: str) -> FsError:
+    msg = f"posix {op} {path!r}: {exc.strerror or exc}"
+    if exc.errno == errno.ENOENT:
+        return FsNotFound(msg, path=path, op=op)
+    if exc.errno == errno.EEXIST:
+        return FsExists(msg, path=path, op=op)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return FsPermission(msg, path=path, op=op)
+    if exc.errno in (errno.EIO, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE):
+        return FsUnavailable(msg, path=path, op=op)
+    return FsError(msg, path=path, op=op)
+
+
+class PosixFs(Fs):
+    """Objects as files under ``root``; see the module docstring for the guarantees."""
+
+    name = "posix"
+
+    def __init__(self, root: str, *, fsync: bool = True, xattrs: bool = True) -> None:
+        self.root = os.path.abspath(root)
+        self.tmp = os.path.join(self.root, TMP_DIR)
+        self.fsync = fsync
+        self.xattrs = xattrs
+        feats = {Feature.APPEND, Feature.CONSISTENT_LIST, Feature.ATOMIC_CREATE}
+        if xattrs:
+            feats.add(Feature.METADATA)
+        if fsync:
+            feats.add(Feature.DURABLE)
+        self._features = frozenset(feats)
+
+    @classmethod
+    async def open(cls, settings: Settings, parent: Fs | None) -> PosixFs:
+        root = settings.str("", None) or settings.str("path", None, required=True)
+        assert root is not None
+        fsync = settings.choice("fsync", "always", ("always", "never")) == "always"
+        settings.finish()
+        try:
+            os.makedirs(os.path.join(root, TMP_DIR), exist_ok=True)
+        except OSError as exc:
+            raise FsInvalidSpec(f"posix: cannot use directory {root!r}: {exc.strerror}") from exc
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise FsInvalidSpec(f"posix: directory {root!r} is not writable")
+        return cls(root, fsync=fsync, xattrs=_xattrs_work(os.path.join(root, TMP_DIR)))
+
+    @property
+    def features(self) -> frozenset[Feature]:
+        return self._features
+
+    def describe(self) -> str:
+        return f"posix:{self.root}"
+
+    def _full(self, path: str) -> str:
+        check_path(path)
+        if path.split("/", 1)[0] == TMP_DIR:
+            raise FsError(f"posix: {TMP_DIR!r} is reserved", path=path)
+        return os.path.join(self.root, path)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def read(self, path: str) -> bytes:
+        """The whole file. Raises FsNotFound."""
+        full = self._full(path)
+
+        def run() -> bytes:
+            with open(full, "rb") as f:
+                return f.read()
+
+        return await self._run(run, "read", path)
+
+    async def read_range(self, path: str, start: int, end: int | None = None) -> bytes:
+        """Bytes [start, end) of one open file. Raises FsNotFound."""
+        full = self._full(path)
+
+        def run() -> bytes:
+            with open(full, "rb") as f:
+                f.seek(start)
+                return f.read() if end is None else f.read(max(0, end - start))
+
+        return await self._run(run, "read", path)
+
+    async def read_stream(
+        self, path: str, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> AsyncIterator[bytes]:
+        """Chunks of one open file descriptor: a concurrent replace never mixes in."""
+        full = self._full(path)
+        f = await self._run(lambda: open(full, "rb"), "read", path)
+        try:
+            while True:
+                chunk = await self._run(lambda: f.read(chunk_size), "read", path)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            f.close()
+
+    async def stat(self, path: str) -> Stat:
+        """Size, mtime and xattr metadata. Raises FsNotFound."""
+        full = self._full(path)
+
+        def run() -> Stat:
+            st = os.stat(full)
+            if not os.path.isfile(full):
+                raise FileNotFoundError(errno.ENOENT, "not a file")
+            return Stat(path, st.st_size, st.st_mtime, self._get_meta(full))
+
+        return await self._run(run, "stat", path)
+
+    def _get_meta(self, full: str) -> dict[str, str]:
+        if not self.xattrs:
+            return {}
+        meta = {}
+        for name in os.listxattr(full):
+            if name.startswith(XATTR_PREFIX):
+                meta[name[len(XATTR_PREFIX):]] = os.getxattr(full, name).decode("ascii")
+        return meta
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def _new_tmp(self) -> tuple[str, int]:
+        tmp = os.path.join(self.tmp, unique_name(""))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:
+            os.makedirs(self.tmp, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return tmp, fd
+
+    def _finish_tmp(self, tmp: str, fd: int, metadata: dict[str, str]) -> None:
+        try:
+            if self.xattrs:
+                for key, value in metadata.items():
+                    os.setxattr(tmp, XATTR_PREFIX + key, value.encode("ascii"))
+            elif metadata:
+                raise FsError("posix: this file system keeps no extended attributes")
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _publish(self, tmp: str, full: str, mode: WriteMode) -> None:
+        """Link (CREATE) or rename (REPLACE) a finished temporary file to its name."""
+        parent = os.path.dirname(full)
+        for attempt in range(2):
+            try:
+                if mode is WriteMode.CREATE:
+                    os.link(tmp, full)
+                    os.unlink(tmp)
+                else:
+                    os.rename(tmp, full)
+                break
+            except FileNotFoundError:
+                if attempt or not os.path.exists(tmp):
+                    raise
+                os.makedirs(parent, exist_ok=True)
+            except BaseException:
+                _unlink_quiet(tmp)
+                raise
+        if self.fsync:
+            _fsync_dir(parent)
+
+    async def write(
+        self,
+        path: str,
+        data: bytes,
+        mode: WriteMode = WriteMode.CREATE,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """CREATE: link from a temp file (EEXIST -> FsExists); REPLACE: rename."""
+        full = self._full(path)
+        meta = check_metadata(metadata)
+
+        def run() -> None:
+            if mode is WriteMode.CREATE and os.path.lexists(full):
+                raise FileExistsError(errno.EEXIST, "exists")
+            tmp, fd = self._new_tmp()
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            except BaseException:
+                os.close(fd)
+                _unlink_quiet(tmp)
+                raise
+            self._finish_tmp(tmp, fd, meta)
+            self._publish(tmp, full, mode)
+
+        await self._run(run, "write", path)
+
+    async def write_stream(
+        self,
+        path: str,
+        chunks: AsyncIterable[bytes],
+        mode: WriteMode = WriteMode.CREATE,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        """Chunks go to a temp file one at a time, then it is published like ``write``."""
+        full = self._full(path)
+        meta = check_metadata(metadata)
+        if mode is WriteMode.CREATE and os.path.lexists(full):
+            raise FsExists(f"posix write {path!r}: exists", path=path, op="write")
+        tmp, fd = await self._run(self._new_tmp, "write", path)
+        size = 0
+        try:
+            async for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    n = await self._run(lambda v=view: os.write(fd, v), "write", path)
+                    view = view[n:]
+                size += len(chunk)
+        except BaseException:
+            os.close(fd)
+            _unlink_quiet(tmp)
+            raise
+
+        def finish() -> None:
+            self._finish_tmp(tmp, fd, meta)
+            self._publish(tmp, full, mode)
+
+        await self._run(finish, "write", path)
+        return size
+
+    async def append(self, path: str, data: bytes) -> None:
+        """One write(2) on an O_APPEND descriptor: records never interleave."""
+        full = self._full(path)
+        if not data:
+            raise FsError("posix append: empty record", path=path, op="append")
+
+        def run() -> None:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+            try:
+                fd = os.open(full, flags, 0o600)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(full), exist_ok=True)
+                fd = os.open(full, flags, 0o600)
+            try:
+                n = os.write(fd, data)
+                if n != len(data):
+                    # Only a full disk does this to a regular file; the record is torn, so
+                    # say so loudly: the log reader above detects and skips torn records.
+                    raise OSError(errno.ENOSPC, f"short append ({n} of {len(data)} bytes)")
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        await self._run(run, "append", path)
+
+    async def copy(self, src: str, dst: str, mode: WriteMode = WriteMode.CREATE) -> None:
+        """Data and xattrs copied into a temp file, then published as ``write`` does."""
+        full_src, full_dst = self._full(src), self._full(dst)
+
+        def run() -> None:
+            if mode is WriteMode.CREATE and os.path.lexists(full_dst):
+                raise FileExistsError(errno.EEXIST, "exists")
+            with open(full_src, "rb") as f:
+                meta = self._get_meta(full_src)
+                tmp, fd = self._new_tmp()
+                try:
+                    while chunk := f.read(DEFAULT_CHUNK_SIZE):
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(fd, view):]
+                except BaseException:
+                    os.close(fd)
+                    _unlink_quiet(tmp)
+                    raise
+            self._finish_tmp(tmp, fd, meta)
+            self._publish(tmp, full_dst, mode)
+
+        await self._run(run, "copy", f"{src} -> {dst}")
+
+    async def delete(self, path: str) -> None:
+        """unlink(2); an absent file is not an error."""
+        full = self._full(path)
+
+        def run() -> None:
+            try:
+                os.unlink(full)
+            except FileNotFoundError:
+                return
+            if self.fsync:
+                _fsync_dir(os.path.dirname(full))
+
+        await self._run(run, "delete", path)
+
+    async def iter(self, prefix: str = "") -> AsyncIterator[str]:
+        """Walks the directory holding ``prefix``; complete and current (consistent)."""
+        check_prefix(prefix)
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+
+        def run() -> list[str]:
+            out = []
+            top = os.path.join(self.root, base) if base else self.root
+            for dirpath, dirnames, filenames in os.walk(top):
+                rel = os.path.relpath(dirpath, self.root)
+                rel = "" if rel == "." else rel + "/"
+                if not rel:
+                    dirnames[:] = [d for d in dirnames if d != TMP_DIR]
+                dirnames[:] = [d for d in dirnames if (rel + d + "/").startswith(prefix)
+                               or prefix.startswith(rel + d + "/")]
+                for name in filenames:
+                    if (rel + name).startswith(prefix):
+                        out.append(rel + name)
+            return out
+
+        for name in await self._run(run, "iter", prefix):
+            yield name
+
+    async def _run(self, fn, op: str, path: str):  # type: ignore[no-untyped-def]
+        try:
+            return await asyncio.to_thread(fn)
+        except OSError as exc:
+            raise _map_oserror(exc, op, path) from exc
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _xattrs_work(directory: str) -> bool:
+    probe = os.path.join(directory, f"xattr-probe-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        with open(probe, "wb"):
+            pass
+        os.setxattr(probe, XATTR_PREFIX + "probe", b"1")
+        return True
+    except OSError:
+        return False
+    finally:
+        _unlink_quiet(probe)

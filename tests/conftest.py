@@ -1,0 +1,166 @@
+"""Session-wide fixtures: the real storage servers started by ``scripts/services.sh``.
+
+Addresses come from ``scripts/services.env`` (one place for every port), overridable by
+environment variables of the same names.  A test that needs a server it cannot reach
+fails when ``CI`` is set and is skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SERVICES_ENV = REPO / "scripts" / "services.env"
+S3_TEST_BUCKET = "cloudcote-test"
+
+
+def _load_services_env() -> dict[str, str]:
+    values: dict[str, str] = {}
+    if SERVICES_ENV.is_file():
+        for line in SERVICES_ENV.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, _, value = line.partition("=")
+                values[key.strip()] = value.strip().strip("'\"")
+    for key in list(values):
+        values[key] = os.environ.get(key, values[key])
+    return values
+
+
+SERVICES = _load_services_env()
+
+
+def service(key: str) -> str:
+    try:
+        return SERVICES[key]
+    except KeyError:
+        pytest.fail(f"{key} is not set in {SERVICES_ENV} or the environment")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(name: str, url_or_hostport: str) -> None:
+    """Fail (under CI) or skip when ``name`` does not answer at its address."""
+    if "://" in url_or_hostport:
+        parts = urlsplit(url_or_hostport)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    else:
+        host, _, port_text = url_or_hostport.split(";")[0].rpartition(":")
+        port = int(port_text)
+    if _reachable(host, port):
+        return
+    msg = (f"{name} is not reachable at {host}:{port}; "
+           f"start it with: bash scripts/services.sh start")
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_bucket() -> str:
+    """The S3 test bucket on SeaweedFS, created once per session (its first write is slow)."""
+    endpoint = service("CLOUDCOTE_SEAWEEDFS_ENDPOINT")
+    require_server("SeaweedFS", endpoint)
+    _ensure_bucket(endpoint, service("CLOUDCOTE_SEAWEEDFS_ACCESS_KEY"),
+                   service("CLOUDCOTE_SEAWEEDFS_SECRET_KEY"))
+    return S3_TEST_BUCKET
+
+
+@pytest.fixture(scope="session")
+def moto_bucket() -> str:
+    endpoint = service("CLOUDCOTE_MOTO_ENDPOINT")
+    require_server("moto", endpoint)
+    _ensure_bucket(endpoint, "testing", "testing")
+    return S3_TEST_BUCKET
+
+
+def _ensure_bucket(endpoint: str, key: str, secret: str) -> None:
+    import boto3
+    from botocore.exceptions import ClientError
+
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key,
+                          aws_secret_access_key=secret, region_name="us-east-1")
+    try:
+        client.head_bucket(Bucket=S3_TEST_BUCKET)
+    except ClientError:
+        client.create_bucket(Bucket=S3_TEST_BUCKET)
+    client.close()
+
+
+def unique_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:16]}"
+
+
+# --- libfs targets --------------------------------------------------------------------
+#
+# Each target builds a chain spec for one test, isolated by a fresh prefix (or directory).
+# Targets that need a server resolve it through the session fixtures above.
+
+DRIVER_TARGETS = ["posix", "seaweedfs", "moto", "cassandra", "postgresql", "mysql"]
+WRAPPER_TARGETS = ["compress", "cache", "latency", "metrics", "randomfail"]
+ALL_TARGETS = DRIVER_TARGETS + WRAPPER_TARGETS
+#: Targets whose store promises atomic create between processes: the race subjects.
+#: moto's conditional PUT is check-then-put, so it only runs the functional tests.
+RACE_TARGETS = ["posix", "seaweedfs", "cassandra", "postgresql", "mysql", "compress", "cache",
+                "randomfail"]
+
+
+def driver_spec(target: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    prefix = unique_prefix()
+    if target == "posix":
+        return f"posix:{tmp_path / 'fs'}"
+    if target == "seaweedfs":
+        bucket = request.getfixturevalue("seaweedfs_bucket")
+        return (f"s3:bucket={bucket},prefix={prefix},"
+                f"endpoint={service('CLOUDCOTE_SEAWEEDFS_ENDPOINT')},"
+                f"access_key={service('CLOUDCOTE_SEAWEEDFS_ACCESS_KEY')},"
+                f"secret_key={service('CLOUDCOTE_SEAWEEDFS_SECRET_KEY')},part_size=5MB")
+    if target == "moto":
+        bucket = request.getfixturevalue("moto_bucket")
+        return (f"s3:bucket={bucket},prefix={prefix},endpoint="
+                f"{service('CLOUDCOTE_MOTO_ENDPOINT')},access_key=testing,secret_key=testing,"
+                f"atomic_create=no,part_size=5MB")
+    if target == "cassandra":
+        hosts = service("CLOUDCOTE_CASSANDRA_HOSTS")
+        require_server("Cassandra", hosts)
+        return f"cassandra:{hosts},keyspace=cloudcote_test,prefix={prefix}"
+    if target == "postgresql":
+        dsn = service("CLOUDCOTE_PG_DSN")
+        require_server("PostgreSQL", dsn)
+        return f"postgresql:{dsn},prefix={prefix}"
+    if target == "mysql":
+        dsn = service("CLOUDCOTE_MYSQL_DSN")
+        require_server("MariaDB", dsn)
+        return f"mysql:{dsn},prefix={prefix}"
+    # Wrapper chains run on posix: the drivers are covered on their own above.
+    base = f"posix:{tmp_path / 'fs'}"
+    if target == "compress":
+        return f"compress:zstd:{base}"
+    if target == "cache":
+        return f"cache:size=8MB:{base}"
+    if target == "latency":
+        return f"latency:2ms:{base}"
+    if target == "metrics":
+        return f"metrics:{base}"
+    if target == "randomfail":
+        # The retry stage is the "retry helper": it makes the chain whole again.
+        return f"retry:attempts=50:randomfail:0.15:{base}"
+    raise AssertionError(f"unknown target {target}")
+
+
+@pytest.fixture
+def fs_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield driver_spec(request.param, request, tmp_path)
