@@ -1,0 +1,310 @@
+"""The one configuration file: TOML, validated completely before anything starts.
+
+Every key is declared here with its type, default and allowed values; an unknown key or
+a bad value raises :class:`ConfigError` whose message names the file, the key, the value
+and what is allowed.  Relative paths in a config file are taken relative to the file's
+own directory; without a file (the embedded default) relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LAYOUTS = ("sdbox", "mdbox")
+LISTENER_SECTIONS = ("imap", "imaps", "pop3", "pop3s", "lmtp")
+#: Unprivileged ports of the embedded default; the implicit-TLS listeners are off there.
+DEFAULT_LISTEN: dict[str, list[str]] = {
+    "imap": ["127.0.0.1:1143"],
+    "imaps": [],
+    "pop3": ["127.0.0.1:1110"],
+    "pop3s": [],
+    "lmtp": ["127.0.0.1:1024"],
+}
+
+
+class ConfigError(Exception):
+    """A configuration that must not start: the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class Listen:
+    """One listening address: TCP ``host:port`` or (LMTP only) a unix socket path."""
+
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return self.path
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.path is not None:
+            return True
+        try:
+            return ipaddress.ip_address(self.host or "").is_loopback
+        except ValueError:
+            return self.host == "localhost"
+
+
+@dataclass
+class StorageConfig:
+    fs: str
+    layout: str = "sdbox"
+    prefetch_count: int = 16
+
+
+@dataclass
+class AuthConfig:
+    passdb: str
+
+
+@dataclass
+class TlsConfig:
+    cert: Path | None = None
+    key: Path | None = None
+    #: Refuse LOGIN/USER/AUTH PLAIN before TLS, except on loopback connections (as Dovecot).
+    disable_plaintext_auth: bool = True
+
+
+@dataclass
+class LogConfig:
+    level: str = "info"
+    path: Path | None = None
+
+
+@dataclass
+class Config:
+    data_dir: Path
+    storage: StorageConfig
+    auth: AuthConfig
+    tls: TlsConfig
+    log: LogConfig
+    listen: dict[str, list[Listen]] = field(default_factory=dict)
+    source: Path | None = None
+
+    def to_toml(self) -> str:
+        """The effective configuration as TOML, like ``doveconf -n``."""
+        lines = [f"# cloudcote effective configuration (from {self.source or 'embedded default'})"]
+        lines.append(f"data_dir = {_toml_value(str(self.data_dir))}")
+        lines.append("")
+        lines.append("[storage]")
+        lines.append(f"fs = {_toml_value(self.storage.fs)}")
+        lines.append(f"layout = {_toml_value(self.storage.layout)}")
+        lines.append(f"prefetch_count = {self.storage.prefetch_count}")
+        lines.append("")
+        lines.append("[auth]")
+        lines.append(f"passdb = {_toml_value(self.auth.passdb)}")
+        for section in LISTENER_SECTIONS:
+            lines.append("")
+            lines.append(f"[{section}]")
+            lines.append(f"listen = {_toml_value([str(x) for x in self.listen[section]])}")
+        lines.append("")
+        lines.append("[tls]")
+        if self.tls.cert is not None:
+            lines.append(f"cert = {_toml_value(str(self.tls.cert))}")
+        if self.tls.key is not None:
+            lines.append(f"key = {_toml_value(str(self.tls.key))}")
+        lines.append(f"disable_plaintext_auth = {_toml_value(self.tls.disable_plaintext_auth)}")
+        lines.append("")
+        lines.append("[log]")
+        lines.append(f"level = {_toml_value(self.log.level)}")
+        if self.log.path is not None:
+            lines.append(f"path = {_toml_value(str(self.log.path))}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+class _Section:
+    """Reads one table of the file, remembering which keys were used."""
+
+    def __init__(self, origin: str, name: str, table: Any) -> None:
+        self.origin = origin
+        self.name = name
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: [{name}] must be a table, not {table!r}")
+        self.table = table
+        self.used: set[str] = set()
+
+    def key(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key
+
+    def error(self, key: str, value: Any, allowed: str) -> ConfigError:
+        return ConfigError(f"{self.origin}: {self.key(key)} = {value!r} is invalid: {allowed}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any, allowed: str) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        # bool is an int in Python; never accept it where a number is meant, or vice versa.
+        if isinstance(value, bool) and kind is not bool:
+            raise self.error(key, value, allowed)
+        if not isinstance(value, kind):
+            raise self.error(key, value, allowed)
+        return value
+
+    def finish(self, extra_allowed: tuple[str, ...] = ()) -> None:
+        unknown = sorted(set(self.table) - self.used - set(extra_allowed))
+        if unknown:
+            known = ", ".join(sorted(self.used | set(extra_allowed)))
+            raise ConfigError(
+                f"{self.origin}: unknown key {self.key(unknown[0])!r}; "
+                f"known keys{' in [' + self.name + ']' if self.name else ''}: {known}"
+            )
+
+
+def parse_listen(origin: str, section: str, value: str) -> Listen:
+    """``host:port``, ``[v6]:port``, or for LMTP a unix socket path (``/path`` or ``unix:/path``)."""
+    key = f"{section}.listen"
+    if section == "lmtp" and (value.startswith("/") or value.startswith("unix:")
+                              or ":" not in value):
+        path = value.removeprefix("unix:")
+        if not path:
+            raise ConfigError(f"{origin}: {key} = {value!r} is invalid: empty socket path")
+        return Listen(path=path)
+    if value.startswith("["):
+        host, sep, port_text = value[1:].partition("]:")
+    else:
+        host, sep, port_text = value.rpartition(":")
+    allowed = "expected 'host:port' with port 1-65535" + (
+        " or a unix socket path" if section == "lmtp" else ""
+    )
+    if not sep or not host or not port_text.isdigit():
+        raise ConfigError(f"{origin}: {key} = {value!r} is invalid: {allowed}")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ConfigError(f"{origin}: {key} = {value!r} is invalid: {allowed}")
+    return Listen(host=host, port=port)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load and validate ``path``, or build the embedded default when ``path`` is None."""
+    if path is None:
+        return build_config({}, origin="embedded default", base=Path.cwd(), source=None)
+    file = Path(path)
+    origin = str(file)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{origin}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{origin}: not UTF-8 text: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: malformed TOML: {exc}") from exc
+    return build_config(data, origin=origin, base=file.resolve().parent, source=file.resolve())
+
+
+def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path | None) -> Config:
+    top = _Section(origin, "", data)
+
+    def resolve(p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else base / q
+
+    data_dir_text = top.get("data_dir", str, "./cloudcote-data", "expected a directory path")
+    if not data_dir_text:
+        raise top.error("data_dir", data_dir_text, "expected a non-empty directory path")
+    data_dir = resolve(data_dir_text).resolve()
+
+    st = _Section(origin, "storage", top.get("storage", dict, {}, "expected a table"))
+    fs = st.get("fs", str, f"posix:{data_dir / 'mail'}", "expected a libfs chain string")
+    if not fs.strip():
+        raise st.error("fs", fs, "expected a libfs chain string such as 'posix:/var/mail'")
+    layout = st.get("layout", str, "sdbox", f"expected one of {', '.join(LAYOUTS)}")
+    if layout not in LAYOUTS:
+        raise st.error("layout", layout, f"expected one of {', '.join(LAYOUTS)}")
+    prefetch = st.get("prefetch_count", int, 16, "expected an integer 1-4096")
+    if not 1 <= prefetch <= 4096:
+        raise st.error("prefetch_count", prefetch, "expected an integer 1-4096")
+    st.finish()
+    storage = StorageConfig(fs=fs, layout=layout, prefetch_count=prefetch)
+
+    au = _Section(origin, "auth", top.get("auth", dict, {}, "expected a table"))
+    passdb = au.get("passdb", str, f"passwd-file:{data_dir / 'passwd'}", "expected a passdb spec")
+    kind, sep, arg = passdb.partition(":")
+    if kind not in ("passwd-file", "static") or not sep or not arg:
+        raise au.error(
+            "passdb", passdb, "expected 'passwd-file:PATH' or 'static:password=SECRET'"
+        )
+    if kind == "passwd-file":
+        passdb = f"passwd-file:{resolve(arg)}"
+    au.finish()
+    auth = AuthConfig(passdb=passdb)
+
+    listen: dict[str, list[Listen]] = {}
+    for name in LISTENER_SECTIONS:
+        sec = _Section(origin, name, top.get(name, dict, {}, "expected a table"))
+        values = sec.get("listen", list, DEFAULT_LISTEN[name], "expected a list of 'host:port'")
+        parsed = []
+        for v in values:
+            if not isinstance(v, str):
+                raise sec.error("listen", v, "expected a list of 'host:port' strings")
+            item = parse_listen(origin, name, v)
+            if item.path is not None:
+                item = Listen(path=str(resolve(item.path)))
+            parsed.append(item)
+        sec.finish()
+        listen[name] = parsed
+    seen: dict[str, str] = {}
+    for name, items in listen.items():
+        for item in items:
+            if str(item) in seen:
+                raise ConfigError(
+                    f"{origin}: {name}.listen = {str(item)!r} is invalid: "
+                    f"already used by {seen[str(item)]}.listen"
+                )
+            seen[str(item)] = name
+
+    tl = _Section(origin, "tls", top.get("tls", dict, {}, "expected a table"))
+    cert = tl.get("cert", str, None, "expected a PEM certificate file path")
+    key = tl.get("key", str, None, "expected a PEM private key file path")
+    dpa = tl.get("disable_plaintext_auth", bool, True, "expected true or false")
+    tl.finish()
+    if (cert is None) != (key is None):
+        raise ConfigError(f"{origin}: tls.cert and tls.key must be given together")
+    tls = TlsConfig(
+        cert=resolve(cert) if cert else None, key=resolve(key) if key else None,
+        disable_plaintext_auth=dpa,
+    )
+    for section in ("imaps", "pop3s"):
+        if listen[section] and tls.cert is None:
+            raise ConfigError(f"{origin}: [{section}] listen needs tls.cert and tls.key")
+    for p in (tls.cert, tls.key):
+        if p is not None and not p.is_file():
+            raise ConfigError(f"{origin}: tls file {str(p)!r} does not exist or is not a file")
+
+    lg = _Section(origin, "log", top.get("log", dict, {}, "expected a table"))
+    level = lg.get("level", str, "info", f"expected one of {', '.join(LOG_LEVELS)}")
+    if level.lower() not in LOG_LEVELS:
+        raise lg.error("level", level, f"expected one of {', '.join(LOG_LEVELS)}")
+    log_path = lg.get("path", str, None, "expected a log file path")
+    lg.finish()
+    log = LogConfig(level=level.lower(), path=resolve(log_path) if log_path else None)
+
+    top.finish()
+    return Config(
+        data_dir=data_dir, storage=storage, auth=auth, tls=tls, log=log, listen=listen,
+        source=source,
+    )

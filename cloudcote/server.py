@@ -1,0 +1,161 @@
+"""``cloudcote serve``: open storage and auth, bind every listener, run until a signal.
+
+Everything is checked before the first client is accepted: the storage chain opens, the
+passdb parses, every address binds.  Anything wrong stops the start with one line naming
+the cause, and nothing is left half-started.  SIGTERM or SIGINT stops accepting, lets the
+commands in flight finish (deliveries complete), closes every session and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+from cloudcote.core.auth import open_passdb
+from cloudcote.libfs import FsError, open_fs
+from cloudcote.protocols.imap.session import imap_session
+from cloudcote.protocols.listener import Connection, Listener, ListenError
+from cloudcote.protocols.lmtp.session import lmtp_session
+from cloudcote.protocols.pop3.session import pop3_session
+from cloudcote.protocols.session import ServerContext
+
+from .config import Config
+
+log = logging.getLogger("cloudcote.server")
+
+SESSIONS: dict[str, Callable[[Connection, ServerContext], Awaitable[None]]] = {
+    "imap": imap_session,
+    "imaps": imap_session,
+    "pop3": pop3_session,
+    "pop3s": pop3_session,
+    "lmtp": lmtp_session,
+}
+IMPLICIT_TLS = ("imaps", "pop3s")
+
+
+class StartupError(Exception):
+    """The server cannot start; ``exit_code`` follows sysexits.h."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def prepare_data_dir(config: Config) -> None:
+    """Create ``data_dir`` (and an empty passwd-file for the embedded default)."""
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        probe = config.data_dir / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(
+            f"data_dir {str(config.data_dir)!r} is not usable: {exc.strerror or exc}", 73
+        ) from exc
+    kind, _, path = config.auth.passdb.partition(":")
+    if kind == "passwd-file" and config.source is None and not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+
+
+def make_ssl_context(config: Config) -> ssl.SSLContext | None:
+    if config.tls.cert is None or config.tls.key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(str(config.tls.cert), str(config.tls.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"tls: cannot load {config.tls.cert} / {config.tls.key}: {exc}",
+                           78) from exc
+    return ctx
+
+
+class Server:
+    """The running server: storage, auth and listeners, opened and closed in one place."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.listeners: list[Listener] = []
+        self.ctx: ServerContext | None = None
+        self.stack = contextlib.AsyncExitStack()
+
+    async def start(self) -> None:
+        config = self.config
+        prepare_data_dir(config)
+        try:
+            passdb = open_passdb(config.auth.passdb)
+            if hasattr(passdb, "load"):
+                passdb.load()
+        except Exception as exc:  # the auth layer's errors are one line already
+            raise StartupError(f"auth.passdb: {exc}", 78) from exc
+        try:
+            fs = await open_fs(config.storage.fs)
+        except FsError as exc:
+            raise StartupError(f"storage.fs: {exc}", 78) from exc
+        self.stack.push_async_callback(fs.close)
+        self.fs = fs
+        ssl_context = make_ssl_context(config)
+        self.ctx = ServerContext(passdb=passdb, ssl_context=ssl_context,
+                                 disable_plaintext_auth=config.tls.disable_plaintext_auth,
+                                 hostname=socket.gethostname())
+        for section, addresses in config.listen.items():
+            for address in addresses:
+                handler = partial(SESSIONS[section], ctx=self.ctx)
+                listener = Listener(
+                    section, str(address), handler, host=address.host, port=address.port,
+                    path=address.path,
+                    ssl_context=ssl_context if section in IMPLICIT_TLS else None,
+                )
+                try:
+                    await listener.start()
+                except ListenError as exc:
+                    raise StartupError(str(exc), 69) from exc
+                self.listeners.append(listener)
+                self.stack.push_async_callback(listener.stop)
+
+    async def stop(self) -> None:
+        if self.ctx is not None:
+            self.ctx.shutdown.set()
+        await self.stack.aclose()
+
+
+def banner(server: Server) -> str:
+    lines = ["cloudcote is running."]
+    for listener in server.listeners:
+        lines.append(f"  {listener.protocol:<5} {listener.address}")
+    cfg = server.config
+    kind, _, path = cfg.auth.passdb.partition(":")
+    if kind == "passwd-file":
+        config_arg = f" --config {cfg.source}" if cfg.source else ""
+        lines.append(f"Add a user:  cloudcote{config_arg} user add alice")
+        lines.append(f"  (users live in {path})")
+    imap = next((x for x in server.listeners if x.protocol == "imap"), None)
+    if imap is not None:
+        lines.append(f"Connect an IMAP client to {imap.address} (plain; TLS when configured).")
+    lines.append("Stop with Ctrl-C or SIGTERM.")
+    return "\n".join(lines)
+
+
+async def run_server(config: Config, ready: Callable[[Server], None] | None = None) -> None:
+    server = Server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        if ready is not None:
+            ready(server)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.stop()

@@ -1,0 +1,1 @@
+"""imap front end."""

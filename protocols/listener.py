@@ -1,0 +1,158 @@
+"""Listening sockets and connection lifetimes, shared by IMAP, POP3 and LMTP.
+
+A :class:`Listener` binds one address (TCP or unix socket, optionally implicit TLS), runs a
+session per connection, and on shutdown stops accepting, lets each session finish the
+command it is in (a delivery in flight completes), then closes what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import ssl
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("cloudcote.listener")
+_session_ids = itertools.count(1)
+
+#: The longest command line any protocol accepts before answering with an error.
+MAX_LINE = 8192
+
+
+class ListenError(Exception):
+    """A listener could not be bound (address in use, permission, bad path)."""
+
+
+@dataclass
+class Connection:
+    """One accepted client connection, as a session sees it."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    session_id: str
+    peer: str
+    local_is_loopback: bool
+    tls: bool
+
+    @property
+    def secured(self) -> bool:
+        """TLS, or a loopback connection: where plaintext auth is allowed (as Dovecot)."""
+        return self.tls or self.local_is_loopback
+
+    async def start_tls(self, context: ssl.SSLContext) -> None:
+        """Upgrade in place after STARTTLS/STLS (RFC 3501 6.2.1, RFC 2595 4)."""
+        await self.writer.start_tls(context)
+        self.tls = True
+
+
+SessionFactory = Callable[[Connection], Awaitable[None]]
+
+
+class Listener:
+    """One bound address of one protocol."""
+
+    def __init__(
+        self,
+        protocol: str,
+        address: str,
+        handler: SessionFactory,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        path: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.protocol = protocol
+        self.address = address
+        self.handler = handler
+        self.host, self.port, self.path = host, port, path
+        self.ssl_context = ssl_context
+        self.server: asyncio.AbstractServer | None = None
+        self.sessions: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        try:
+            if self.path is not None:
+                _remove_stale_socket(self.path)
+                self.server = await asyncio.start_unix_server(
+                    self._accept, path=self.path, ssl=self.ssl_context, limit=MAX_LINE * 2)
+                os.chmod(self.path, 0o660)
+            else:
+                self.server = await asyncio.start_server(
+                    self._accept, host=self.host, port=self.port, ssl=self.ssl_context,
+                    reuse_address=True, limit=MAX_LINE * 2)
+        except OSError as exc:
+            raise ListenError(
+                f"[{self.protocol}] cannot listen on {self.address}: {exc.strerror or exc}"
+            ) from exc
+        if self.port == 0 and self.server.sockets:
+            self.port = self.server.sockets[0].getsockname()[1]
+            self.address = f"{self.host}:{self.port}"
+        log.info("%s listening on %s%s", self.protocol, self.address,
+                 " (TLS)" if self.ssl_context else "")
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.sessions.add(task)
+        peer = writer.get_extra_info("peername")
+        peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
+        conn = Connection(
+            reader=reader, writer=writer, session_id=f"{self.protocol}-{next(_session_ids)}",
+            peer=peer_text, local_is_loopback=_is_loopback(writer),
+            tls=self.ssl_context is not None,
+        )
+        try:
+            await self.handler(conn)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+            log.debug("%s %s: connection ended: %s", conn.session_id, peer_text, exc)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("%s %s: session failed", conn.session_id, peer_text)
+        finally:
+            self.sessions.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting; give sessions ``grace`` seconds, then cancel the rest."""
+        if self.server is not None:
+            self.server.close()
+        if self.sessions:
+            _, pending = await asyncio.wait(set(self.sessions), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2)
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                await self.server.wait_closed()
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+
+def _is_loopback(writer: asyncio.StreamWriter) -> bool:
+    sock = writer.get_extra_info("sockname")
+    if not isinstance(sock, tuple):
+        return True  # unix socket: local by definition
+    host = sock[0]
+    return host.startswith("127.") or host in ("::1", "::ffff:127.0.0.1")
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a previous run; refuse to remove anything else."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(17, f"{path} exists and is not a socket")
+    os.unlink(path)

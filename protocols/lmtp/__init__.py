@@ -1,0 +1,1 @@
+"""lmtp front end."""
