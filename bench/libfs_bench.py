@@ -19,19 +19,13 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tests.conftest import S3_TEST_BUCKET, SERVICES, _ensure_bucket  # noqa: E402
-
-from cloudcote.libfs import Fs, open_fs  # noqa: E402
+from cloudcote.libfs import Fs, open_fs
+from cloudcote.tests.conftest import S3_TEST_BUCKET, SERVICES, _ensure_bucket
 
 TARGETS = ["posix", "seaweedfs", "moto", "cassandra", "postgresql", "mysql"]
 OPS = ["create", "read", "append", "list"]
@@ -51,7 +45,8 @@ def spec_for(target: str, prefix: str, tmp: str) -> str:
                 f"endpoint={s['CLOUDCOTE_MOTO_ENDPOINT']},access_key=testing,"
                 "secret_key=testing,atomic_create=no")
     if target == "cassandra":
-        return f"cassandra:{s['CLOUDCOTE_CASSANDRA_HOSTS']},keyspace=cloudcote_bench,prefix={prefix}"
+        hosts = s["CLOUDCOTE_CASSANDRA_HOSTS"]
+        return f"cassandra:{hosts},keyspace=cloudcote_bench,prefix={prefix}"
     if target == "postgresql":
         return f"postgresql:{s['CLOUDCOTE_PG_DSN']},prefix={prefix}"
     if target == "mysql":

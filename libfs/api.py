@@ -253,7 +253,7 @@ class Fs(abc.ABC):
         """Yield the paths of all objects whose path starts with ``prefix`` (recursively),
         each once, in no promised order.  Complete only if ``Feature.CONSISTENT_LIST``."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - most stages have nothing to release
         """Release connections and pools. The stage must not be used afterwards."""
 
     async def __aenter__(self) -> Fs:

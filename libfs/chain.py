@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from .api import Fs, FsInvalidSpec
 
@@ -42,25 +42,34 @@ REGISTRY: dict[str, tuple[str, str | None]] = {
 WRAPPERS = frozenset({"compress", "cache", "latency", "randomfail", "metrics", "retry"})
 
 
+# Settings has methods named str/int/float/bool; these aliases keep its annotations clear.
+Text: TypeAlias = str
+Int: TypeAlias = int
+Float: TypeAlias = float
+Bool: TypeAlias = bool
+
+
 class Settings:
     """The settings of one stage; every accessor removes its key, and :meth:`finish`
     refuses whatever the stage did not take, naming the stage."""
 
-    def __init__(self, stage: str, values: Mapping[str, str]) -> None:
+    def __init__(self, stage: Text, values: Mapping[str, Text]) -> None:
         self.stage = stage
         self.values = dict(values)
 
-    def error(self, key: str, value: object, allowed: str) -> FsInvalidSpec:
+    def error(self, key: Text, value: object, allowed: Text) -> FsInvalidSpec:
         return FsInvalidSpec(f"{self.stage}: {key}={value!r} is invalid: {allowed}")
 
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+    def str(
+        self, key: Text, default: Text | None = None, *, required: Bool = False
+    ) -> Text | None:
         if key in self.values:
             return self.values.pop(key)
         if required:
             raise FsInvalidSpec(f"{self.stage}: setting {key!r} is required")
         return default
 
-    def int(self, key: str, default: int, *, minimum: int = 0) -> int:
+    def int(self, key: Text, default: Int, *, minimum: Int = 0) -> Int:
         text = self.str(key)
         if text is None:
             return default
@@ -72,7 +81,7 @@ class Settings:
             raise self.error(key, text, f"expected an integer >= {minimum}")
         return value
 
-    def float(self, key: str, default: float) -> float:
+    def float(self, key: Text, default: Float) -> Float:
         text = self.str(key)
         if text is None:
             return default
@@ -81,7 +90,7 @@ class Settings:
         except ValueError:
             raise self.error(key, text, "expected a number") from None
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: Text, default: Bool) -> Bool:
         text = self.str(key)
         if text is None:
             return default
@@ -91,17 +100,17 @@ class Settings:
             return False
         raise self.error(key, text, "expected yes or no")
 
-    def choice(self, key: str, default: str, allowed: Sequence[str]) -> str:
+    def choice(self, key: Text, default: Text, allowed: Sequence[Text]) -> Text:
         text = self.str(key, default) or default
         if text not in allowed:
             raise self.error(key, text, "expected one of " + ", ".join(allowed))
         return text
 
-    def size(self, key: str, default: int) -> int:
+    def size(self, key: Text, default: Int) -> Int:
         text = self.str(key)
         return default if text is None else parse_size(text, self, key)
 
-    def duration(self, key: str, default: float) -> float:
+    def duration(self, key: Text, default: Float) -> Float:
         text = self.str(key)
         return default if text is None else parse_duration(text, self, key)
 

@@ -21,7 +21,9 @@ MAX_BAD_COMMANDS = 20
 
 
 class PassDb(Protocol):
-    async def authenticate(self, user: str, password: str) -> Any: ...
+    async def authenticate(
+        self, user: str, password: str, *, remote_ip: str | None = None
+    ) -> Any: ...
 
 
 @dataclass
@@ -100,8 +102,16 @@ class LineSession:
     async def read_exactly(self, n: int) -> bytes:
         return await self.conn.reader.readexactly(n)
 
-    async def check_password(self, user: str, password: str) -> bool:
-        entry = await self.ctx.passdb.authenticate(user, password)
+    async def check_password(self, user: str, password: str) -> bool | None:
+        """True on success, False on bad credentials, None when the passdb itself failed
+        (answered as a temporary failure, not as a wrong password)."""
+        remote_ip = self.conn.peer.rpartition(":")[0] or None
+        try:
+            entry = await self.ctx.passdb.authenticate(user, password, remote_ip=remote_ip)
+        except Exception as exc:
+            log.error("%s %s: passdb failed for %r: %s", self.conn.session_id, self.conn.peer,
+                      user, exc)
+            return None
         if entry is None:
             log.info("%s %s: authentication failed for %r", self.conn.session_id,
                      self.conn.peer, user)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import imaplib
 import os
 import poplib
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -126,6 +128,19 @@ def test_port_in_use(tmp_path: Path) -> None:
     assert f"127.0.0.1:{port}" in result.stderr and "imap" in result.stderr
 
 
+@contextlib.contextmanager
+def serving(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``cloudcote [args] serve`` as a child process, killed if the test did not stop it."""
+    with subprocess.Popen([sys.executable, "-m", "cloudcote", *args, "serve"], cwd=cwd,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            yield proc, _wait_for_banner(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def _wait_for_banner(proc: subprocess.Popen[str]) -> str:
     assert proc.stdout is not None
     lines = []
@@ -145,15 +160,12 @@ def _wait_for_banner(proc: subprocess.Popen[str]) -> str:
 def test_embedded_default_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     """The README's first command: ports 1143/1110/1024 on loopback, real clients."""
     assert cloudcote("user", "add", "alice", "--password", "pw", cwd=tmp_path).returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "cloudcote", "serve"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        banner = _wait_for_banner(proc)
+    with serving(tmp_path) as (proc, banner):
         assert "127.0.0.1:1143" in banner and "cloudcote user add" in banner
 
         imap = imaplib.IMAP4("127.0.0.1", 1143)
         assert "AUTH=PLAIN" in imap.capabilities
-        with pytest.raises(imaplib.IMAP4.error):
+        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
             imap.login("alice", "wrong")
         typ, _ = imap.login("alice", "pw")
         assert typ == "OK"
@@ -168,6 +180,7 @@ def test_embedded_default_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         pop.user("alice")
         with pytest.raises(poplib.error_proto, match="SYS/TEMP"):
             pop.pass_("pw")
+        pop.close()
         pop = poplib.POP3("127.0.0.1", 1110)
         pop.quit()
 
@@ -182,11 +195,8 @@ def test_embedded_default_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert proc.wait(timeout=20) == 0
         idle.sock.settimeout(5)
         assert b"BYE" in idle.sock.recv(1000)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = proc.stderr.read() if proc.stderr else ""
+        idle.shutdown()
+        err = proc.stderr.read() if proc.stderr else ""
     assert "ERROR" not in err and "Traceback" not in err
 
 
@@ -194,21 +204,13 @@ def test_lmtp_unix_socket_and_sigint(tmp_path: Path) -> None:
     sock = tmp_path / "lmtp.sock"
     (tmp_path / "c.toml").write_text(
         f'[imap]\nlisten = []\n[pop3]\nlisten = []\n[lmtp]\nlisten = ["{sock}"]\n')
-    proc = subprocess.Popen([sys.executable, "-m", "cloudcote", "--config", "c.toml", "serve"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        _wait_for_banner(proc)
+    with serving(tmp_path, "--config", "c.toml") as (proc, _):
         lmtp = smtplib.LMTP(str(sock))
         assert lmtp.ehlo("mta")[0] == 250
         lmtp.quit()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
         assert not sock.exists()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_tls_implicit_and_starttls(tmp_path: Path) -> None:
@@ -239,11 +241,7 @@ key = "server.pem"
 """)
     assert cloudcote("--config", "c.toml", "user", "add", "alice", "--password", "pw",
                      cwd=tmp_path).returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "cloudcote", "--config", "c.toml", "serve"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        _wait_for_banner(proc)
+    with serving(tmp_path, "--config", "c.toml") as (proc, _):
         imaps = imaplib.IMAP4_SSL("127.0.0.1", imaps_port, ssl_context=client_ctx)
         assert imaps.login("alice", "pw")[0] == "OK"
         imaps.logout()
@@ -262,7 +260,3 @@ key = "server.pem"
         pops.quit()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -237,9 +237,12 @@ class ImapSession(LineSession):
         await self._finish_auth(tag, user, password)
 
     async def _finish_auth(self, tag: str, user: str, password: str) -> None:
-        if await self.check_password(user, password):
+        ok = await self.check_password(user, password)
+        if ok:
             self.state = "authenticated"
             await self.send(f"{tag} OK [CAPABILITY {self.capabilities()}] Logged in.\r\n")
+        elif ok is None:
+            await self.send(f"{tag} NO [UNAVAILABLE] Temporary authentication failure.\r\n")
         else:
             await self.send(f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
 

@@ -104,7 +104,11 @@ class Pop3Session(LineSession):
         await self._login(creds[1], creds[2])
 
     async def _login(self, user: str, password: str) -> None:
-        if not await self.check_password(user, password):
+        ok = await self.check_password(user, password)
+        if ok is None:
+            await self.send("-ERR [SYS/TEMP] Temporary authentication failure.\r\n")
+            return
+        if not ok:
             await self.send("-ERR [AUTH] Authentication failed.\r\n")
             return
         self.done = True

@@ -40,6 +40,14 @@ SESSIONS: dict[str, Callable[[Connection, ServerContext], Awaitable[None]]] = {
 IMPLICIT_TLS = ("imaps", "pop3s")
 
 
+async def _run_session(
+    session: Callable[[Connection, ServerContext], Awaitable[None]],
+    ctx: ServerContext,
+    conn: Connection,
+) -> None:
+    await session(conn, ctx)
+
+
 class StartupError(Exception):
     """The server cannot start; ``exit_code`` follows sysexits.h."""
 
@@ -107,7 +115,7 @@ class Server:
                                  hostname=socket.gethostname())
         for section, addresses in config.listen.items():
             for address in addresses:
-                handler = partial(SESSIONS[section], ctx=self.ctx)
+                handler = partial(_run_session, SESSIONS[section], self.ctx)
                 listener = Listener(
                     section, str(address), handler, host=address.host, port=address.port,
                     path=address.path,

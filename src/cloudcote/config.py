@@ -174,7 +174,8 @@ class _Section:
 
 
 def parse_listen(origin: str, section: str, value: str) -> Listen:
-    """``host:port``, ``[v6]:port``, or for LMTP a unix socket path (``/path`` or ``unix:/path``)."""
+    """``host:port``, ``[v6]:port``, or for LMTP a unix socket path (``/run/lmtp``,
+    ``unix:/run/lmtp`` or a relative path without ``:``)."""
     key = f"{section}.listen"
     if section == "lmtp" and (value.startswith("/") or value.startswith("unix:")
                               or ":" not in value):
