@@ -73,7 +73,8 @@ path = "cloudcote.log"
 @pytest.mark.parametrize("text, expected", [
     ("data_dri = 'x'", "unknown key 'data_dri'"),
     ("[storage]\nlayot = 'sdbox'", "unknown key 'storage.layot'"),
-    ("[storage]\nlayout = 'maildir'", "storage.layout = 'maildir' is invalid: expected one of sdbox, mdbox"),
+    ("[storage]\nlayout = 'maildir'",
+     "storage.layout = 'maildir' is invalid: expected one of sdbox, mdbox"),
     ("[storage]\nprefetch_count = 0", "storage.prefetch_count = 0 is invalid"),
     ("[storage]\nprefetch_count = true", "storage.prefetch_count = True is invalid"),
     ("[storage]\nfs = ''", "storage.fs = '' is invalid"),
