@@ -1,0 +1,1 @@
+"""SQL storage driver (PostgreSQL via asyncpg, MySQL/MariaDB via aiomysql)."""

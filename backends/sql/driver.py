@@ -1,0 +1,984 @@
+"""SQL driver: objects, chunks and append logs in three tables of PostgreSQL or MySQL/MariaDB.
+
+Chain syntax (the DSN is the positional setting; it may not contain ``,``)::
+
+    postgresql:postgresql://user:pass@127.0.0.1:5432/mail,prefix=tenant1
+    mysql:mysql://user:pass@127.0.0.1:3306/mail,chunk_size=512k
+    sql:postgresql://...        (``sql`` takes the dialect from the DSN's scheme)
+
+Settings: the DSN (positional, or ``dsn``; ``postgresql://``/``postgres://`` through asyncpg,
+``mysql://``/``mariadb://`` through aiomysql; percent-encode special characters of the
+password), ``prefix`` (key namespace), ``table`` (table-name prefix, ``cloudcote_fs``:
+tables ``<table>_objects``, ``_chunks``, ``_segments``), ``pool`` (most connections, 10),
+``chunk_size`` (1MB: objects up to this size live in their row, larger ones in chunks of
+this size; on MySQL it must fit the server's ``max_allowed_packet`` twice over, as values
+travel hex-encoded), ``create_schema`` (yes: create missing tables when the chain is
+opened; no: a missing table is an FsInvalidSpec naming it), ``timeout`` (30s per
+statement, connect and pool wait), ``retries`` (3, with backoff, for transient failures).
+
+Schema (PostgreSQL types; MySQL uses VARBINARY(2048) keys, BINARY(16) ids, LONGBLOB, JSON)::
+
+    objects  (path text COLLATE "C" PRIMARY KEY, kind text, blob_id uuid, size bigint,
+              chunk integer, mtime float8, metadata jsonb, data bytea)
+    chunks   (blob_id uuid, n integer, data bytea, PRIMARY KEY (blob_id, n))
+    segments (log_id uuid, seq bigint, token uuid, size integer, mtime float8, data bytea,
+              PRIMARY KEY (log_id, seq))
+
+An ``objects`` row is the object.  ``kind`` is ``inline`` (the bytes are in ``data``: objects
+up to ``chunk_size``), ``chunked`` (the ``chunks`` rows of ``blob_id``) or ``log`` (an append
+log: the ``segments`` rows of ``log_id = blob_id``, in ``seq`` order).  ``blob_id`` is fresh
+for every write, so a reader follows the pointer and never sees a mix; every read of a
+payload joins the row it belongs to in ONE statement, which sees one snapshot.
+
+- ``write(CREATE)``: a primary-key insert (``ON CONFLICT DO NOTHING`` / ``ON DUPLICATE KEY
+  UPDATE`` no-op: 0 rows means FsExists).  A chunked object inserts its chunks under a
+  fresh blob id and then the row, in one transaction: a loser or a crash leaves nothing.
+- ``write(REPLACE)``, ``copy(REPLACE)``, ``delete``: one transaction takes the row lock
+  (``SELECT ... FOR UPDATE``), learns which payload it displaces, writes the row (one
+  update, or insert) and deletes the displaced chunks or segments, so nothing is orphaned
+  even by concurrent replacers.  A reader streaming the old object may then hit
+  FsNotFound mid-stream (allowed by the contract).
+- ``write_stream``: chunks are inserted one statement at a time inside one transaction
+  (one chunk in memory, never one huge statement), then the row is published.
+- ``append``: the first record creates the ``log`` row and segment 0 in one transaction.
+  Later records insert ``segments(log_id, seq)`` at the next seq (cached per log, else
+  ``MAX(seq)+1``, a plain non-locking read) with one ``INSERT ... SELECT ... FROM objects
+  WHERE path = ? AND blob_id = ?``: the segment goes in only while the path is still that
+  log.  A taken seq (0 rows) is resolved by one probe that returns the log's current id,
+  the token at that seq and the tail; the loser retries at tail+1.  No locking read ever
+  touches the tail, so concurrent appenders cannot deadlock on InnoDB's gap locks.
+  Appends to one log that wait in this process are written together: the caller at the
+  head of the queue inserts up to 256 records at consecutive seqs in one statement (in a
+  transaction, all or none), then hands the lead to the next waiter (group commit).
+  Each seq commits only after its
+  predecessor has (a conflicting insert waits for the other transaction), so every
+  snapshot sees a gap-free prefix: readers agree on one total order.  Each record carries
+  a random token; after an uncertain failure (connection lost after the statement was
+  sent) the retry looks for its token before writing again, and a collision at that seq
+  is checked against the token, so a record is never stored twice.  Segments belong to
+  the log's id, not its path: a log deleted and created again gets a new id, and a
+  stale cached seq or a late append can never splice into the new log.
+- ``copy``: inside the server (``INSERT ... SELECT``), under a share lock on the source.
+- ``iter``: a keyset-paginated range scan ``path >= prefix AND path < successor(prefix)``
+  on the primary key (byte order: "C" collation, VARBINARY): strongly consistent.
+
+Isolation is READ COMMITTED on both servers, set explicitly; why is explained in
+:mod:`cloudcote.backends.sql.dialects`.  Errors: connection refused or lost, timeouts,
+deadlocks, serialization failures and lock-wait timeouts are retried ``retries`` times with
+jittered exponential backoff (writes resolve their uncertainty as above), then raised as
+FsUnavailable; bad credentials at open are an FsInvalidSpec naming the stage and host,
+later refusals FsPermission.
+
+Features: ATOMIC_CREATE, CONSISTENT_LIST, METADATA, COPY; DURABLE only when the server
+syncs its commits (PostgreSQL ``fsync=on`` and ``synchronous_commit`` not off; InnoDB
+``innodb_flush_log_at_trx_commit=1``), as checked at open.  APPEND is emulated.
+
+Limits: keys (with the prefix) up to 2048 UTF-8 bytes; an append record must fit one
+statement (MySQL: under half of ``max_allowed_packet``; PostgreSQL: 1 GB).  A DSN with
+``?options`` contains ``=``: give it as ``dsn=...``.  A record appended in a race with the
+delete or replace of its log may be left behind as an unreachable segment row of the
+dead log id (never visible: no row points at that id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+)
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from cloudcote.libfs.api import (
+    DEFAULT_CHUNK_SIZE,
+    Feature,
+    Fs,
+    FsError,
+    FsExists,
+    FsInvalidSpec,
+    FsNotFound,
+    FsPermission,
+    FsUnavailable,
+    Stat,
+    WriteMode,
+    check_metadata,
+    check_path,
+    check_prefix,
+)
+
+from .dialects import (
+    CHUNKED,
+    DIALECTS,
+    INLINE,
+    LOG,
+    MAX_KEY_BYTES,
+    TOP_BYTES,
+    TOP_STR,
+    Dialect,
+    ErrorKind,
+    Session,
+    valid_table,
+)
+
+if TYPE_CHECKING:
+    from cloudcote.libfs.chain import Settings
+
+T = TypeVar("T")
+log = logging.getLogger("cloudcote.backends.sql")
+
+#: How often a reader or replacer starts over when the row changed under it before it
+#: gives up with FsUnavailable (each restart means another writer made progress).
+RACE_ROUNDS = 16
+#: How often an appender may lose the race for a seq before it gives up (each loss means
+#: another record went in).
+APPEND_ROUNDS = 10_000
+#: Most records, and bytes, one group-committed append statement carries.
+BATCH_RECORDS = 256
+BATCH_BYTES = 4 * 1024 * 1024
+#: Rows per listing page.
+LIST_PAGE = 1000
+#: Logs whose id and next seq are remembered.
+LOG_CACHE = 4096
+#: A length "to the end" for SQL substring (an int4 on PostgreSQL).
+TO_END = (1 << 31) - 1
+MAX_SEQ = (1 << 62)
+
+
+class SqlFs(Fs):
+    """Objects as rows of PostgreSQL or MySQL/MariaDB; see the module docstring."""
+
+    name = "sql"
+
+    def __init__(
+        self,
+        dialect: Dialect,
+        *,
+        prefix: str = "",
+        table: str = "cloudcote_fs",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        retries: int = 3,
+        durable: bool = False,
+        max_value: int = 1 << 30,
+    ) -> None:
+        self.dialect = dialect
+        self.stage = dialect.stage
+        self.prefix = prefix
+        self.table = table
+        self.chunk_size = chunk_size
+        self.retries = retries
+        self.max_value = max_value
+        feats = {Feature.ATOMIC_CREATE, Feature.CONSISTENT_LIST, Feature.METADATA,
+                 Feature.COPY}
+        if durable:
+            feats.add(Feature.DURABLE)
+        self._features = frozenset(feats)
+        #: key -> (log id, next seq to try): saves the MAX(seq) probe on every append.
+        self._logs: OrderedDict[Any, tuple[uuid.UUID, int]] = OrderedDict()
+        #: Appends waiting per log, and the logs that have a batch being written.
+        self._queues: dict[Any, deque[_Record]] = {}
+        self._leading: set[Any] = set()
+
+    # -- opening --------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, settings: Settings, parent: Fs | None) -> SqlFs:
+        stage = settings.stage
+        dsn = settings.str("", None) or settings.str("dsn", None, required=True)
+        assert dsn is not None
+        prefix = (settings.str("prefix", "") or "").strip("/")
+        if prefix:
+            try:
+                check_path(prefix)
+            except FsError as exc:
+                raise settings.error("prefix", prefix, str(exc)) from None
+        table = settings.str("table", "cloudcote_fs") or "cloudcote_fs"
+        if not valid_table(table):
+            raise settings.error("table", table, "expected letters, digits and '_' (48 at most)")
+        pool = settings.int("pool", 10, minimum=1)
+        chunk_size = settings.size("chunk_size", DEFAULT_CHUNK_SIZE)
+        if not 4096 <= chunk_size <= 256 * 1024 * 1024:
+            raise settings.error("chunk_size", chunk_size, "expected 4k to 256MB")
+        create_schema = settings.bool("create_schema", True)
+        timeout = settings.duration("timeout", 30.0)
+        if timeout <= 0:
+            raise settings.error("timeout", timeout, "expected a positive duration")
+        retries = settings.int("retries", 3)
+        settings.finish()
+
+        scheme = urlsplit(dsn).scheme.lower()
+        dialect_cls = DIALECTS.get(scheme)
+        if dialect_cls is None or "://" not in dsn:
+            raise FsInvalidSpec(
+                f"{stage}: DSN must look like postgresql://user:pass@host:port/db or "
+                f"mysql://user:pass@host:port/db, got scheme {scheme or '(none)'!r}")
+        if stage != "sql" and dialect_cls.name != stage:
+            raise FsInvalidSpec(
+                f"{stage}: DSN scheme {scheme!r} is for the {dialect_cls.name} stage")
+        module = "asyncpg" if dialect_cls.name == "postgresql" else "aiomysql"
+        try:
+            __import__(module)
+        except ImportError as exc:
+            raise FsInvalidSpec(
+                f"{stage}: {module} is not installed ({exc}); "
+                f"install it with: pip install 'cloudcote[sql]'") from exc
+        try:
+            dialect = dialect_cls(stage, dsn, table, timeout)
+        except ValueError as exc:  # e.g. a port that is not a number
+            raise FsInvalidSpec(f"{stage}: bad DSN: {exc}") from None
+        await _connect(dialect, pool, retries)
+        try:
+            durable, max_value = await _prepare(dialect, create_schema)
+            if chunk_size > max_value:
+                raise FsInvalidSpec(
+                    f"{stage}: chunk_size={chunk_size} does not fit one statement on "
+                    f"{dialect.where()} (values travel hex-encoded, so the server's "
+                    f"max_allowed_packet must exceed twice the chunk): use chunk_size <= "
+                    f"{max_value // 1024}k or raise max_allowed_packet")
+        except BaseException:
+            await dialect.close()
+            raise
+        return cls(dialect, prefix=prefix, table=table, chunk_size=chunk_size,
+                   retries=retries, durable=durable, max_value=max_value)
+
+    @property
+    def features(self) -> frozenset[Feature]:
+        return self._features
+
+    def describe(self) -> str:
+        parts = [self.dialect.safe_dsn()]
+        if self.table != "cloudcote_fs":
+            parts.append(f"table={self.table}")
+        if self.prefix:
+            parts.append(f"prefix={self.prefix}")
+        return f"{self.stage}:{','.join(parts)}"
+
+    async def close(self) -> None:
+        """Close the pool; in-flight calls fail."""
+        await self.dialect.close()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _key(self, path: str) -> Any:
+        check_path(path)
+        full = f"{self.prefix}/{path}" if self.prefix else path
+        try:
+            size = len(full.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise FsError(f"{self.stage}: invalid path {path!r}: not valid Unicode",
+                          path=path) from None
+        if size > MAX_KEY_BYTES:
+            raise FsError(f"{self.stage}: path {path!r} is longer than {MAX_KEY_BYTES} bytes "
+                          f"with the prefix", path=path)
+        return self.dialect.key(full)
+
+    def _error(self, exc: BaseException, op: str, path: str) -> FsError:
+        kind = self.dialect.classify(exc)
+        cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        msg = f"{self.stage}: {op} {path!r} at {self.dialect.where()}: {cause}"
+        if kind is ErrorKind.TRANSIENT:
+            return FsUnavailable(msg, path=path, op=op)
+        if kind in (ErrorKind.AUTH, ErrorKind.PERMISSION):
+            return FsPermission(msg, path=path, op=op)
+        return FsError(msg, path=path, op=op)
+
+    async def _backoff(self, attempt: int) -> None:
+        delay = min(2.0, 0.05 * (2 ** attempt))
+        await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    async def _call(
+        self, op: str, path: str, fn: Callable[[Session, bool], Awaitable[T]]
+    ) -> T:
+        """Run ``fn(session, uncertain)`` on a pooled connection; transient failures are
+        retried with backoff, ``uncertain`` telling the retry that an earlier attempt may
+        have taken effect."""
+        uncertain = False
+        for attempt in range(self.retries + 1):
+            try:
+                async with self.dialect.session() as s:
+                    return await fn(s, uncertain)
+            except (FsError, _Retry):
+                raise
+            except Exception as exc:
+                err = self._error(exc, op, path)
+                if not isinstance(err, FsUnavailable) or attempt == self.retries:
+                    if isinstance(err, FsUnavailable):
+                        log.warning("%s: %s %r failed after %d attempts: %s", self.stage, op,
+                                    path, attempt + 1, exc)
+                    raise err from exc
+                log.info("%s: %s %r: retrying after %s: %s", self.stage, op, path,
+                         type(exc).__name__, exc)
+                uncertain = True
+                await self._backoff(attempt)
+        raise AssertionError("unreachable")
+
+    def _remember(self, key: Any, log_id: uuid.UUID, next_seq: int) -> None:
+        self._logs[key] = (log_id, next_seq)
+        self._logs.move_to_end(key)
+        while len(self._logs) > LOG_CACHE:
+            self._logs.popitem(last=False)
+
+    async def _drop_payload(self, s: Session, key: Any, kind: str, blob: Any) -> None:
+        """Delete what a row that is going away pointed to (same transaction)."""
+        if kind == CHUNKED:
+            await s.execute("delete_chunks", blob)
+        elif kind == LOG:
+            await s.execute("delete_segments", blob)
+            self._logs.pop(key, None)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def read(self, path: str) -> bytes:
+        """The whole object, from one consistent snapshot. Raises FsNotFound."""
+        return await self._read(path, 0, None, "read")
+
+    async def read_range(self, path: str, start: int, end: int | None = None) -> bytes:
+        """Bytes [start, end), clipped, from one consistent snapshot. Raises FsNotFound."""
+        if start < 0 or (end is not None and end < 0):
+            raise FsError(f"{self.stage}: negative range {start}..{end}", path=path)
+        return await self._read(path, start, end, "read_range")
+
+    async def _read(self, path: str, start: int, end: int | None, op: str) -> bytes:
+        key = self._key(path)
+
+        async def run(s: Session, uncertain: bool) -> bytes:
+            for _ in range(RACE_ROUNDS):
+                length = TO_END if end is None else max(0, end - start)
+                row = await s.fetchrow("read", min(start + 1, TO_END), length, key)
+                if row is None:
+                    raise FsNotFound(f"{self.stage}: no object {path!r}", path=path, op=op)
+                kind, blob, size, chunk, data = row
+                if kind == INLINE:
+                    return _bytes(data)
+                got = await self._read_payload(s, key, kind, blob, size, chunk, start, end)
+                if got is not None:
+                    return got
+                # The row was replaced or deleted between our two statements: look again.
+            raise FsUnavailable(f"{self.stage}: {path!r} kept changing while read",
+                                path=path, op=op)
+
+        return await self._call(op, path, run)
+
+    async def _read_payload(
+        self, s: Session, key: Any, kind: str, blob: Any, size: int, chunk: int,
+        start: int, end: int | None,
+    ) -> bytes | None:
+        """A chunked object's or a log's bytes [start, end), or None when the row no longer
+        points at ``blob``."""
+        if kind == CHUNKED:
+            stop = size if end is None else min(end, size)
+            if start >= stop:
+                return b""
+            first, last = start // chunk, (stop - 1) // chunk
+            rows = await s.fetch("chunks", key, blob, first, last)
+            if len(rows) != last - first + 1:
+                return None
+            whole = b"".join(_bytes(r[0]) for r in rows)
+            base = first * chunk
+            return whole[start - base:stop - base]
+        # A log: every record, or only those that overlap the range.
+        if start == 0 and end is None:
+            rows = await s.fetch("segments", key, blob, 0, MAX_SEQ)
+            return b"".join(_bytes(r[0]) for r in rows) if rows else None
+        sizes = await s.fetch("segment_sizes", key, blob)
+        if not sizes:
+            return None
+        offset, lo, hi, lo_off = 0, None, None, 0
+        for seq, n in sizes:
+            if offset + n > start and (end is None or offset < end):
+                if lo is None:
+                    lo, lo_off = seq, offset
+                hi = seq
+            offset += n
+        if lo is None or hi is None:
+            return b""
+        rows = await s.fetch("segments", key, blob, lo, hi)
+        if len(rows) != hi - lo + 1:
+            return None
+        whole = b"".join(_bytes(r[0]) for r in rows)
+        return whole[start - lo_off:None if end is None else end - lo_off]
+
+    async def read_stream(
+        self, path: str, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> AsyncIterator[bytes]:
+        """Pieces of at most ``chunk_size`` bytes, one stored chunk (or a chunk's worth of
+        log records) in memory at a time.  A concurrent replace or delete before the first
+        piece restarts the read; after it, the next piece raises FsNotFound.
+        Raises FsNotFound."""
+        key = self._key(path)
+        if chunk_size <= 0:
+            raise FsError(f"{self.stage}: chunk_size must be positive", path=path)
+        for _ in range(RACE_ROUNDS):
+            row = await self._call(
+                "read_stream", path, lambda s, u: s.fetchrow("read", 1, TO_END, key))
+            if row is None:
+                raise FsNotFound(f"{self.stage}: no object {path!r}", path=path,
+                                 op="read_stream")
+            kind, blob, size, chunk, data = row
+            if kind == INLINE:
+                data = _bytes(data)
+                for i in range(0, len(data), chunk_size):
+                    yield data[i:i + chunk_size]
+                return
+            yielded = complete = False
+            pieces = self._stream_payload(key, path, kind, blob, size, chunk,
+                                          max(chunk_size, chunk))
+            async with aclosing(pieces):
+                async for piece in pieces:
+                    if piece is None:
+                        break
+                    for i in range(0, len(piece), chunk_size):
+                        yield piece[i:i + chunk_size]
+                        yielded = True
+                else:
+                    complete = True
+            if complete:
+                return
+            if yielded:
+                raise FsNotFound(f"{self.stage}: {path!r} was replaced or deleted while "
+                                 f"being read", path=path, op="read_stream")
+        raise FsUnavailable(f"{self.stage}: {path!r} kept changing while read", path=path,
+                            op="read_stream")
+
+    async def _stream_payload(
+        self, key: Any, path: str, kind: str, blob: Any, size: int, chunk: int, budget: int
+    ) -> AsyncGenerator[bytes | None, None]:
+        """Yield a chunked object's chunks or a log's records in batches of about
+        ``budget`` bytes; yield None (and stop) when the row stopped pointing at ``blob``."""
+        if kind == CHUNKED:
+            for n in range((size + chunk - 1) // chunk):
+                rows = await self._call(
+                    "read_stream", path,
+                    lambda s, u, n=n: s.fetch("chunks", key, blob, n, n))  # type: ignore[misc]
+                if not rows:
+                    yield None
+                    return
+                yield _bytes(rows[0][0])
+            return
+        sizes = await self._call("read_stream", path,
+                                 lambda s, u: s.fetch("segment_sizes", key, blob))
+        if not sizes:
+            yield None
+            return
+        i = 0
+        while i < len(sizes):
+            j, total = i, 0
+            while j < len(sizes) and (j == i or total + sizes[j][1] <= budget):
+                total += sizes[j][1]
+                j += 1
+            lo, hi = sizes[i][0], sizes[j - 1][0]
+            rows = await self._call(
+                "read_stream", path,
+                lambda s, u, lo=lo, hi=hi: s.fetch("segments", key, blob, lo, hi))  # type: ignore[misc]
+            if len(rows) != j - i:
+                yield None
+                return
+            yield b"".join(_bytes(r[0]) for r in rows)
+            i = j
+
+    async def stat(self, path: str) -> Stat:
+        """Size, mtime and metadata from one statement. Raises FsNotFound."""
+        key = self._key(path)
+        row = await self._call("stat", path, lambda s, u: s.fetchrow("stat", key))
+        if row is None:
+            raise FsNotFound(f"{self.stage}: no object {path!r}", path=path, op="stat")
+        kind, size, mtime, metadata, log_size, log_mtime = row
+        if kind == LOG:
+            size = log_size or 0
+            mtime = log_mtime if log_mtime is not None else mtime
+        meta = json.loads(metadata) if metadata else {}
+        return Stat(path, int(size), float(mtime), meta)
+
+    async def exists(self, path: str) -> bool:
+        """Whether the row exists now (one primary-key lookup)."""
+        key = self._key(path)
+        row = await self._call("exists", path, lambda s, u: s.fetchrow("exists", key))
+        return row is not None
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def write(
+        self,
+        path: str,
+        data: bytes,
+        mode: WriteMode = WriteMode.CREATE,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """CREATE: one primary-key insert (chunks first, same transaction) -> FsExists if
+        the path exists; REPLACE: one transaction under the row lock. Atomic for readers."""
+        key = self._key(path)
+        meta = _meta_json(metadata)
+        size = len(data)
+        created = uuid.uuid4()  # kept across retries: an uncertain create finds its own id
+
+        async def run(s: Session, uncertain: bool) -> None:
+            blob = created if mode is WriteMode.CREATE else uuid.uuid4()
+            if mode is WriteMode.CREATE and uncertain and await self._created(s, key, blob,
+                                                                             path):
+                return
+            if size <= self.chunk_size:
+                if mode is WriteMode.CREATE:
+                    if await s.execute("insert", key, INLINE, blob, size, self.chunk_size,
+                                       meta, data) == 0:
+                        raise self._exists(path, "write")
+                    return
+                async with s.transaction():
+                    await self._publish(s, key, path, INLINE, blob, size, meta, data, mode)
+                return
+            view = memoryview(data)
+            async with s.transaction():
+                if mode is WriteMode.CREATE and await s.fetchrow("exists", key):
+                    raise self._exists(path, "write")
+                for n, off in enumerate(range(0, size, self.chunk_size)):
+                    await s.execute("insert_chunk", blob, n, view[off:off + self.chunk_size])
+                await self._publish(s, key, path, CHUNKED, blob, size, meta, None, mode)
+
+        await self._call("write", path, run)
+
+    async def _created(self, s: Session, key: Any, blob: uuid.UUID, path: str) -> bool:
+        """After an uncertain CREATE: True if the row is ours, FsExists if someone else's."""
+        row = await s.fetchrow("head", key)
+        if row is None:
+            return False
+        if self.dialect.unident(row[1]) == blob:
+            return True
+        raise self._exists(path, "write")
+
+    def _exists(self, path: str, op: str) -> FsExists:
+        return FsExists(f"{self.stage}: {path!r} exists", path=path, op=op)
+
+    async def _publish(
+        self, s: Session, key: Any, path: str, kind: str, blob: uuid.UUID, size: int,
+        meta: str, data: Any, mode: WriteMode,
+    ) -> None:
+        """Inside a transaction: CREATE inserts the row (FsExists if present); REPLACE locks
+        the current row, overwrites it and drops the payload it pointed to."""
+        args = (kind, blob, size, self.chunk_size, meta, data)
+        if mode is WriteMode.CREATE:
+            if await s.execute("insert", key, *args) == 0:
+                raise self._exists(path, "write")
+            return
+        for _ in range(RACE_ROUNDS):
+            old = await s.fetchrow("head_lock", key)
+            if old is not None:
+                await s.execute("update", *args, key)
+                await self._drop_payload(s, key, old[0], old[1])
+                return
+            if await s.execute("insert", key, *args) == 1:
+                return
+            # Created by someone else since our look: lock that row and replace it.
+        raise FsUnavailable(f"{self.stage}: {path!r} kept changing while replaced",
+                            path=path, op="write")
+
+    async def write_stream(
+        self,
+        path: str,
+        chunks: AsyncIterable[bytes],
+        mode: WriteMode = WriteMode.CREATE,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        """Like :meth:`write`, holding about one chunk: the chunks go in one statement each,
+        inside the transaction that publishes the row.  A transient failure after the
+        input was consumed is raised as FsUnavailable (nothing was published)."""
+        key = self._key(path)
+        meta = _meta_json(metadata)
+        if mode is WriteMode.CREATE and await self.exists(path):
+            raise self._exists(path, "write_stream")  # before reading 64 MB for nothing
+        it = aiter(chunks)
+        buf = bytearray()
+        done = False
+        while len(buf) <= self.chunk_size:
+            try:
+                buf += await anext(it)
+            except StopAsyncIteration:
+                done = True
+                break
+        if done:
+            await self.write(path, bytes(buf), mode, metadata)
+            return len(buf)
+        blob = uuid.uuid4()
+        total = 0
+        try:
+            async with self.dialect.session() as s, s.transaction():
+                n = 0
+                while True:
+                    while len(buf) >= self.chunk_size or (done and buf):
+                        with memoryview(buf) as view:
+                            piece = bytes(view[:self.chunk_size])
+                        del buf[:self.chunk_size]
+                        await s.execute("insert_chunk", blob, n, piece)
+                        n += 1
+                        total += len(piece)
+                        del piece
+                    if done:
+                        break
+                    try:
+                        buf += await anext(it)
+                    except StopAsyncIteration:
+                        done = True
+                    except Exception as exc:
+                        raise _InputError() from exc  # the caller's, not the store's
+                await self._publish(s, key, path, CHUNKED, blob, total, meta, None, mode)
+        except FsError:
+            raise
+        except _InputError as exc:
+            assert exc.__cause__ is not None
+            raise exc.__cause__ from None
+        except Exception as exc:
+            raise self._error(exc, "write_stream", path) from exc
+        return total
+
+    async def append(self, path: str, data: bytes) -> None:
+        """One ``segments`` row at the next free seq of the path's log (created with its
+        first record).  Atomic, gap-free, never duplicated after an uncertain failure.
+        Appends to one path waiting in this process go in together (group commit).
+        FsExists if the path holds a whole object."""
+        if not data:
+            raise FsError(f"{self.stage}: append of an empty record", path=path, op="append")
+        if len(data) > self.max_value:
+            raise FsError(f"{self.stage}: append record of {len(data)} bytes is larger than "
+                          f"one statement may carry ({self.max_value})", path=path,
+                          op="append")
+        key = self._key(path)
+        record = _Record(bytes(data), uuid.uuid4(), asyncio.get_running_loop().create_future())
+        queue = self._queues.setdefault(key, deque())
+        queue.append(record)
+        if key in self._leading:
+            # Another call is writing to this log: it takes our record into its batch, or
+            # hands us the lead when it is done.
+            if await record.done is not _LEAD:
+                return
+        else:
+            self._leading.add(key)
+        batch = self._take(queue)
+        try:
+            await self._append_batch(key, path, batch)
+        except BaseException as exc:
+            for other in batch[1:]:
+                if not other.done.done():
+                    other.done.set_exception(_copy_error(exc, path))
+            raise
+        else:
+            for other in batch[1:]:
+                if not other.done.done():
+                    other.done.set_result(None)
+        finally:
+            while queue and queue[0].done.done():  # cancelled while waiting
+                queue.popleft()
+            if queue:
+                queue[0].done.set_result(_LEAD)
+            else:
+                self._leading.discard(key)
+                self._queues.pop(key, None)
+
+    def _take(self, queue: deque[_Record]) -> list[_Record]:
+        """Our record (the head) and those queued behind it, up to one statement's worth."""
+        batch = [queue.popleft()]
+        size = len(batch[0].data)
+        budget = min(self.max_value, BATCH_BYTES)
+        while queue and len(batch) < BATCH_RECORDS and size + len(queue[0].data) <= budget:
+            other = queue.popleft()
+            if not other.done.done():  # skip callers cancelled while waiting
+                batch.append(other)
+                size += len(other.data)
+        return batch
+
+    async def _append_batch(self, key: Any, path: str, batch: list[_Record]) -> None:
+        count, first = len(batch), batch[0].token
+        new_log = uuid.uuid4()  # the id we give the log if we create it; kept across retries
+        cached = self._logs.get(key)
+        state: dict[str, Any] = {
+            "log": cached[0] if cached else None,
+            "seq": cached[1] if cached else None,
+            "pending": None,  # lowest seq an uncertain attempt may have filled
+        }
+
+        async def run(s: Session, uncertain: bool) -> None:
+            for _ in range(APPEND_ROUNDS):
+                if state["log"] is None:
+                    row = await s.fetchrow("head", key)
+                    if row is None:
+                        try:
+                            async with s.transaction():
+                                created = await s.execute("insert", key, LOG, new_log, 0, 0,
+                                                          "{}", None)
+                                if created:
+                                    await self._insert_records(s, key, new_log, 0, batch, True)
+                        except BaseException:
+                            state["pending"] = 0  # the commit may have happened
+                            raise
+                        if created:
+                            self._remember(key, new_log, count)
+                            return
+                        continue  # someone else created the log just now
+                    if row[0] != LOG:
+                        raise FsExists(f"{self.stage}: {path!r} was written whole; cannot "
+                                       f"append to it", path=path, op="append")
+                    state["log"], state["seq"] = self.dialect.unident(row[1]), None
+                log_id = state["log"]
+                if state["pending"] is not None:
+                    # An earlier attempt failed after its statement was sent.  If it landed,
+                    # our first token is there now (a batch lands whole); if it is still in
+                    # flight, it can only land at the seq we are about to try (each seq
+                    # waits for its predecessor), and the probe below finds our token there.
+                    mine = await s.fetch("mine", log_id, first, state["pending"])
+                    if mine:
+                        self._remember(key, log_id, int(mine[0][0]) + count)
+                        return
+                    state["pending"] = None
+                if state["seq"] is None:
+                    last = (await s.fetchrow("tail", log_id) or (None,))[0]
+                    state["seq"] = 0 if last is None else int(last) + 1
+                seq = state["seq"]
+                try:
+                    inserted = await self._insert_records(s, key, log_id, seq, batch, False)
+                except BaseException:
+                    state["pending"] = seq
+                    raise
+                if inserted:
+                    self._remember(key, log_id, seq + count)
+                    return
+                probe = await s.fetchrow("append_probe", key, log_id, seq)
+                assert probe is not None  # a SELECT of three scalar subqueries: one row
+                current, holder, last = probe
+                if holder is not None and self.dialect.unident(holder) == first:
+                    self._remember(key, log_id, seq + count)
+                    return  # an earlier, uncertain attempt of ours got there
+                if current is None or self.dialect.unident(current) != log_id:
+                    state["log"] = None  # the log was deleted or replaced: look again
+                    self._logs.pop(key, None)
+                    continue
+                state["seq"] = 0 if last is None else int(last) + 1
+            raise FsUnavailable(f"{self.stage}: append to {path!r} lost {APPEND_ROUNDS} "
+                                f"races in a row", path=path, op="append")
+
+        await self._call("append", path, run)
+
+    async def _insert_records(
+        self, s: Session, key: Any, log_id: uuid.UUID, seq: int, batch: list[_Record],
+        in_transaction: bool,
+    ) -> bool:
+        """Segments ``seq...`` for ``batch``, all or none; False if a seq was taken or the
+        path is no longer this log."""
+        if len(batch) == 1:
+            rec = batch[0]
+            return await s.execute("append", log_id, seq, rec.token, len(rec.data), rec.data,
+                                   key) == 1
+        tokens = [r.token for r in batch]
+        records = [r.data for r in batch]
+        if in_transaction:
+            return await s.append_many(log_id, seq, tokens, records, key) == len(batch)
+        try:
+            async with s.transaction():
+                if await s.append_many(log_id, seq, tokens, records, key) != len(batch):
+                    raise _Retry()  # some seqs were taken: undo the rest
+        except _Retry:
+            return False
+        return True
+
+    async def copy(self, src: str, dst: str, mode: WriteMode = WriteMode.CREATE) -> None:
+        """Inside the server, in one transaction under a share lock on ``src``; ``dst`` is
+        published per ``mode`` like :meth:`write`. Raises FsNotFound, FsExists."""
+        skey, dkey = self._key(src), self._key(dst)
+        created = uuid.uuid4()
+
+        async def run(s: Session, uncertain: bool) -> None:
+            blob = created if mode is WriteMode.CREATE else uuid.uuid4()
+            if mode is WriteMode.CREATE and uncertain and await self._created(s, dkey, blob,
+                                                                             dst):
+                return
+            async with s.transaction():
+                source = await s.fetchrow("head_share", skey)
+                if source is None:
+                    raise FsNotFound(f"{self.stage}: no object {src!r}", path=src, op="copy")
+                if skey == dkey:
+                    if mode is WriteMode.CREATE:
+                        raise self._exists(dst, "copy")
+                    return
+                old = None
+                if mode is WriteMode.REPLACE:
+                    old = await s.fetchrow("head_lock", dkey)
+                    if old is not None:
+                        await s.execute("delete", dkey)
+                if await s.execute("copy_row", dkey, blob, skey) == 0:
+                    if mode is WriteMode.CREATE:
+                        raise self._exists(dst, "copy")
+                    # Created by someone since our look: the transaction retries as a whole.
+                    raise _Retry()
+                kind, sblob = source
+                if kind == CHUNKED:
+                    await s.execute("copy_chunks", blob, sblob)
+                elif kind == LOG:
+                    await s.execute("copy_segments", blob, sblob)
+                if old is not None:
+                    await self._drop_payload(s, dkey, old[0], old[1])
+
+        for _ in range(RACE_ROUNDS):
+            try:
+                await self._call("copy", dst, run)
+                return
+            except _Retry:
+                continue
+        raise FsUnavailable(f"{self.stage}: {dst!r} kept changing while copied to", path=dst,
+                            op="copy")
+
+    async def delete(self, path: str) -> None:
+        """Row and payload in one transaction under the row lock. Idempotent."""
+        key = self._key(path)
+
+        async def run(s: Session, uncertain: bool) -> None:
+            if await s.fetchrow("exists", key) is None:
+                self._logs.pop(key, None)
+                return
+            async with s.transaction():
+                old = await s.fetchrow("head_lock", key)
+                if old is None:
+                    return
+                await s.execute("delete", key)
+                await self._drop_payload(s, key, old[0], old[1])
+
+        await self._call("delete", path, run)
+
+    # -- listing --------------------------------------------------------------------------
+
+    async def iter(self, prefix: str = "") -> AsyncIterator[str]:
+        """Every path under ``prefix``, by pages of a primary-key range scan; strongly
+        consistent (``Feature.CONSISTENT_LIST``)."""
+        check_prefix(prefix)
+        full = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        low = self.dialect.key(full)
+        high = self.dialect.successor(low)
+        if high is None:
+            high = TOP_BYTES if isinstance(low, bytes) else TOP_STR
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        statement, bound = "list_from", low
+        while True:
+            rows = await self._call(
+                "iter", prefix,
+                lambda s, u, st=statement, b=bound: s.fetch(st, b, high, LIST_PAGE))  # type: ignore[misc]
+            for (value,) in rows:
+                yield self.dialect.unkey(value)[cut:]
+            if len(rows) < LIST_PAGE:
+                return
+            statement, bound = "list_after", rows[-1][0]
+
+
+class _Retry(Exception):
+    """A transaction lost a race that a fresh attempt resolves."""
+
+
+class _InputError(Exception):
+    """The chunks given to ``write_stream`` failed; raised again as they were."""
+
+
+#: What a queued append's future is set to when its caller is to lead the next batch.
+_LEAD = object()
+
+
+@dataclass(eq=False)
+class _Record:
+    """One append waiting for its batch: the bytes, its token, and the caller's future."""
+
+    data: bytes
+    token: uuid.UUID
+    done: asyncio.Future[Any]
+
+
+def _copy_error(exc: BaseException, path: str) -> BaseException:
+    """The failure of a batch, as the other callers whose records it carried see it."""
+    if isinstance(exc, FsError):
+        return type(exc)(str(exc), path=exc.path, op=exc.op)
+    return FsUnavailable(f"the append batch carrying this record was interrupted "
+                         f"({type(exc).__name__}); it may or may not have been written",
+                         path=path, op="append")
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else bytes(value)
+
+
+def _meta_json(metadata: Mapping[str, str] | None) -> str:
+    return json.dumps(check_metadata(metadata), separators=(",", ":"), sort_keys=True)
+
+
+async def _connect(dialect: Dialect, pool: int, retries: int) -> None:
+    """Open the pool: bad credentials or a missing database are an FsInvalidSpec naming the
+    stage and host; a server that does not answer is retried, then FsUnavailable."""
+    stage, where = dialect.stage, dialect.where()
+    for attempt in range(retries + 1):
+        try:
+            await dialect.connect(pool)
+            return
+        except Exception as exc:
+            kind = dialect.classify(exc)
+            if kind is ErrorKind.AUTH:
+                raise FsInvalidSpec(
+                    f"{stage}: authentication failed for user {dialect.user!r} at {where}: "
+                    f"{exc}") from None
+            if kind in (ErrorKind.PERMISSION, ErrorKind.MISSING):
+                raise FsInvalidSpec(f"{stage}: cannot use database at {where} as "
+                                    f"{dialect.user!r}: {exc}") from None
+            if kind is not ErrorKind.TRANSIENT:
+                raise FsInvalidSpec(f"{stage}: cannot connect to {where}: "
+                                    f"{type(exc).__name__}: {exc}") from None
+            if attempt == retries:
+                raise FsUnavailable(f"{stage}: cannot connect to {where}: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+            log.info("%s: connecting to %s: %s; retrying", stage, where, exc)
+            await asyncio.sleep(min(2.0, 0.1 * (2 ** attempt)))
+
+
+async def _prepare(dialect: Dialect, create: bool) -> tuple[bool, int]:
+    """Check (and with ``create``, make) the tables; return the server's limits."""
+    stage, where = dialect.stage, dialect.where()
+    try:
+        async with dialect.session() as s:
+            missing = await dialect.missing_tables(s)
+            if missing and not create:
+                raise FsInvalidSpec(
+                    f"{stage}: table {missing[0]!r} does not exist in {where} "
+                    f"(create_schema=no)")
+            ddl = dialect.ddl()
+            for name in missing:
+                try:
+                    await s.script(ddl[name])
+                except Exception as exc:
+                    # Two processes creating the same table at once: PostgreSQL may report
+                    # a duplicate catalog row; the table is there all the same.
+                    if name in await dialect.missing_tables(s):
+                        raise FsInvalidSpec(
+                            f"{stage}: cannot create table {name!r} in {where}: "
+                            f"{exc}") from None
+            for name, columns in (
+                ("objects", "path, kind, blob_id, size, chunk, mtime, metadata, data"),
+                ("chunks", "blob_id, n, data"),
+                ("segments", "log_id, seq, token, size, mtime, data"),
+            ):
+                table = dialect.tables[name]
+                try:
+                    await s.script(f"SELECT {columns} FROM {dialect.quote(table)} WHERE 1 = 0")
+                except Exception as exc:
+                    if dialect.classify(exc) is ErrorKind.TRANSIENT:
+                        raise
+                    raise FsInvalidSpec(
+                        f"{stage}: table {table!r} in {where} does not have the expected "
+                        f"columns ({columns}): {exc}") from None
+            return await dialect.server_limits(s)
+    except FsError:
+        raise
+    except Exception as exc:
+        if dialect.classify(exc) is ErrorKind.TRANSIENT:
+            raise FsUnavailable(f"{stage}: preparing {where}: {exc}") from exc
+        raise FsInvalidSpec(f"{stage}: preparing {where}: {type(exc).__name__}: "
+                            f"{exc}") from None
