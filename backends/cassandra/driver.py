@@ -104,6 +104,7 @@ import contextlib
 import logging
 import random
 import re
+import socket
 import time
 import uuid
 import warnings
@@ -555,6 +556,9 @@ class CassandraFs(Fs):
             auth_provider=auth,
             connect_timeout=timeout,
             control_connection_timeout=timeout,
+            # Without TCP_NODELAY, Nagle holds back the tail of a 4 KB+ request until the
+            # server's delayed ACK: about 45 ms per insert instead of about 2 ms.
+            sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         where = "cassandra at " + ";".join(f"{h}:{p}" for h, p in hosts)
         try:
