@@ -1,0 +1,1133 @@
+"""S3 driver: objects in one bucket of an S3-compatible store (AWS, SeaweedFS, MinIO, moto).
+
+Chain syntax::
+
+    s3:mail,endpoint=http://127.0.0.1:8333,access_key=...,secret_key=...,prefix=site1
+
+Settings: ``bucket`` (also the positional setting), ``endpoint`` (absent: AWS), ``region``
+(us-east-1), ``prefix`` (key namespace), ``access_key``/``secret_key`` (else the standard
+AWS credential chain), ``addressing`` (path|virtual|auto; path when ``endpoint`` is given,
+else auto), ``pool`` (connections, 32), ``multipart_threshold`` (16MB), ``part_size`` (8MB,
+at least 5MB), ``retries`` (5), ``timeout`` (30s), ``create_bucket`` (no), ``atomic_create``
+(yes: the store honours ``If-None-Match: *`` atomically; say no for moto, which checks then
+puts), ``segment_cache`` (8MB of immutable append segments kept in memory; 0 disables).
+
+How each operation maps onto S3:
+
+- ``write(CREATE)``: ``PutObject`` with ``If-None-Match: *``; 412 -> FsExists.  The content
+  type carries a random token (``application/octet-stream; token=...``): when botocore had
+  to resend the request and the resend got 412, a ``HeadObject`` tells whether the object
+  is ours (the first send won, its reply was lost) or someone else's.
+- ``write(REPLACE)``: plain ``PutObject`` (S3 replaces atomically).
+- ``write``/``write_stream`` above the threshold: multipart upload; a CREATE completes with
+  ``CompleteMultipartUpload`` + ``If-None-Match: *``, so it is exactly as atomic as a small
+  CREATE.  ``write_stream`` holds at most one part in memory: a stream that outgrows
+  ``min(part_size, multipart_threshold)`` goes multipart (deciding against the threshold
+  itself would mean buffering the whole threshold).
+- ``copy``: ``HeadObject`` of the source, then server-side ``CopyObject`` with
+  ``x-amz-copy-source-if-match`` (the object we looked at) and, for CREATE,
+  ``If-None-Match: *``.  With ``atomic_create=no`` a CREATE copy also checks the
+  destination first, since such stores (moto) ignore ``If-None-Match`` on CopyObject: that
+  copy is check-then-copy, not atomic.  Sources that are append logs, or larger than
+  CopyObject's 5 GiB, are copied through the client by streaming.
+- ``read_range``: ``GetObject`` with ``Range``; ``read_stream``: one ``GetObject`` whose
+  body is read chunk by chunk (so a concurrent replace never mixes in).
+- ``iter``: ``ListObjectsV2`` pages (S3 listings are strongly consistent).
+- ``delete``: ``HeadObject`` (is it a log?), ``DeleteObject``, then the log's segments.
+
+Append emulation (S3 has no append).  A log's record 0 *is* the object at the path's own
+key (the "head"), so a log and a whole object share one key and cannot coexist: a CREATE
+write on a log path gets 412, and listing shows a log once, as its head.  The head's
+content type is ``application/x-cloudcote-log; gen=<16 hex>; token=...``; ``gen`` is a
+random generation chosen when the head is created.  Record n >= 1 is the segment object::
+
+    <prefix>/.cloudcote-seg/<path>/<gen>.<n as 12 digits>
+
+created with ``If-None-Match: *`` at the next free number (found by ``ListObjectsV2``
+after the last number this driver knows; the tail is cached per path).  On 412 the
+appender re-lists the tail and tries the next number: a gap-free total order, no lock.
+Why this key scheme:
+
+- it cannot collide with a user path: the top-level name ``.cloudcote-seg`` is reserved
+  (paths starting with it are refused, as posix reserves ``.cloudcote-tmp``).  Keys made
+  unrepresentable as paths (an empty, ``.`` or ``..`` segment) do not survive SeaweedFS,
+  which folds ``a//b`` into ``a/b`` and refuses ``.``/``..`` segments;
+- the random ``gen`` makes segments of a deleted log unreachable: ``delete`` removes the
+  head first, which is atomic for readers, then the segments; segments that a crash or a
+  racing appender leaves behind belong to a dead generation and never reappear in a log
+  created later under the same path (they are garbage until a purge);
+- segments are immutable for the life of their generation, so their sizes and bytes can
+  be cached safely; every read and append first looks at the head (one request) to learn
+  whether the generation it cached is still the live one.
+
+An append costs ``HeadObject`` + ``PutObject`` when the tail is cached and uncontended.
+A segment's content type carries the attempt's token, for the same lost-reply check as a
+CREATE.  ``write(REPLACE)`` over a log replaces the head only; the old segments become
+garbage.  ``append`` on a path written whole raises FsExists.
+
+Retries: botocore's standard retry mode (``retries`` resends) covers 5xx, SlowDown,
+throttling and connection errors; whatever is left is FsUnavailable.  ``self.requests``
+counts the HTTP requests sent, per S3 operation, resends included.
+
+SeaweedFS note: when several writers race for one key, the losers of a conditional write
+may be held for about a second each before their 412; a loser of a race for a key that
+already exists gets its 412 at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import secrets
+import time
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from cloudcote.libfs.api import (
+    DEFAULT_CHUNK_SIZE,
+    Feature,
+    Fs,
+    FsError,
+    FsExists,
+    FsInvalidSpec,
+    FsNotFound,
+    FsPermission,
+    FsUnavailable,
+    Stat,
+    WriteMode,
+    check_metadata,
+    check_path,
+    check_prefix,
+)
+
+if TYPE_CHECKING:
+    from cloudcote.libfs.chain import Settings
+
+log = logging.getLogger("cloudcote.backends.s3")
+
+MIB = 1024 * 1024
+#: Reserved top-level names under the prefix: append segments, and temporary objects of
+#: multipart creates (the name posix uses for its temporary files, too).
+SEG_DIR = ".cloudcote-seg"
+TMP_DIR = ".cloudcote-tmp"
+RESERVED = (SEG_DIR, TMP_DIR)
+CT_BLOB = "application/octet-stream"
+CT_LOG = "application/x-cloudcote-log"
+CT_SEG = "application/x-cloudcote-segment"
+#: CopyObject's limit; bigger sources are copied through the client.
+MAX_COPY_SIZE = 5 * 1024 * MIB
+MAX_PARTS = 10_000
+#: How many append logs keep their cached tail.
+LOG_CACHE_ENTRIES = 4096
+#: Segments up to this size are fetched whole (and cached) even for a partial range.
+SEGMENT_FETCH_WHOLE = MIB
+#: Give up on an operation whose object keeps changing under it.
+MAX_RESTARTS = 20
+
+_PERMISSION_CODES = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+    "InvalidSecurity", "InvalidToken", "ExpiredToken", "AccountProblem", "Forbidden",
+})
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+    "InternalError", "ServiceUnavailable", "OperationAborted", "RequestLimitExceeded",
+    "TooManyRequests", "BandwidthLimitExceeded",
+})
+
+
+class S3AccessDenied(FsInvalidSpec, FsPermission):
+    """The store refused our credentials when the chain was opened: both a spec error
+    (the chain cannot be opened) and a permission error (retrying will not help)."""
+
+
+@dataclass
+class _Log:
+    """What this driver knows about one generation of an append log.
+
+    ``sizes[0]`` is the head's size (record 0), ``sizes[n]`` segment n's.  Segments are
+    immutable while their generation lives, so this only ever grows."""
+
+    gen: str
+    sizes: list[int]
+    mtime: float
+    tail_known: bool = False
+    offsets: list[int] = field(default_factory=lambda: [0])
+
+    def offset(self, n: int) -> int:
+        """Byte offset of record ``n`` in the log (``n == len(sizes)``: the size)."""
+        while len(self.offsets) <= n:
+            i = len(self.offsets) - 1
+            self.offsets.append(self.offsets[i] + self.sizes[i])
+        return self.offsets[n]
+
+    @property
+    def size(self) -> int:
+        return self.offset(len(self.sizes))
+
+
+class _Restart(Exception):
+    """A log changed generation (or lost a segment) while we read it: start over."""
+
+
+class _SegmentCache:
+    """Immutable segment bytes by key, least recently used first out, bounded in bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.items: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, key: str) -> bytes | None:
+        data = self.items.get(key)
+        if data is not None:
+            self.items.move_to_end(key)
+        return data
+
+    def put(self, key: str, data: bytes) -> None:
+        if len(data) > self.limit // 8 or key in self.items:
+            return
+        self.items[key] = data
+        self.used += len(data)
+        while self.used > self.limit:
+            _, old = self.items.popitem(last=False)
+            self.used -= len(old)
+
+
+def _parse_ctype(value: str | None) -> tuple[str, dict[str, str]]:
+    main, *params = (value or "").split(";")
+    out = {}
+    for param in params:
+        key, _, val = param.strip().partition("=")
+        out[key.strip().lower()] = val.strip()
+    return main.strip().lower(), out
+
+
+def _mtime(resp: Mapping[str, Any]) -> float:
+    stamp = resp.get("LastModified")
+    return stamp.timestamp() if stamp is not None else time.time()
+
+
+def _retried(exc: BaseException) -> bool:
+    """Whether botocore resent the request that ended in ``exc`` (its first send may
+    have taken effect)."""
+    cause = exc.__cause__ if isinstance(exc, FsError) else exc
+    if isinstance(cause, ClientError):
+        return int(cause.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)) > 0
+    return False
+
+
+def _token() -> str:
+    return secrets.token_hex(8)
+
+
+def _body(data: bytes | bytearray | io.BytesIO) -> bytes | bytearray | io.BytesIO:
+    """A request body aiohttp sends without blocking: it warns about (and the test suite
+    refuses) raw bodies above 1 MiB, but streams a BytesIO in chunks."""
+    if isinstance(data, io.BytesIO) or len(data) <= MIB:
+        return data
+    return io.BytesIO(data)
+
+
+class S3Fs(Fs):
+    """Objects in one S3 bucket; see the module docstring for the guarantees."""
+
+    name = "s3"
+
+    def __init__(
+        self,
+        *,
+        client: Any,
+        stack: contextlib.AsyncExitStack,
+        bucket: str,
+        prefix: str,
+        endpoint: str | None,
+        part_size: int,
+        multipart_threshold: int,
+        pool: int,
+        atomic_create: bool,
+        segment_cache: int,
+        multipart_create: str = "copy",
+    ) -> None:
+        self.client = client
+        self._stack = stack
+        self.bucket = bucket
+        self.prefix = prefix
+        self._root = f"{prefix}/" if prefix else ""
+        self._seg_root = f"{self._root}{SEG_DIR}/"
+        self._tmp_root = f"{self._root}{TMP_DIR}/"
+        self.endpoint = endpoint
+        self.part_size = part_size
+        self.multipart_threshold = multipart_threshold
+        self.atomic_create = atomic_create
+        self.multipart_create = multipart_create
+        #: HTTP requests sent, by S3 operation name (resends included).
+        self.requests: Counter[str] = Counter()
+        self._logs: OrderedDict[str, _Log] = OrderedDict()
+        self._segments = _SegmentCache(segment_cache)
+        self._fetch_slots = asyncio.Semaphore(max(1, pool // 2))
+        feats = {Feature.COPY, Feature.METADATA, Feature.CONSISTENT_LIST, Feature.DURABLE}
+        if atomic_create:
+            feats.add(Feature.ATOMIC_CREATE)
+        self._features = frozenset(feats)
+        client.meta.events.register("before-send.s3", self._count_request)
+
+    # -- opening --------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, settings: Settings, parent: Fs | None) -> S3Fs:
+        """Create the client once and check the bucket with HeadBucket.  Bad credentials
+        raise :class:`S3AccessDenied`; a missing bucket FsInvalidSpec (unless
+        ``create_bucket=yes``); an unreachable endpoint FsUnavailable."""
+        positional = settings.str("", None)
+        named = settings.str("bucket", None)
+        if positional and named and positional != named:
+            raise FsInvalidSpec(f"s3: bucket given twice ({positional!r} and {named!r})")
+        bucket = positional or named
+        if not bucket:
+            raise FsInvalidSpec("s3: setting 'bucket' is required")
+        endpoint = settings.str("endpoint", None) or None
+        region = settings.str("region", "us-east-1") or "us-east-1"
+        prefix = (settings.str("prefix", "") or "").strip("/")
+        access_key = settings.str("access_key", None)
+        secret_key = settings.str("secret_key", None)
+        addressing = settings.choice(
+            "addressing", "path" if endpoint else "auto", ("path", "virtual", "auto"))
+        pool = settings.int("pool", 32, minimum=1)
+        threshold = settings.size("multipart_threshold", 16 * MIB)
+        part_size = settings.size("part_size", 8 * MIB)
+        retries = settings.int("retries", 5, minimum=0)
+        timeout = settings.duration("timeout", 30.0)
+        create_bucket = settings.bool("create_bucket", False)
+        atomic_create = settings.bool("atomic_create", True)
+        segment_cache = settings.size("segment_cache", 8 * MIB)
+        multipart_create = settings.choice("multipart_create", "copy", ("copy", "complete"))
+        settings.finish()
+
+        if part_size < 5 * MIB:
+            raise settings.error("part_size", part_size, "S3 parts are at least 5MB")
+        if part_size > 5 * 1024 * MIB:
+            raise settings.error("part_size", part_size, "S3 parts are at most 5GB")
+        if threshold < 1:
+            raise settings.error("multipart_threshold", threshold, "expected a size > 0")
+        if timeout <= 0:
+            raise settings.error("timeout", timeout, "expected a duration > 0")
+        if endpoint and not endpoint.startswith(("http://", "https://")):
+            raise settings.error("endpoint", endpoint, "expected an http:// or https:// URL")
+        if (access_key is None) != (secret_key is None):
+            raise FsInvalidSpec("s3: give both access_key and secret_key, or neither")
+        if prefix:
+            try:
+                check_path(prefix)
+            except FsError as exc:
+                raise settings.error("prefix", prefix, str(exc)) from None
+
+        config = AioConfig(
+            region_name=region,
+            signature_version="s3v4",
+            retries={"max_attempts": retries, "mode": "standard"},
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            max_pool_connections=pool,
+            s3={"addressing_style": addressing},
+        )
+        stack = contextlib.AsyncExitStack()
+        try:
+            client = await stack.enter_async_context(get_session().create_client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name=region,
+                aws_access_key_id=access_key,
+                aws_secret_access_key=secret_key,
+                config=config,
+            ))
+            fs = cls(client=client, stack=stack, bucket=bucket, prefix=prefix,
+                     endpoint=endpoint, part_size=part_size, multipart_threshold=threshold,
+                     pool=pool, atomic_create=atomic_create, segment_cache=segment_cache,
+                     multipart_create=multipart_create)
+            await fs._check_bucket(create_bucket, region)
+        except BaseException:
+            await stack.aclose()
+            raise
+        return fs
+
+    async def _check_bucket(self, create: bool, region: str) -> None:
+        where = f"s3: bucket {self.bucket!r} at {self.endpoint or 'AWS'}"
+        try:
+            await self.client.head_bucket(Bucket=self.bucket)
+            return
+        except NoCredentialsError as exc:
+            raise FsInvalidSpec(f"{where}: no credentials; set access_key and secret_key "
+                                "or the AWS environment") from exc
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            code = exc.response.get("Error", {}).get("Code", "")
+            if status in (401, 403) or code in _PERMISSION_CODES:
+                raise S3AccessDenied(f"{where}: access denied ({code or status}); check "
+                                     "access_key and secret_key") from exc
+            if status != 404 and code not in ("NoSuchBucket", "NotFound", "404"):
+                raise self._map(exc, "open", "") from exc
+            if not create:
+                raise FsInvalidSpec(f"{where} does not exist; create it or set "
+                                    "create_bucket=yes") from exc
+        except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
+            raise FsUnavailable(f"{where}: cannot reach the store: {exc}") from exc
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        if region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            await self.client.create_bucket(**kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise FsInvalidSpec(f"{where}: cannot create it: {code or exc}") from exc
+        except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
+            raise FsUnavailable(f"{where}: cannot reach the store: {exc}") from exc
+        log.info("%s created", where)
+
+    def _count_request(self, event_name: str = "", **kwargs: Any) -> None:
+        self.requests[event_name.rsplit(".", 1)[-1]] += 1
+
+    @property
+    def features(self) -> frozenset[Feature]:
+        return self._features
+
+    def describe(self) -> str:
+        parts = [f"bucket={self.bucket}"]
+        if self.endpoint:
+            parts.append(f"endpoint={self.endpoint}")
+        if self.prefix:
+            parts.append(f"prefix={self.prefix}")
+        return "s3:" + ",".join(parts)
+
+    async def close(self) -> None:
+        """Close the client and its connection pool."""
+        await self._stack.aclose()
+
+    # -- keys and errors ------------------------------------------------------------------
+
+    def _key(self, path: str) -> str:
+        check_path(path)
+        if path.split("/", 1)[0] in RESERVED:
+            raise FsError(f"s3: the top-level names {', '.join(RESERVED)} are reserved",
+                          path=path)
+        return self._root + path
+
+    def _seg_prefix(self, path: str, gen: str) -> str:
+        return f"{self._seg_root}{path}/{gen}."
+
+    def _seg_key(self, path: str, gen: str, n: int) -> str:
+        return f"{self._seg_prefix(path, gen)}{n:012d}"
+
+    def _map(self, exc: BaseException, op: str, path: str) -> FsError:
+        where = f"{self.describe()} {op} {path!r}"
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            msg = f"{where}: {code or status} {err.get('Message', '')}".rstrip()
+            if code != "NoSuchBucket" and (status == 404 or code in ("NoSuchKey", "NotFound",
+                                                                     "NoSuchUpload")):
+                return FsNotFound(msg, path=path, op=op)
+            if status == 412 or code == "PreconditionFailed":
+                return FsExists(msg, path=path, op=op)
+            if status in (401, 403) or code in _PERMISSION_CODES:
+                log.error("%s: permission denied: %s", where, code or status)
+                return FsPermission(msg, path=path, op=op)
+            if status >= 500 or status in (408, 429) or code in _TRANSIENT_CODES:
+                log.warning("%s: store unavailable after retries: %s", where, code or status)
+                return FsUnavailable(msg, path=path, op=op)
+            return FsError(msg, path=path, op=op)
+        if isinstance(exc, NoCredentialsError):
+            return FsPermission(f"{where}: no credentials", path=path, op=op)
+        if isinstance(exc, (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError,
+                            OSError)):
+            log.warning("%s: store unavailable after retries: %s", where, exc)
+            return FsUnavailable(f"{where}: {exc}", path=path, op=op)
+        return FsError(f"{where}: {exc}", path=path, op=op)
+
+    async def _call(self, method: str, op: str, path: str, **kwargs: Any) -> Any:
+        """One S3 API call (botocore resends transient failures); errors as libfs errors.
+        A 409 ConditionalRequestConflict (a conditional write to the same key still in
+        flight) is retried here, since the key may yet turn out free."""
+        for attempt in range(6):
+            try:
+                return await getattr(self.client, method)(Bucket=self.bucket, **kwargs)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code == "ConditionalRequestConflict" and attempt < 5:
+                    await asyncio.sleep(0.05 * 2 ** attempt)
+                    continue
+                raise self._map(exc, op, path) from exc
+            except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
+                raise self._map(exc, op, path) from exc
+        raise FsUnavailable(f"{self.describe()} {op} {path!r}: conditional write conflicts "
+                            "persist", path=path, op=op)
+
+    async def _head(self, key: str, op: str, path: str) -> dict[str, Any]:
+        return await self._call("head_object", op, path, Key=key)  # type: ignore[no-any-return]
+
+    async def _holds_token(self, key: str, token: str, op: str, path: str) -> bool:
+        """Whether the object at ``key`` was written by the attempt carrying ``token``."""
+        try:
+            head = await self._head(key, op, path)
+        except FsNotFound:
+            return False
+        return _parse_ctype(head.get("ContentType"))[1].get("token") == token
+
+    # -- append logs: cached state --------------------------------------------------------
+
+    def _log_for(self, path: str, gen: str, head_size: int, mtime: float) -> _Log:
+        """The cached state of generation ``gen`` of ``path``'s log (fresh if unknown)."""
+        state = self._logs.get(path)
+        if state is None or state.gen != gen:
+            state = _Log(gen, [head_size], mtime)
+            self._logs[path] = state
+            while len(self._logs) > LOG_CACHE_ENTRIES:
+                self._logs.popitem(last=False)
+        else:
+            self._logs.move_to_end(path)
+        return state
+
+    def _as_log(self, path: str, resp: Mapping[str, Any], head_size: int) -> _Log | None:
+        """The log state if ``resp`` (a HEAD or GET of the path's key) is a log head."""
+        main, params = _parse_ctype(resp.get("ContentType"))
+        if main != CT_LOG or not params.get("gen"):
+            self._logs.pop(path, None)
+            return None
+        return self._log_for(path, params["gen"], head_size, _mtime(resp))
+
+    async def _list_tail(self, path: str, state: _Log) -> None:
+        """Learn the segments created after the last one ``state`` knows (ListObjectsV2
+        from there, not from zero).  Stops at a hole: only a log being deleted has one."""
+        prefix = self._seg_prefix(path, state.gen)
+        kwargs: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/"}
+        if len(state.sizes) > 1:
+            kwargs["StartAfter"] = self._seg_key(path, state.gen, len(state.sizes) - 1)
+        while True:
+            page = await self._call("list_objects_v2", "append-list", path, **kwargs)
+            for obj in page.get("Contents", ()):
+                suffix = obj["Key"][len(prefix):]
+                if len(suffix) != 12 or not suffix.isdigit():
+                    continue
+                n = int(suffix)
+                if n < len(state.sizes):
+                    continue
+                if n > len(state.sizes):
+                    log.warning("%s %r: log generation %s has no segment %d; reading it up "
+                                "to there", self.describe(), path, state.gen, len(state.sizes))
+                    state.tail_known = True
+                    return
+                state.sizes.append(int(obj["Size"]))
+                state.mtime = max(state.mtime, _mtime(obj))
+            if not page.get("IsTruncated"):
+                break
+            kwargs.pop("StartAfter", None)
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+        state.tail_known = True
+
+    async def _fetch_segment(
+        self, path: str, state: _Log, n: int, start: int = 0, end: int | None = None
+    ) -> bytes:
+        """Bytes ``[start, end)`` of segment ``n >= 1``; raises _Restart if it is gone."""
+        key = self._seg_key(path, state.gen, n)
+        size = state.sizes[n]
+        end = size if end is None else min(end, size)
+        if start >= end:
+            return b""
+        data = self._segments.get(key)
+        if data is None:
+            whole = size <= SEGMENT_FETCH_WHOLE or (start == 0 and end == size)
+            kwargs: dict[str, Any] = {"Key": key}
+            if not whole:
+                kwargs["Range"] = f"bytes={start}-{end - 1}"
+            async with self._fetch_slots:
+                try:
+                    resp = await self._call("get_object", "read", path, **kwargs)
+                except FsNotFound:
+                    raise _Restart from None
+                data = await self._read_body(resp, "read", path)
+            if not whole:
+                return data
+            self._segments.put(key, data)
+        return data[start:end]
+
+    async def _read_body(self, resp: Mapping[str, Any], op: str, path: str) -> bytes:
+        body = resp["Body"]
+        try:
+            return await body.read()  # type: ignore[no-any-return]
+        except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
+            raise self._map(exc, op, path) from exc
+        finally:
+            body.close()
+
+    async def _log_range(self, path: str, state: _Log, head: bytes | None, start: int,
+                         end: int | None) -> bytes:
+        """Bytes ``[start, end)`` of a log whose head (``head``: its bytes, if read)
+        belongs to ``state``; lists the tail first."""
+        await self._list_tail(path, state)
+        size = state.size
+        end = size if end is None else min(end, size)
+        if start >= end:
+            return b""
+        jobs = []
+        for n in range(len(state.sizes)):
+            lo, hi = state.offset(n), state.offset(n + 1)
+            if hi <= start or lo >= end:
+                continue
+            a, b = max(start, lo) - lo, min(end, hi) - lo
+            if n == 0:
+                jobs.append(self._head_range(path, state, head, a, b))
+            else:
+                jobs.append(self._fetch_segment(path, state, n, a, b))
+        return b"".join(await asyncio.gather(*jobs))
+
+    async def _head_range(self, path: str, state: _Log, head: bytes | None, a: int,
+                          b: int) -> bytes:
+        if head is not None:
+            return head[a:b]
+        resp = await self._call("get_object", "read", path, Key=self._key(path),
+                                Range=f"bytes={a}-{b - 1}")
+        data = await self._read_body(resp, "read", path)
+        if _parse_ctype(resp.get("ContentType"))[1].get("gen") != state.gen:
+            raise _Restart
+        return data
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def read(self, path: str) -> bytes:
+        """One GetObject (a log: its head, the tail listing, uncached segments).
+        Raises FsNotFound."""
+        key = self._key(path)
+        for _ in range(MAX_RESTARTS):
+            resp = await self._call("get_object", "read", path, Key=key)
+            data = await self._read_body(resp, "read", path)
+            state = self._as_log(path, resp, len(data))
+            if state is None:
+                return data
+            try:
+                return await self._log_range(path, state, data, 0, None)
+            except _Restart:
+                continue
+        raise FsUnavailable(f"{self.describe()} read {path!r}: log keeps changing", path=path)
+
+    async def read_range(self, path: str, start: int, end: int | None = None) -> bytes:
+        """GetObject with Range (a log: the segments covering the range).
+        Raises FsNotFound."""
+        key = self._key(path)
+        if start < 0 or (end is not None and end < 0):
+            raise FsError(f"s3 read_range {path!r}: negative offset", path=path)
+        for _ in range(MAX_RESTARTS):
+            if (end is not None and end <= start) or path in self._logs:
+                # Known logs (tail reads) start with a HEAD: a ranged GET past record 0
+                # would say nothing about the object.
+                head = await self._head(key, "read", path)
+                state = self._as_log(path, head, int(head["ContentLength"]))
+                if state is None and end is not None and end <= start:
+                    return b""
+                if state is not None:
+                    try:
+                        return await self._log_range(path, state, None, start, end)
+                    except _Restart:
+                        continue
+            rng = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
+            try:
+                resp = await self._call("get_object", "read", path, Key=key, Range=rng)
+            except FsError as exc:
+                if _status(exc) != 416:
+                    raise
+                # Past the end of the object (or of a log's head): which is it?
+                head = await self._head(key, "read", path)
+                state = self._as_log(path, head, int(head["ContentLength"]))
+                if state is None:
+                    return b""
+                try:
+                    return await self._log_range(path, state, None, start, end)
+                except _Restart:
+                    continue
+            data = await self._read_body(resp, "read", path)
+            main, params = _parse_ctype(resp.get("ContentType"))
+            if main != CT_LOG:
+                return data
+            total = _range_total(resp)
+            state = self._log_for(path, params.get("gen", ""), total, _mtime(resp))
+            try:
+                return await self._log_range(path, state, None, start, end)
+            except _Restart:
+                continue
+        raise FsUnavailable(f"{self.describe()} read {path!r}: log keeps changing", path=path)
+
+    async def read_stream(
+        self, path: str, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> AsyncIterator[bytes]:
+        """One GetObject read chunk by chunk (a log: its segments in order, as listed when
+        the stream started).  Holds about one chunk.  Raises FsNotFound."""
+        key = self._key(path)
+        if chunk_size < 1:
+            raise FsError(f"s3 read_stream {path!r}: chunk_size must be positive", path=path)
+        resp = await self._call("get_object", "read", path, Key=key)
+        body = resp["Body"]
+        main, params = _parse_ctype(resp.get("ContentType"))
+        if main == CT_LOG:
+            head = await self._read_body(resp, "read", path)
+            state = self._log_for(path, params.get("gen", ""), len(head), _mtime(resp))
+            async for chunk in self._stream_log(path, state, head, chunk_size):
+                yield chunk
+            return
+        try:
+            while True:
+                buf = bytearray()
+                while len(buf) < chunk_size:
+                    piece = await body.read(chunk_size - len(buf))
+                    if not piece:
+                        break
+                    buf += piece
+                if not buf:
+                    return
+                yield bytes(buf)
+                del buf
+        except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
+            raise self._map(exc, "read", path) from exc
+        finally:
+            body.close()
+
+    async def _stream_log(
+        self, path: str, state: _Log, head: bytes, chunk_size: int
+    ) -> AsyncIterator[bytes]:
+        await self._list_tail(path, state)
+        count = len(state.sizes)
+        window = 8
+        pending: list[asyncio.Task[bytes]] = []
+        buf = bytearray(head)
+        next_n = 1
+        try:
+            while True:
+                while next_n < count and len(pending) < window:
+                    pending.append(asyncio.ensure_future(
+                        self._fetch_segment(path, state, next_n)))
+                    next_n += 1
+                while len(buf) >= chunk_size:
+                    yield bytes(buf[:chunk_size])
+                    del buf[:chunk_size]
+                if not pending:
+                    break
+                try:
+                    buf += await pending.pop(0)
+                except _Restart:
+                    raise FsNotFound(f"{self.describe()} read {path!r}: the log was deleted "
+                                     "while being read", path=path, op="read") from None
+            if buf:
+                yield bytes(buf)
+        finally:
+            for task in pending:
+                task.cancel()
+
+    async def stat(self, path: str) -> Stat:
+        """HeadObject (a log: plus its tail listing). Raises FsNotFound."""
+        key = self._key(path)
+        head = await self._head(key, "stat", path)
+        state = self._as_log(path, head, int(head["ContentLength"]))
+        if state is None:
+            return Stat(path, int(head["ContentLength"]), _mtime(head),
+                        dict(head.get("Metadata") or {}))
+        await self._list_tail(path, state)
+        return Stat(path, state.size, state.mtime, {})
+
+    async def exists(self, path: str) -> bool:
+        """One HeadObject."""
+        try:
+            await self._head(self._key(path), "stat", path)
+        except FsNotFound:
+            return False
+        return True
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def write(
+        self,
+        path: str,
+        data: bytes,
+        mode: WriteMode = WriteMode.CREATE,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """CREATE: PutObject If-None-Match * (412 -> FsExists); REPLACE: PutObject.
+        Above ``multipart_threshold``: a multipart upload, completed the same way."""
+        key = self._key(path)
+        meta = check_metadata(metadata)
+        if len(data) > self.multipart_threshold:
+            view = memoryview(data)
+
+            async def slices() -> AsyncIterator[memoryview]:
+                for pos in range(0, len(view), MIB):
+                    yield view[pos:pos + MIB]
+
+            await self._upload(path, key, slices(), mode, meta)
+            return
+        await self._put(path, key, data, mode, meta)
+
+    async def _put(self, path: str, key: str, data: bytes | bytearray | io.BytesIO,
+                   mode: WriteMode, meta: dict[str, str]) -> None:
+        if mode is WriteMode.REPLACE:
+            await self._call("put_object", "write", path, Key=key, Body=_body(data),
+                             ContentType=CT_BLOB, Metadata=meta)
+        else:
+            token = _token()
+            try:
+                await self._call("put_object", "write", path, Key=key, Body=_body(data),
+                                 ContentType=f"{CT_BLOB}; token={token}", Metadata=meta,
+                                 IfNoneMatch="*")
+            except FsExists as exc:
+                if not (_retried(exc) and await self._holds_token(key, token, "write", path)):
+                    raise
+        self._logs.pop(path, None)
+
+    async def write_stream(
+        self,
+        path: str,
+        chunks: AsyncIterable[bytes],
+        mode: WriteMode = WriteMode.CREATE,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        """Like ``write``; holds at most one part: a stream longer than
+        ``min(part_size, multipart_threshold)`` becomes a multipart upload whose CREATE
+        completes with If-None-Match *.  Returns the size written."""
+        key = self._key(path)
+        meta = check_metadata(metadata)
+        return await self._upload(path, key, aiter(chunks), mode, meta)
+
+    async def _upload(
+        self,
+        path: str,
+        key: str,
+        chunks: AsyncIterator[bytes | memoryview],
+        mode: WriteMode,
+        meta: dict[str, str],
+    ) -> int:
+        """Store ``chunks`` at ``key`` holding at most one part (plus one chunk).  Up to
+        ``min(part_size, multipart_threshold)`` bytes: one PutObject.  Beyond: a multipart
+        upload.  REPLACE completes at ``key``.  CREATE completes at a temporary key and
+        publishes it with one conditional CopyObject (``multipart_create=copy``), or
+        completes at ``key`` with If-None-Match (``multipart_create=complete``)."""
+        # A part is collected in a BytesIO that owns its buffer: aiohttp then sends it
+        # without copying it (a BytesIO sharing a bytes object is copied when sent).
+        part = io.BytesIO()
+        limit = min(self.part_size, self.multipart_threshold)
+        while part.tell() <= limit:
+            try:
+                part.write(await anext(chunks))
+            except StopAsyncIteration:
+                size = part.tell()
+                part.seek(0)
+                await self._put(path, key, part if size > MIB else part.getvalue(), mode, meta)
+                return size
+
+        create = mode is WriteMode.CREATE
+        via_copy = create and self.multipart_create == "copy"
+        if create and await self.exists(path):
+            # Fail before uploading what may be gigabytes; the conditional request at the
+            # end is what makes the create atomic.
+            raise FsExists(f"{self.describe()} write {path!r}: exists", path=path, op="write")
+        token = _token()
+        ctype = f"{CT_BLOB}; token={token}" if create else CT_BLOB
+        target = f"{self._tmp_root}{uuid.uuid4().hex}" if via_copy else key
+        upload = await self._call("create_multipart_upload", "write", path, Key=target,
+                                  ContentType=ctype, Metadata=meta)
+        upload_id = upload["UploadId"]
+        parts: list[dict[str, Any]] = []
+        size = 0
+
+        async def send(body: io.BytesIO, length: int) -> None:
+            nonlocal size
+            if len(parts) >= MAX_PARTS:
+                raise FsError(f"{self.describe()} write {path!r}: more than {MAX_PARTS} "
+                              "parts; raise part_size", path=path, op="write")
+            body.seek(0)
+            resp = await self._call("upload_part", "write", path, Key=target,
+                                    UploadId=upload_id, PartNumber=len(parts) + 1, Body=body)
+            parts.append({"PartNumber": len(parts) + 1, "ETag": resp["ETag"]})
+            size += length
+
+        try:
+            exhausted = False
+            while True:
+                while part.tell() >= self.part_size:
+                    with part.getbuffer() as view:
+                        rest = bytes(view[self.part_size:])
+                    part.truncate(self.part_size)
+                    await send(part, self.part_size)
+                    part = io.BytesIO()
+                    part.write(rest)
+                    del rest
+                if exhausted:
+                    break
+                try:
+                    part.write(await anext(chunks))
+                except StopAsyncIteration:
+                    exhausted = True
+            if part.tell() or not parts:
+                await send(part, part.tell())
+            del part
+            if via_copy and size > MAX_COPY_SIZE:
+                raise FsError(f"{self.describe()} write {path!r}: a CREATE above 5 GiB cannot "
+                              "be published by CopyObject; use multipart_create=complete on "
+                              "a store whose conditional complete is atomic (AWS)",
+                              path=path, op="write")
+            kwargs: dict[str, Any] = {"Key": target, "UploadId": upload_id,
+                                      "MultipartUpload": {"Parts": parts}}
+            if create and not via_copy:
+                kwargs["IfNoneMatch"] = "*"
+            try:
+                await self._call("complete_multipart_upload", "write", path, **kwargs)
+            except (FsExists, FsNotFound) as exc:
+                # A resent complete may find the upload already completed (NoSuchUpload)
+                # or the object it created (412): it is ours if it holds our token.
+                if not (create and _retried(exc)
+                        and await self._holds_token(target, token, "write", path)):
+                    raise
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._call("abort_multipart_upload", "write", path,
+                                                Key=target, UploadId=upload_id))
+            raise
+        if via_copy:
+            try:
+                await self._publish_copy(path, key, target, token)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._call("delete_object", "write", path,
+                                                    Key=target))
+        self._logs.pop(path, None)
+        return size
+
+    async def _publish_copy(self, path: str, key: str, temp: str, token: str) -> None:
+        """CREATE ``key`` from the finished temporary object ``temp`` by CopyObject with
+        If-None-Match * (atomic on SeaweedFS and AWS; moto ignores the condition, hence
+        the check first when ``atomic_create=no``)."""
+        if not self.atomic_create and await self.exists(path):
+            raise FsExists(f"{self.describe()} write {path!r}: exists", path=path, op="write")
+        try:
+            await self._call("copy_object", "write", path, Key=key,
+                             CopySource={"Bucket": self.bucket, "Key": temp},
+                             MetadataDirective="COPY", IfNoneMatch="*")
+        except FsExists as exc:
+            if not (_retried(exc) and await self._holds_token(key, token, "write", path)):
+                raise
+
+    async def append(self, path: str, data: bytes) -> None:
+        """PutObject If-None-Match * of the next segment (the head for the first record);
+        on 412 re-list the tail and take the next number.  Gap-free total order; a resent
+        request that got 412 checks the segment's token, so a record is never stored
+        twice.  FsExists if ``path`` was written whole."""
+        key = self._key(path)
+        if not data:
+            raise FsError("s3 append: empty record", path=path, op="append")
+        token = _token()
+        phantom = 0
+        for _ in range(MAX_RESTARTS):
+            try:
+                head = await self._head(key, "append", path)
+            except FsNotFound:
+                gen = _token()
+                try:
+                    await self._call("put_object", "append", path, Key=key, Body=_body(data),
+                                     ContentType=f"{CT_LOG}; gen={gen}; token={token}",
+                                     IfNoneMatch="*")
+                except FsExists as exc:
+                    if not (_retried(exc)
+                            and await self._holds_token(key, token, "append", path)):
+                        # Someone else started the log (or wrote the path whole): look
+                        # again.  A key that is absent to HEAD yet refuses a conditional
+                        # PUT over and over is a SeaweedFS directory: objects exist under
+                        # "path/", which SeaweedFS counts as the key existing.
+                        phantom += 1
+                        if phantom >= 3:
+                            raise FsError(f"{self.describe()} append {path!r}: the store "
+                                          "refuses to create the key but cannot show it; "
+                                          f"on SeaweedFS objects under '{path}/' do this",
+                                          path=path, op="append") from exc
+                        continue
+                state = self._log_for(path, gen, len(data), time.time())
+                state.tail_known = True
+                return
+            state = self._as_log(path, head, int(head["ContentLength"]))
+            if state is None:
+                raise FsExists(f"{self.describe()} append {path!r}: the path holds an object "
+                               "written whole, not an append log", path=path, op="append")
+            await self._append_segment(path, state, data, token)
+            return
+        raise FsUnavailable(f"{self.describe()} append {path!r}: log keeps changing",
+                            path=path, op="append")
+
+    async def _append_segment(self, path: str, state: _Log, data: bytes, token: str) -> None:
+        if not state.tail_known:
+            await self._list_tail(path, state)
+        unseen = 0
+        while True:
+            n = len(state.sizes)
+            seg_key = self._seg_key(path, state.gen, n)
+            try:
+                await self._call("put_object", "append", path, Key=seg_key, Body=_body(data),
+                                 ContentType=f"{CT_SEG}; token={token}", IfNoneMatch="*")
+            except FsExists as exc:
+                if _retried(exc) and await self._holds_token(seg_key, token, "append", path):
+                    break
+                await self._list_tail(path, state)
+                if len(state.sizes) > n:
+                    unseen = 0
+                    continue
+                # 412 for a segment the listing does not show yet: give it a moment.
+                unseen += 1
+                if unseen > MAX_RESTARTS:
+                    raise FsUnavailable(f"{self.describe()} append {path!r}: segment {n} "
+                                        "is taken but never listed", path=path,
+                                        op="append") from exc
+                await asyncio.sleep(0.01 * unseen)
+                continue
+            break
+        # The writer usually reads its own record back soon (to learn its position).
+        self._segments.put(seg_key, bytes(data))
+        if len(state.sizes) == n:
+            state.sizes.append(len(data))
+            state.mtime = time.time()
+        else:  # the listing overtook us (our own segment was listed)
+            state.tail_known = False
+
+    async def copy(self, src: str, dst: str, mode: WriteMode = WriteMode.CREATE) -> None:
+        """Server-side CopyObject of the object HeadObject saw (copy-source-if-match),
+        If-None-Match * for CREATE.  A log source is copied through the client as one
+        whole object.  Raises FsNotFound, FsExists."""
+        src_key, dst_key = self._key(src), self._key(dst)
+        what = f"{src} -> {dst}"
+        create = mode is WriteMode.CREATE
+        for _ in range(MAX_RESTARTS):
+            head = await self._head(src_key, "copy", src)
+            is_log = _parse_ctype(head.get("ContentType"))[0] == CT_LOG
+            if is_log or int(head["ContentLength"]) > MAX_COPY_SIZE:
+                meta = {} if is_log else dict(head.get("Metadata") or {})
+                await self.write_stream(dst, self.read_stream(src, self.part_size), mode, meta)
+                return
+            if create and not self.atomic_create and await self.exists(dst):
+                raise FsExists(f"{self.describe()} copy {what!r}: destination exists",
+                               path=dst, op="copy")
+            kwargs: dict[str, Any] = {
+                "Key": dst_key,
+                "CopySource": {"Bucket": self.bucket, "Key": src_key},
+                "CopySourceIfMatch": head["ETag"],
+                "MetadataDirective": "COPY",
+            }
+            if create:
+                kwargs["IfNoneMatch"] = "*"
+            try:
+                await self._call("copy_object", "copy", what, **kwargs)
+            except FsExists as exc:
+                # 412: the destination exists (If-None-Match) or the source changed since
+                # the HEAD (copy-source-if-match).  Look at the destination to tell.
+                if not create:
+                    continue
+                try:
+                    dhead = await self._head(dst_key, "copy", dst)
+                except FsNotFound:
+                    continue  # the source changed: copy what it is now
+                if _retried(exc) and dhead.get("ETag") == head["ETag"] \
+                        and dhead.get("ContentType") == head.get("ContentType"):
+                    break  # our first send made it
+                raise
+            break
+        else:
+            raise FsUnavailable(f"{self.describe()} copy {what!r}: source keeps changing",
+                                path=src, op="copy")
+        self._logs.pop(dst, None)
+
+    async def delete(self, path: str) -> None:
+        """HeadObject, DeleteObject (atomic for readers); for a log then its segments.
+        Idempotent."""
+        key = self._key(path)
+        try:
+            head = await self._head(key, "delete", path)
+        except FsNotFound:
+            self._logs.pop(path, None)
+            return
+        await self._call("delete_object", "delete", path, Key=key)
+        self._logs.pop(path, None)
+        main, params = _parse_ctype(head.get("ContentType"))
+        if main != CT_LOG or not params.get("gen"):
+            return
+        # The head is gone, so the log is gone for every reader; its generation's segments
+        # are unreachable now.  Remove them; what a crash leaves behind is garbage only.
+        prefix = self._seg_prefix(path, params["gen"])
+        kwargs: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/"}
+        while True:
+            page = await self._call("list_objects_v2", "delete", path, **kwargs)
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", ())]
+            if keys:
+                resp = await self._call("delete_objects", "delete", path,
+                                        Delete={"Objects": keys, "Quiet": True})
+                for err in resp.get("Errors", ()):
+                    log.warning("%s delete %r: segment %s left behind: %s", self.describe(),
+                                path, err.get("Key"), err.get("Code"))
+            if not page.get("IsTruncated"):
+                break
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    async def iter(self, prefix: str = "") -> AsyncIterator[str]:
+        """ListObjectsV2 pages; an append log appears once (its head); the reserved
+        segment and temporary areas are skipped.  Strongly consistent on S3, SeaweedFS
+        and moto."""
+        check_prefix(prefix)
+        s3_prefix = self._root + prefix
+        areas = (self._seg_root, self._tmp_root)
+        if s3_prefix.startswith(areas):
+            return
+        kwargs: dict[str, Any] = {"Prefix": s3_prefix}
+        jumped: set[str] = set()
+        while True:
+            page = await self._call("list_objects_v2", "iter", prefix, **kwargs)
+            restart = None
+            for obj in page.get("Contents", ()):
+                key = obj["Key"]
+                area = next((a for a in areas if key.startswith(a)), None)
+                if area is not None:
+                    if area not in jumped:
+                        # Jump over the whole area with one new listing that starts after
+                        # it (on SeaweedFS, StartAfter inside a directory skips the rest
+                        # of that directory; on AWS and moto it is plain key order).
+                        jumped.add(area)
+                        restart = area
+                        break
+                    continue
+                name = key[len(self._root):]
+                try:
+                    check_path(name)
+                except FsError:
+                    continue  # e.g. a "dir/" marker made by another tool
+                yield name
+            if restart is not None:
+                kwargs = {"Prefix": s3_prefix, "StartAfter": restart + "\U0010ffff"}
+                continue
+            if not page.get("IsTruncated"):
+                return
+            kwargs.pop("StartAfter", None)
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+
+def _status(exc: FsError) -> int:
+    cause = exc.__cause__
+    if isinstance(cause, ClientError):
+        return int(cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+    return 0
+
+
+def _range_total(resp: Mapping[str, Any]) -> int:
+    """The whole object's size from a ranged GET's Content-Range (``bytes a-b/total``)."""
+    text = str(resp.get("ContentRange") or "")
+    _, _, total = text.rpartition("/")
+    return int(total) if total.isdigit() else int(resp.get("ContentLength", 0))
