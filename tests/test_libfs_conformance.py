@@ -528,3 +528,22 @@ def test_chain_from_toml_tables(tmp_path) -> None:  # type: ignore[no-untyped-de
             assert fs.describe().startswith("latency:")
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("spec, module, extra", [
+    ("s3:bucket=b", "aiobotocore", "s3"),
+    ("cassandra:127.0.0.1", "cassandra", "cassandra"),
+    ("postgresql:postgresql://u@127.0.0.1/db", "asyncpg", "sql"),
+])
+def test_missing_library_names_the_extra(spec: str, module: str, extra: str) -> None:
+    """A driver whose library is not installed says which extra to install."""
+    import subprocess
+    import sys
+
+    code = (f"import sys, asyncio; sys.modules[{module!r}] = None\n"
+            "from cloudcote.libfs import open_fs, FsInvalidSpec\n"
+            f"try:\n    asyncio.run(open_fs({spec!r}))\n"
+            "except FsInvalidSpec as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert f"pip install 'cloudcote[{extra}]'" in out.stdout, out.stdout + out.stderr

@@ -108,7 +108,7 @@ import socket
 import time
 import uuid
 import warnings
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -466,6 +466,9 @@ class CassandraFs(Fs):
     ) -> None:
         self.cluster = cluster
         self.session = session
+        #: CQL statements sent, by prepared statement ("cas-<op>" for lightweight
+        #: transactions): the store requests per op.
+        self.requests: Counter[str] = Counter()
         self.hosts = hosts
         self.keyspace = keyspace
         self.prefix = prefix
@@ -607,6 +610,7 @@ class CassandraFs(Fs):
         statements += [tables[t] for t in missing]
         for cql in statements:
             try:
+                self.requests["schema"] += 1
                 await execute(self.session, cql, timeout=max(self.timeout, 60.0))
             except (Unauthorized, AuthenticationFailed) as exc:
                 raise FsPermission(f"cassandra: cannot create the schema: {exc}") from exc
@@ -725,6 +729,7 @@ class CassandraFs(Fs):
             stmt.fetch_size = fetch_size
             params = None  # type: ignore[assignment]
         for attempt in range(self.attempts):
+            self.requests[key] += 1
             try:
                 return await execute(self.session, stmt, params, timeout=self.timeout,
                                      paging_state=paging_state)
@@ -756,6 +761,7 @@ class CassandraFs(Fs):
         applied, the current values).  Retried only when it certainly did not run; an
         outcome that may or may not have been applied raises :class:`_Uncertain`."""
         for attempt in range(self.attempts):
+            self.requests["cas-" + op] += 1
             try:
                 page = await execute(self.session, stmt, params, timeout=self.timeout)
             except _NOT_EXECUTED as exc:

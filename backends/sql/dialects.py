@@ -31,6 +31,7 @@ import enum
 import logging
 import re
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -105,6 +106,9 @@ class Dialect(abc.ABC):
         self.stage = stage
         self.dsn = dsn
         self.timeout = timeout
+        #: Statements sent to the server, by statement name ("script" for literal text,
+        #: "begin"/"commit"/"rollback" for MySQL's transaction control): requests per op.
+        self.requests: Counter[str] = Counter()
         parts = urlsplit(dsn)
         self.host = parts.hostname or "localhost"
         self.port = parts.port or self.default_port
@@ -216,19 +220,26 @@ class PgSession(Session):
         self.sql = dialect.sql
 
     async def fetch(self, name: str, *args: Any) -> list[Sequence[Any]]:
+        self.dialect.requests[name] += 1
         rows: list[Sequence[Any]] = await self.conn.fetch(
             self.sql[name], *args, timeout=self.dialect.timeout)
         return rows
 
     async def execute(self, name: str, *args: Any) -> int:
+        self.dialect.requests[name] += 1
         status = await self.conn.execute(self.sql[name], *args, timeout=self.dialect.timeout)
         return _int_tail(status)
 
     async def script(self, text: str) -> None:
+        self.dialect.requests["script"] += 1
         await self.conn.execute(text, timeout=self.dialect.timeout)
 
-    def transaction(self) -> Any:
-        return self.conn.transaction(isolation="read_committed")
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        self.dialect.requests["begin"] += 1
+        self.dialect.requests["commit"] += 1  # or the rollback that replaces it
+        async with self.conn.transaction(isolation="read_committed"):
+            yield
 
     async def append_many(
         self, log_id: uuid.UUID, seq: int, tokens: Sequence[uuid.UUID],
@@ -475,6 +486,7 @@ class MySqlSession(Session):
         raise TypeError(f"cannot pass {type(value).__name__} to MySQL")
 
     async def _run(self, text: str) -> Any:
+        self.dialect.requests[text.split(None, 1)[0].lower() if text else "?"] += 1
         try:
             async with asyncio.timeout(self.dialect.timeout):
                 await self.conn.query(text)

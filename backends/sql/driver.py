@@ -87,7 +87,7 @@ import json
 import logging
 import random
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -253,6 +253,11 @@ class SqlFs(Fs):
                    retries=retries, durable=durable, max_value=max_value)
 
     @property
+
+    @property
+    def requests(self) -> Counter[str]:
+        """Statements sent to the server, by statement: the store requests per op."""
+        return self.dialect.requests
     def features(self) -> frozenset[Feature]:
         return self._features
 
