@@ -253,11 +253,11 @@ class SqlFs(Fs):
                    retries=retries, durable=durable, max_value=max_value)
 
     @property
-
-    @property
     def requests(self) -> Counter[str]:
         """Statements sent to the server, by statement: the store requests per op."""
         return self.dialect.requests
+
+    @property
     def features(self) -> frozenset[Feature]:
         return self._features
 
