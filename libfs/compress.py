@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .api import (
     DEFAULT_CHUNK_SIZE,
+    Feature,
     ForwardingFs,
     Fs,
     FsError,
@@ -84,6 +85,8 @@ class CompressFs(ForwardingFs):
     """Compresses on write and append, decompresses on read; see the module docstring."""
 
     name = "compress"
+    #: The uncompressed size of a written object travels as metadata.
+    requires = frozenset({Feature.METADATA})
 
     def __init__(self, parent: Fs, algorithm: str = "zstd", level: int | None = None) -> None:
         super().__init__(parent)

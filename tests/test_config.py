@@ -77,7 +77,9 @@ path = "cloudcote.log"
      "storage.layout = 'maildir' is invalid: expected one of sdbox, mdbox"),
     ("[storage]\nprefetch_count = 0", "storage.prefetch_count = 0 is invalid"),
     ("[storage]\nprefetch_count = true", "storage.prefetch_count = True is invalid"),
-    ("[storage]\nfs = ''", "storage.fs = '' is invalid"),
+    ("[storage]\nfs = ''", "storage.fs = '' is invalid: empty libfs chain"),
+    ("[storage]\nfs = 'nosuch:/x'", "unknown libfs stage 'nosuch'"),
+    ("[storage]\nfs = [{stage = 'latency'}]", "the last entry must be a driver"),
     ("[auth]\npassdb = 'ldap:x'", "auth.passdb = 'ldap:x' is invalid"),
     ("[imap]\nlisten = '127.0.0.1:143'", "imap.listen = '127.0.0.1:143' is invalid"),
     ("[imap]\nlisten = ['127.0.0.1']", "imap.listen = '127.0.0.1' is invalid"),
@@ -100,6 +102,16 @@ def test_bad_values_name_key_value_and_allowed(tmp_path: Path, text: str, expect
     assert message.startswith(str(path) + ": ")
     assert expected in message
     assert "\n" not in message
+
+
+def test_storage_chain_as_stage_tables(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, """
+[storage]
+fs = [{stage = "latency", delay = "20ms"}, {stage = "posix", path = "/srv/mail"}]
+"""))
+    assert cfg.storage.fs == [{"stage": "latency", "delay": "20ms"},
+                              {"stage": "posix", "path": "/srv/mail"}]
+    assert 'fs = [{stage = "latency", delay = "20ms"}, {stage = "posix"' in cfg.to_toml()
 
 
 def test_malformed_toml(tmp_path: Path) -> None:

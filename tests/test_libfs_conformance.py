@@ -547,3 +547,64 @@ def test_missing_library_names_the_extra(spec: str, module: str, extra: str) -> 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert f"pip install 'cloudcote[{extra}]'" in out.stdout, out.stdout + out.stderr
+
+
+def test_wrapper_refuses_parent_lacking_what_it_needs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """compress keeps the raw size in metadata: a parent without metadata is refused."""
+    from cloudcote.libfs.compress import CompressFs
+    from cloudcote.libfs.posix import PosixFs
+
+    with pytest.raises(FsInvalidSpec, match="compress: parent stage .* lacks metadata"):
+        CompressFs(PosixFs(str(tmp_path), xattrs=False))
+
+
+def test_uncertain_writes_are_detected_not_repeated(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every write and append really happens and then reports failure; the retry stage
+    must notice each one instead of doing it twice."""
+
+    async def main() -> None:
+        spec = f"retry:attempts=20:randomfail:write=1,append=0.5,after=1:posix:{tmp_path}"
+        async with await open_fs(spec) as fs:
+            for i in range(20):
+                await fs.write(f"obj{i}", b"data %d" % i)
+            records = [b"rec %03d\n" % i for i in range(100)]
+            for rec in records:
+                await fs.append("log", rec)
+            randomfail = fs.parent  # type: ignore[attr-defined]
+            assert randomfail.injected["write-after"] >= 20
+            assert randomfail.injected["append-after"] > 20
+        async with await open_fs(f"posix:{tmp_path}") as plain:
+            for i in range(20):
+                assert await plain.read(f"obj{i}") == b"data %d" % i
+            assert await plain.read("log") == b"".join(records)  # once each, in order
+            # Someone else's object is still FsExists, not mistaken for ours.
+            async with await open_fs(spec) as fs:
+                with pytest.raises(FsExists):
+                    await fs.write("obj0", b"other data")
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("target, settings, message", [
+    ("seaweedfs", "bucket=no-such-bucket-cc", "no-such-bucket-cc"),
+    ("seaweedfs", "secret_key=wrong", "s3"),
+    ("cassandra", "keyspace=no_such_ks_cc,create_schema=no", "no_such_ks_cc"),
+    ("postgresql", "table=no_such_table_cc,create_schema=no", "no_such_table_cc"),
+    ("mysql", "table=no_such_table_cc,create_schema=no", "no_such_table_cc"),
+])
+def test_open_fails_clearly_on_missing_store_objects_and_credentials(
+    target: str, settings: str, message: str, request: pytest.FixtureRequest, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from .conftest import driver_spec
+
+    stage, _, args = driver_spec(target, request, tmp_path).partition(":")
+    for item in settings.split(","):
+        key = item.split("=", 1)[0]
+        args = ",".join(p for p in args.split(",") if not p.startswith(key + "="))
+        args += "," + item
+    spec = f"{stage}:{args}"
+    with pytest.raises(FsInvalidSpec) as info:
+        asyncio.run(open_fs(spec))
+    text = str(info.value)
+    assert text.startswith(stage) and message in text, text
+    assert "\n" not in text

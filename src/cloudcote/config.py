@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloudcote.libfs.api import FsInvalidSpec
+from cloudcote.libfs.chain import parse_chain
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LAYOUTS = ("sdbox", "mdbox")
 LISTENER_SECTIONS = ("imap", "imaps", "pop3", "pop3s", "lmtp")
@@ -58,7 +61,8 @@ class Listen:
 
 @dataclass
 class StorageConfig:
-    fs: str
+    #: A chain string, or a list of stage tables (see cloudcote.libfs.chain).
+    fs: str | list[dict[str, Any]]
     layout: str = "sdbox"
     prefetch_count: int = 16
 
@@ -98,7 +102,13 @@ class Config:
         lines.append(f"data_dir = {_toml_value(str(self.data_dir))}")
         lines.append("")
         lines.append("[storage]")
-        lines.append(f"fs = {_toml_value(self.storage.fs)}")
+        if isinstance(self.storage.fs, str):
+            lines.append(f"fs = {_toml_value(self.storage.fs)}")
+        else:
+            stages = ", ".join(
+                "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in stage.items()) + "}"
+                for stage in self.storage.fs)
+            lines.append(f"fs = [{stages}]")
         lines.append(f"layout = {_toml_value(self.storage.layout)}")
         lines.append(f"prefetch_count = {self.storage.prefetch_count}")
         lines.append("")
@@ -230,9 +240,12 @@ def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path 
     data_dir = resolve(data_dir_text).resolve()
 
     st = _Section(origin, "storage", top.get("storage", dict, {}, "expected a table"))
-    fs = st.get("fs", str, f"posix:{data_dir / 'mail'}", "expected a libfs chain string")
-    if not fs.strip():
-        raise st.error("fs", fs, "expected a libfs chain string such as 'posix:/var/mail'")
+    fs = st.get("fs", (str, list), f"posix:{data_dir / 'mail'}",
+                "expected a libfs chain string or a list of stage tables")
+    try:
+        parse_chain(fs)
+    except FsInvalidSpec as exc:
+        raise st.error("fs", fs, str(exc)) from None
     layout = st.get("layout", str, "sdbox", f"expected one of {', '.join(LAYOUTS)}")
     if layout not in LAYOUTS:
         raise st.error("layout", layout, f"expected one of {', '.join(LAYOUTS)}")
