@@ -10,7 +10,9 @@ AWS credential chain), ``addressing`` (path|virtual|auto; path when ``endpoint``
 else auto), ``pool`` (connections, 32), ``multipart_threshold`` (16MB), ``part_size`` (8MB,
 at least 5MB), ``retries`` (5), ``timeout`` (30s), ``create_bucket`` (no), ``atomic_create``
 (yes: the store honours ``If-None-Match: *`` atomically; say no for moto, which checks then
-puts), ``segment_cache`` (8MB of immutable append segments kept in memory; 0 disables).
+puts: it only drops Feature.ATOMIC_CREATE and adds the checks noted below),
+``multipart_create`` (copy|complete, default copy; see below), ``segment_cache`` (8MB of
+immutable append segments kept in memory; 0 disables).
 
 How each operation maps onto S3:
 
@@ -19,11 +21,19 @@ How each operation maps onto S3:
   to resend the request and the resend got 412, a ``HeadObject`` tells whether the object
   is ours (the first send won, its reply was lost) or someone else's.
 - ``write(REPLACE)``: plain ``PutObject`` (S3 replaces atomically).
-- ``write``/``write_stream`` above the threshold: multipart upload; a CREATE completes with
-  ``CompleteMultipartUpload`` + ``If-None-Match: *``, so it is exactly as atomic as a small
-  CREATE.  ``write_stream`` holds at most one part in memory: a stream that outgrows
-  ``min(part_size, multipart_threshold)`` goes multipart (deciding against the threshold
-  itself would mean buffering the whole threshold).
+- ``write`` above ``multipart_threshold``, ``write_stream`` above
+  ``min(part_size, multipart_threshold)``: a multipart upload holding one part in memory
+  (deciding against the threshold itself would mean buffering the whole threshold).
+  REPLACE completes at the path.  CREATE, with ``multipart_create=copy`` (the default),
+  completes at a temporary key ``<prefix>/.cloudcote-tmp/<uuid>``, publishes it with one
+  server-side ``CopyObject`` + ``If-None-Match: *`` and deletes the temporary key; this is
+  because SeaweedFS (4.48) checks ``If-None-Match`` on ``CompleteMultipartUpload`` outside
+  its object lock: 8 concurrent conditional completes of one key all succeeded in 4 of 5
+  rounds, while conditional ``CopyObject`` had exactly one winner in every round.
+  CopyObject caps this at 5 GiB; a larger CREATE fails (use ``multipart_create=complete``
+  on a store whose conditional complete is atomic, such as AWS).  A crash leaves the
+  temporary object behind (garbage for a purge; incomplete uploads want a bucket lifecycle
+  rule ``AbortIncompleteMultipartUpload``).
 - ``copy``: ``HeadObject`` of the source, then server-side ``CopyObject`` with
   ``x-amz-copy-source-if-match`` (the object we looked at) and, for CREATE,
   ``If-None-Match: *``.  With ``atomic_create=no`` a CREATE copy also checks the
@@ -32,7 +42,8 @@ How each operation maps onto S3:
   CopyObject's 5 GiB, are copied through the client by streaming.
 - ``read_range``: ``GetObject`` with ``Range``; ``read_stream``: one ``GetObject`` whose
   body is read chunk by chunk (so a concurrent replace never mixes in).
-- ``iter``: ``ListObjectsV2`` pages (S3 listings are strongly consistent).
+- ``iter``: ``ListObjectsV2`` pages (S3 listings are strongly consistent); the reserved
+  areas are skipped with one extra listing that starts after them.
 - ``delete``: ``HeadObject`` (is it a log?), ``DeleteObject``, then the log's segments.
 
 Append emulation (S3 has no append).  A log's record 0 *is* the object at the path's own
@@ -48,10 +59,11 @@ after the last number this driver knows; the tail is cached per path).  On 412 t
 appender re-lists the tail and tries the next number: a gap-free total order, no lock.
 Why this key scheme:
 
-- it cannot collide with a user path: the top-level name ``.cloudcote-seg`` is reserved
-  (paths starting with it are refused, as posix reserves ``.cloudcote-tmp``).  Keys made
-  unrepresentable as paths (an empty, ``.`` or ``..`` segment) do not survive SeaweedFS,
-  which folds ``a//b`` into ``a/b`` and refuses ``.``/``..`` segments;
+- it cannot collide with a user path: the top-level names ``.cloudcote-seg`` and
+  ``.cloudcote-tmp`` are reserved (paths starting with them are refused, as posix reserves
+  ``.cloudcote-tmp``).  Keys made unrepresentable as paths (an empty, ``.`` or ``..``
+  segment) do not survive SeaweedFS, which folds ``a//b`` into ``a/b`` and refuses
+  ``.``/``..`` segments;
 - the random ``gen`` makes segments of a deleted log unreachable: ``delete`` removes the
   head first, which is atomic for readers, then the segments; segments that a crash or a
   racing appender leaves behind belong to a dead generation and never reappear in a log
@@ -69,9 +81,16 @@ Retries: botocore's standard retry mode (``retries`` resends) covers 5xx, SlowDo
 throttling and connection errors; whatever is left is FsUnavailable.  ``self.requests``
 counts the HTTP requests sent, per S3 operation, resends included.
 
-SeaweedFS note: when several writers race for one key, the losers of a conditional write
-may be held for about a second each before their 412; a loser of a race for a key that
-already exists gets its 412 at once.
+SeaweedFS notes (4.48):
+
+- when several writers race for one key, the losers of a conditional write may be held
+  for about a second each before their 412 (about three are released per second); a
+  loser for a key that already exists gets its 412 at once;
+- a key with objects under ``key/`` is a filer directory: a conditional PUT of ``key``
+  then gets 412 although HEAD says 404 (a plain PUT works).  As on posix, a path cannot
+  be created once it has "children"; ``append`` says so instead of retrying forever;
+- Feature.DURABLE is the S3 API's promise; SeaweedFS syncs volume writes only when
+  configured to (``fs.configure -locationPrefix=/buckets/<bucket>/ -fsync -apply``).
 """
 
 from __future__ import annotations
@@ -958,11 +977,11 @@ class S3Fs(Fs):
                 state = self._log_for(path, gen, len(data), time.time())
                 state.tail_known = True
                 return
-            state = self._as_log(path, head, int(head["ContentLength"]))
-            if state is None:
+            live = self._as_log(path, head, int(head["ContentLength"]))
+            if live is None:
                 raise FsExists(f"{self.describe()} append {path!r}: the path holds an object "
                                "written whole, not an append log", path=path, op="append")
-            await self._append_segment(path, state, data, token)
+            await self._append_segment(path, live, data, token)
             return
         raise FsUnavailable(f"{self.describe()} append {path!r}: log keeps changing",
                             path=path, op="append")
