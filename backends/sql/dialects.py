@@ -123,6 +123,25 @@ class Dialect(abc.ABC):
             self.quote(self.tables["objects"]), self.quote(self.tables["chunks"]),
             self.quote(self.tables["segments"]))
 
+    @staticmethod
+    def _shared_statements(o: str, s: str) -> dict[str, str]:
+        """The statements both servers take in the same words (``o``/``s``: the quoted
+        objects and segments tables)."""
+        return {
+            # (path, log_id, seq) -> (current log id of path, token at seq, last seq)
+            "append_probe": f"SELECT (SELECT blob_id FROM {o} WHERE path = $1 AND kind = 'log'),"
+                            f" (SELECT token FROM {s} WHERE log_id = $2 AND seq = $3),"
+                            f" (SELECT MAX(seq) FROM {s} WHERE log_id = $2)",
+            "tail": f"SELECT MAX(seq) FROM {s} WHERE log_id = $1",
+            # (log_id, token, from seq) -> seqs holding our record
+            "mine": f"SELECT seq FROM {s} WHERE log_id = $1 AND seq >= $3 AND token = $2",
+            # (low, high, limit)
+            "list_from": f"SELECT path FROM {o} WHERE path >= $1 AND path < $2 "
+                         f"ORDER BY path LIMIT $3",
+            "list_after": f"SELECT path FROM {o} WHERE path > $1 AND path < $2 "
+                          f"ORDER BY path LIMIT $3",
+        }
+
     # -- identity -------------------------------------------------------------------------
 
     def where(self) -> str:
@@ -413,18 +432,7 @@ class PgDialect(Dialect):
                            f"FROM unnest($3::uuid[], $4::bytea[]) WITH ORDINALITY AS u(t, d, i) "
                            f"WHERE EXISTS (SELECT 1 FROM {o} WHERE path = $5 AND blob_id = $1 "
                            f"AND kind = 'log') ON CONFLICT (log_id, seq) DO NOTHING",
-            # (path, log_id, seq) -> (current log id of path, token at seq, last seq)
-            "append_probe": f"SELECT (SELECT blob_id FROM {o} WHERE path = $1 AND kind = 'log'),"
-                            f" (SELECT token FROM {s} WHERE log_id = $2 AND seq = $3),"
-                            f" (SELECT MAX(seq) FROM {s} WHERE log_id = $2)",
-            "tail": f"SELECT MAX(seq) FROM {s} WHERE log_id = $1",
-            # (log_id, token, from seq) -> seqs holding our record
-            "mine": f"SELECT seq FROM {s} WHERE log_id = $1 AND seq >= $3 AND token = $2",
-            # (low, high, limit)
-            "list_from": f"SELECT path FROM {o} WHERE path >= $1 AND path < $2 "
-                         f"ORDER BY path LIMIT $3",
-            "list_after": f"SELECT path FROM {o} WHERE path > $1 AND path < $2 "
-                          f"ORDER BY path LIMIT $3",
+            **self._shared_statements(o, s),
         }
 
     def classify(self, exc: BaseException) -> ErrorKind:
@@ -738,15 +746,7 @@ class MySqlDialect(Dialect):
                       f"SELECT $1, $2, $3, $4, {now}, $5 FROM {o} "
                       f"WHERE path = $6 AND blob_id = $1 AND kind = 'log' "
                       f"ON DUPLICATE KEY UPDATE seq = {s}.seq",
-            "append_probe": f"SELECT (SELECT blob_id FROM {o} WHERE path = $1 AND kind = 'log'),"
-                            f" (SELECT token FROM {s} WHERE log_id = $2 AND seq = $3),"
-                            f" (SELECT MAX(seq) FROM {s} WHERE log_id = $2)",
-            "tail": f"SELECT MAX(seq) FROM {s} WHERE log_id = $1",
-            "mine": f"SELECT seq FROM {s} WHERE log_id = $1 AND seq >= $3 AND token = $2",
-            "list_from": f"SELECT path FROM {o} WHERE path >= $1 AND path < $2 "
-                         f"ORDER BY path LIMIT $3",
-            "list_after": f"SELECT path FROM {o} WHERE path > $1 AND path < $2 "
-                          f"ORDER BY path LIMIT $3",
+            **self._shared_statements(o, s),
         }
 
     def classify(self, exc: BaseException) -> ErrorKind:
