@@ -115,7 +115,16 @@ class PosixFs(Fs):
 
         def run() -> bytes:
             with open(full, "rb") as f:
-                return f.read()
+                # A concurrent append copies its record page by page and moves i_size as it
+                # goes, so a record that straddles a page can be seen half-written.  Return
+                # only a read during which the size did not move (no append in progress).
+                for _ in range(100):
+                    before = os.fstat(f.fileno()).st_size
+                    data = os.pread(f.fileno(), before + 1, 0)
+                    if len(data) == before == os.fstat(f.fileno()).st_size:
+                        return data
+                    time.sleep(0.001)
+                return data
 
         return await self._run(run, "read", path)
 
