@@ -1,0 +1,867 @@
+"""Mail storage on libfs: users, mailboxes, saving, flags, expunge, copy and move.
+
+Layout under the libfs chain (see docs/storage.md)::
+
+    users/<user>/list/{log,snap}.<k>          the user's mailbox list (mailbox_list.py)
+    users/<user>/mbox/<guid>/{log,snap}.<k>   a mailbox's transaction log and snapshots
+    users/<user>/mbox/<guid>/cache/<id>       cache chunks the snapshots refer to
+    users/<user>/mbox/<guid>/msg/<id>         sdbox: one object per message
+    storage/<id>                              mdbox: messages packed into shared objects
+
+One ``MailStore`` per process: it shares each opened mailbox between the sessions of that
+process, so that a save by one session is seen by the others without reading the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloudcote.libfs.api import Fs, FsError, FsExists, FsNotFound, FsUnavailable
+
+from . import objects
+from .errors import (
+    CorruptMailbox,
+    InvalidMailboxName,
+    MailboxExists,
+    MailboxInUse,
+    MailboxNotFound,
+    MessageExpunged,
+    MessageTooLarge,
+    QuotaExceeded,
+    StorageUnavailable,
+)
+from .index import MailboxState, Message, normalize_flag, ranges_of
+from .mailbox_list import (
+    SEP,
+    MailboxEntry,
+    MailboxListState,
+    normalize_name,
+    normalize_special_use,
+)
+from .txlog import TransactionLog
+
+log = logging.getLogger("cloudcote.core.mail")
+
+LAYOUTS = ("sdbox", "mdbox")
+DEFAULT_AUTOCREATE = {
+    "Drafts": ["\\Drafts"], "Sent": ["\\Sent"], "Trash": ["\\Trash"], "Junk": ["\\Junk"],
+    "Archive": ["\\Archive"],
+}
+#: Cache entries keep a header block up to this size; bigger ones are read from the message.
+MAX_CACHED_HEADER = 64 * 1024
+
+
+@dataclass
+class StorageSettings:
+    """What ``[storage]`` and ``[mail]`` configure for mail storage."""
+
+    layout: str = "sdbox"
+    #: Mailboxes created at a user's first login, with their SPECIAL-USE attributes.
+    autocreate: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_AUTOCREATE))
+    #: Default quota; 0 means unlimited.  Per-user values come from the userdb.
+    quota_bytes: int = 0
+    quota_messages: int = 0
+    max_message_size: int = 50 * 1024 * 1024
+    #: Seconds between polls of a mailbox's log tail for other processes' changes.
+    poll_interval: float = 2.0
+    #: Objects younger than this are never treated as orphans (a save may still link them).
+    orphan_grace: float = 3600.0
+    #: Log rotation size; None picks one that suits the store.
+    log_limit: int | None = None
+    #: How old other mailboxes' sizes may be when a save checks the quota.
+    quota_refresh: float = 10.0
+
+
+@dataclass
+class QuotaLimits:
+    bytes: int = 0
+    messages: int = 0
+
+
+def parse_quota_rule(rule: str) -> QuotaLimits:
+    """Dovecot's ``quota_rule = *:storage=1G:messages=10000`` (sizes with B/K/M/G/T)."""
+    limits = QuotaLimits()
+    for part in rule.split(":"):
+        key, _, value = part.partition("=")
+        key = key.strip().lower()
+        if key == "storage":
+            limits.bytes = _parse_size(value)
+        elif key == "messages":
+            limits.messages = int(value)
+    return limits
+
+
+def _parse_size(text: str) -> int:
+    text = text.strip().upper()
+    mult = 1
+    for suffix, m in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10),
+                      ("B", 1)):
+        if text.endswith(suffix):
+            text, mult = text[:-1], m
+            break
+    return int(float(text) * mult)
+
+
+def user_prefix(user: str) -> str:
+    """The libfs prefix of a user's mail: the name percent-encoded so that no user name can
+    reach another user's objects (``/``, ``..`` and the like are encoded)."""
+    enc = urllib.parse.quote(user, safe="@+-_.")
+    if enc in (".", ".."):
+        enc = enc.replace(".", "%2E")
+    return f"users/{enc}"
+
+
+@dataclass
+class SaveRequest:
+    """One message to save: bytes as received, flags, internal date (aware) or now."""
+
+    raw: bytes
+    flags: Sequence[str] = ()
+    internaldate: dt.datetime | None = None
+
+
+@dataclass
+class QuotaUsage:
+    bytes: int
+    messages: int
+    limits: QuotaLimits
+
+
+class MailStore:
+    """Mail storage of one process over one libfs chain."""
+
+    def __init__(self, fs: Fs, settings: StorageSettings | None = None) -> None:
+        self.fs = fs
+        self.settings = settings or StorageSettings()
+        if self.settings.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.settings.layout!r}")
+        self._users: dict[str, UserMail] = {}
+        self._opening: dict[str, asyncio.Task[UserMail]] = {}
+
+    async def user(self, name: str, quota: QuotaLimits | None = None) -> UserMail:
+        """The user's mail, opened (and set up on first use: INBOX and the autocreated
+        special-use mailboxes)."""
+        um = self._users.get(name)
+        if um is not None:
+            if quota is not None:
+                um.quota_limits = quota
+            return um
+        um = UserMail(self, name, quota or QuotaLimits(self.settings.quota_bytes,
+                                                         self.settings.quota_messages))
+        await um.open()
+        self._users.setdefault(name, um)
+        return self._users[name]
+
+    def cached_user(self, name: str) -> UserMail | None:
+        return self._users.get(name)
+
+    async def close(self) -> None:
+        self._users.clear()
+
+
+class UserMail:
+    """One user's mailboxes."""
+
+    def __init__(self, store: MailStore, user: str, quota: QuotaLimits) -> None:
+        self.store = store
+        self.fs = store.fs
+        self.user = user
+        self.prefix = user_prefix(user)
+        self.quota_limits = quota
+        self.list_log: TransactionLog[MailboxListState] = TransactionLog(
+            self.fs, f"{self.prefix}/list", MailboxListState.decode_snapshot,
+            what=f"user {user} mailbox list")
+        self._mailboxes: dict[str, Mailbox] = {}
+
+    # -- the list -------------------------------------------------------------------------
+
+    @property
+    def list_state(self) -> MailboxListState:
+        assert self.list_log.state is not None
+        return self.list_log.state
+
+    async def open(self) -> None:
+        try:
+            await self.list_log.open()
+        except FsNotFound:
+            try:
+                await self.list_log.create(MailboxListState())
+            except FsExists:
+                await self.list_log.open()
+        wanted: dict[str, list[str]] = {"INBOX": []} | dict(self.store.settings.autocreate)
+        missing = [(n, su) for n, su in wanted.items() if n not in self.list_state.by_name]
+        if missing:
+            recs = [self._create_record(n, normalize_special_use(su)) for n, su in missing]
+            await self.list_log.commit(recs)
+
+    async def refresh_list(self) -> None:
+        await self.list_log.refresh()
+
+    def _create_record(self, name: str, special_use: list[str]) -> list[Any]:
+        from .index import new_guid
+
+        last = self.list_state.last_uidvalidity.get(name, 0)
+        uidvalidity = max(int(time.time()), last + 1) & 0xFFFFFFFF or 1
+        return ["c", name, new_guid(), uidvalidity, special_use]
+
+    def list_mailboxes(self) -> list[MailboxEntry]:
+        """Every mailbox, sorted by name (as of the last refresh)."""
+        return sorted(self.list_state.by_name.values(), key=lambda e: e.name)
+
+    def subscriptions(self) -> set[str]:
+        return set(self.list_state.subscriptions)
+
+    def entry(self, name: str) -> MailboxEntry:
+        canon = normalize_name(name)
+        entry = self.list_state.by_name.get(canon)
+        if entry is None:
+            raise MailboxNotFound(f"no mailbox {name!r}")
+        return entry
+
+    async def create_mailbox(self, name: str, special_use: Iterable[str] = ()) -> MailboxEntry:
+        """RFC 3501 6.3.3 CREATE (with RFC 6154 CREATE-SPECIAL-USE).  One of two concurrent
+        creators of a name wins; the other gets MailboxExists."""
+        canon = normalize_name(name)
+        su = normalize_special_use(list(special_use))
+        await self.refresh_list()
+        if canon in self.list_state.by_name:
+            raise MailboxExists(f"mailbox {canon!r} exists")
+        # RFC 3501 6.3.3: superior names that are needed are created too.
+        parts = canon.split(SEP)
+        parents = [SEP.join(parts[:i]) for i in range(1, len(parts))]
+        recs = [self._create_record(p, []) for p in parents
+                if p not in self.list_state.by_name]
+        rec = self._create_record(canon, su)
+        *_, result = await self.list_log.commit([*recs, rec])
+        if result != "ok":
+            raise MailboxExists(f"mailbox {canon!r} exists")
+        return self.list_state.by_guid[rec[2]]
+
+    async def delete_mailbox(self, name: str) -> None:
+        """RFC 3501 6.3.4 DELETE: the mailbox and its messages go; its children stay."""
+        entry = self.entry(name)
+        if entry.name == "INBOX":
+            raise MailboxInUse("INBOX cannot be deleted")
+        (result,) = await self.list_log.commit([["d", entry.guid]])
+        if result != "ok":
+            raise MailboxNotFound(f"no mailbox {name!r}")
+        box = self._mailboxes.pop(entry.guid, None)
+        if box is not None:
+            box.deleted = True
+        await self._remove_mailbox_objects(entry.guid)
+
+    async def _remove_mailbox_objects(self, guid: str) -> None:
+        base = f"{self.prefix}/mbox/{guid}/"
+        try:
+            names = [n async for n in self.fs.iter(base)]
+            # Logs last: a reader that finds the log gone knows the mailbox is.
+            names.sort(key=lambda n: ("/log." in n, n))
+            for n in names:
+                await self.fs.delete(n)
+        except (FsError, StorageUnavailable) as exc:
+            log.warning("user=%s mailbox=%s: objects of the deleted mailbox not all removed "
+                        "(%s); purge removes the rest", self.user, guid, exc)
+
+    async def rename_mailbox(self, old: str, new: str) -> None:
+        """RFC 3501 6.3.5 RENAME: the mailbox and its children.  Renaming INBOX moves its
+        messages into a new mailbox and leaves INBOX empty."""
+        entry = self.entry(old)
+        canon = normalize_name(new)
+        if canon == entry.name:
+            raise MailboxExists(f"mailbox {canon!r} exists")
+        if canon.startswith(entry.name + SEP):
+            raise MailboxInUse("a mailbox cannot be renamed into its own child")
+        if entry.name == "INBOX":
+            target = await self.create_mailbox(canon)
+            src = await self.mailbox("INBOX")
+            dst = await self.mailbox_by_guid(target.guid)
+            uids = list(src.state.uids)
+            if uids:
+                await src.move(uids, dst)
+            return
+        await self.refresh_list()
+        if canon in self.list_state.by_name:
+            raise MailboxExists(f"mailbox {canon!r} exists")
+        (result,) = await self.list_log.commit([["r", entry.guid, canon]])
+        if result == "exists":
+            raise MailboxExists(f"mailbox {canon!r} (or one of its children) exists")
+        if result == "missing":
+            raise MailboxNotFound(f"no mailbox {old!r}")
+        if result != "ok":
+            raise InvalidMailboxName(f"cannot rename {old!r} to {new!r}")
+
+    async def subscribe(self, name: str) -> None:
+        await self.list_log.commit([["s", normalize_name(name)]])
+
+    async def unsubscribe(self, name: str) -> None:
+        await self.list_log.commit([["u", normalize_name(name)]])
+
+    async def set_special_use(self, name: str, special_use: Iterable[str]) -> None:
+        entry = self.entry(name)
+        await self.list_log.commit([["su", entry.guid, normalize_special_use(list(special_use))]])
+
+    # -- mailboxes ------------------------------------------------------------------------
+
+    async def mailbox(self, name: str) -> Mailbox:
+        """The opened mailbox (shared with every session of this process)."""
+        try:
+            entry = self.entry(name)
+        except MailboxNotFound:
+            await self.refresh_list()
+            entry = self.entry(name)
+        return await self.mailbox_by_guid(entry.guid)
+
+    async def mailbox_by_guid(self, guid: str) -> Mailbox:
+        box = self._mailboxes.get(guid)
+        if box is not None:
+            return box
+        entry = self.list_state.by_guid.get(guid)
+        if entry is None:
+            raise MailboxNotFound(f"no mailbox with GUID {guid}")
+        box = Mailbox(self, entry)
+        try:
+            await box.open()
+        except CorruptMailbox as exc:
+            # Dovecot rebuilds a broken index on open; so do we (and say so once).
+            from .resync import force_resync
+
+            log.error("user=%s mailbox=%s: %s; running force-resync", self.user, entry.name,
+                      exc)
+            box = Mailbox(self, entry)
+            await force_resync(box)
+        return self._mailboxes.setdefault(guid, box)
+
+    # -- quota ----------------------------------------------------------------------------
+
+    async def quota_usage(self, *, max_age: float | None = None) -> QuotaUsage:
+        """Bytes and messages over all mailboxes (RFC 9208 STORAGE and MESSAGE), from the
+        indexes; mailboxes refreshed if their view is older than ``max_age`` seconds."""
+        age = self.store.settings.quota_refresh if max_age is None else max_age
+        total = count = 0
+        for entry in list(self.list_state.by_name.values()):
+            try:
+                box = await self.mailbox_by_guid(entry.guid)
+                if time.monotonic() - box.refreshed_at > age:
+                    await box.refresh()
+            except MailboxNotFound:
+                continue
+            total += box.state.total_size
+            count += box.state.exists
+        return QuotaUsage(total, count, self.quota_limits)
+
+    async def check_quota(self, add_bytes: int, add_messages: int) -> None:
+        limits = self.quota_limits
+        if not limits.bytes and not limits.messages:
+            return
+        usage = await self.quota_usage()
+        if limits.bytes and usage.bytes + add_bytes > limits.bytes:
+            raise QuotaExceeded("storage", limits.bytes, usage.bytes, add_bytes)
+        if limits.messages and usage.messages + add_messages > limits.messages:
+            raise QuotaExceeded("messages", limits.messages, usage.messages, add_messages)
+
+
+def _cache_entry(raw: bytes) -> dict[str, Any]:
+    """The cache fields of a message, computed at save time (ENVELOPE, BODYSTRUCTURE, BODY
+    and the header block)."""
+    from . import mime
+
+    ms = mime.parse(raw)
+    hdr = mime.header_block(raw)
+    entry: dict[str, Any] = {
+        "env": mime.envelope(ms),
+        "bs": mime.bodystructure(ms, extended=True),
+        "b": mime.bodystructure(ms, extended=False),
+    }
+    if len(hdr) <= MAX_CACHED_HEADER:
+        entry["h"] = hdr.decode("utf-8", "surrogateescape")
+    return entry
+
+
+def _idate(when: dt.datetime | None) -> tuple[int, int]:
+    if when is None:
+        return int(time.time()), 0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    off = when.utcoffset() or dt.timedelta(0)
+    return int(when.timestamp()), int(off.total_seconds() // 60)
+
+
+class Mailbox:
+    """An opened mailbox: its index (shared by the sessions of this process), and the
+    operations that change it."""
+
+    def __init__(self, user: UserMail, entry: MailboxEntry) -> None:
+        self.user = user
+        self.mail_store = user.store
+        self.fs = user.fs
+        self.entry = entry
+        self.guid = entry.guid
+        self.base = f"{user.prefix}/mbox/{entry.guid}"
+        self.log: TransactionLog[MailboxState] = TransactionLog(
+            self.fs, self.base, MailboxState.decode_snapshot,
+            limit=self.mail_store.settings.log_limit,
+            what=f"user={user.user} mailbox={entry.name}",
+            before_snapshot=lambda st: st.take_cache_chunk(self.base))
+        self.refreshed_at = 0.0
+        self.deleted = False
+        self._changed = asyncio.Event()
+        self._seen_generation = 0
+        self._chunks: dict[str, dict[str, Any]] = {}
+        self._damage_repaired = 0
+        self._repairing = False
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def state(self) -> MailboxState:
+        assert self.log.state is not None
+        return self.log.state
+
+    async def open(self) -> None:
+        try:
+            await self.log.open()
+        except FsNotFound:
+            # First use of a listed mailbox: its log starts here.  Concurrent first users
+            # write the same snap.1 (GUID and UIDVALIDITY come from the list).
+            try:
+                await self.log.create(MailboxState(self.guid, self.entry.uidvalidity))
+            except FsExists:
+                await self.log.open()
+        self.refreshed_at = time.monotonic()
+        self._seen_generation = self.log.generation
+        await self._repair_if_damaged()
+
+    async def refresh(self) -> bool:
+        """Read other processes' changes.  True if there were any."""
+        try:
+            changed = await self.log.refresh()
+        except CorruptMailbox:
+            await self.user.refresh_list()
+            if self.guid not in self.user.list_state.by_guid:
+                self.deleted = True
+                raise MailboxNotFound(f"mailbox {self.name!r} was deleted") from None
+            raise
+        self.refreshed_at = time.monotonic()
+        self._notify()
+        await self._repair_if_damaged()
+        return changed
+
+    async def _repair_if_damaged(self) -> None:
+        """A damaged log span was just found (and logged): repair at once, as Dovecot
+        rebuilds a corrupted index, so the next reader never meets it."""
+        seen = len(self.log.damage)
+        if seen > self._damage_repaired and not self._repairing:
+            self._repairing = True
+            try:
+                from .resync import force_resync
+
+                await force_resync(self)
+            finally:
+                self._repairing = False
+                self._damage_repaired = len(self.log.damage)
+
+    def _notify(self) -> None:
+        if self.log.generation != self._seen_generation:
+            self._seen_generation = self.log.generation
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def wait_for_change(self, timeout: float) -> bool:
+        """Wait until the mailbox changes (a commit in this process at once; other
+        processes' changes within the poll interval).  True if it changed."""
+        deadline = time.monotonic() + timeout
+        gen = self.log.generation
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return self.log.generation != gen
+            event = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(),
+                                       min(left, self.mail_store.settings.poll_interval))
+            if self.log.generation != gen:
+                return True
+            if time.monotonic() - self.refreshed_at >= self.mail_store.settings.poll_interval:
+                await self.refresh()
+                if self.log.generation != gen:
+                    return True
+
+    # -- saving ---------------------------------------------------------------------------
+
+    async def save(self, raw: bytes, flags: Sequence[str] = (),
+                   internaldate: dt.datetime | None = None) -> int:
+        """Save one message (RFC 3501 6.3.11 APPEND); returns its UID once it is durable."""
+        (uid,) = await self.save_many([SaveRequest(raw, flags, internaldate)])
+        return uid
+
+    async def save_many(self, requests: Sequence[SaveRequest]) -> list[int]:
+        """Save several messages all at once: every message or (on an error before the log
+        record) none.  Returns their UIDs, ascending."""
+        if not requests:
+            return []
+        prepared = [self._prepare(r) for r in requests]
+        await self.user.check_quota(sum(len(p[0]) for p in prepared), len(prepared))
+        if self.mail_store.settings.layout == "mdbox":
+            locs = await _write_mdbox(self.fs, [(self.user.user, self.guid)],
+                                      [(p[0], p[1]) for p in prepared])
+        else:
+            locs = await asyncio.gather(*(self._write_sdbox(p[0], p[1]) for p in prepared))
+        records = [
+            ["a", meta.guid, loc, meta.size, meta.internaldate, meta.tz,
+             list(flags), _cache_entry(raw)]
+            for (raw, meta, flags), loc in zip(prepared, locs, strict=True)
+        ]
+        uids = await self.log.commit(records)
+        self._notify()
+        await self._repair_if_damaged()
+        return [int(u) for u in uids]
+
+    def _prepare(self, req: SaveRequest) -> tuple[bytes, objects.StoredMeta, list[str]]:
+        from .index import new_guid
+
+        raw = objects.normalize_crlf(req.raw)
+        if len(raw) > self.mail_store.settings.max_message_size:
+            raise MessageTooLarge(f"message of {len(raw)} bytes is above the limit of "
+                                  f"{self.mail_store.settings.max_message_size}")
+        idate, tz = _idate(req.internaldate)
+        meta = objects.StoredMeta(new_guid(), self.guid, idate, tz, len(raw))
+        flags = sorted({normalize_flag(f) for f in req.flags if f.lower() != "\\recent"})
+        return raw, meta, flags
+
+    async def _write_sdbox(self, raw: bytes, meta: objects.StoredMeta) -> str:
+        oid = objects.new_object_id()
+        data = objects.encode_message(meta, raw)
+        await _io(self.fs.write(f"{self.base}/msg/{oid}", data))
+        return f"{oid}:{meta.offset}"
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _where(self, msg: Message) -> tuple[str, int]:
+        loc = msg.loc
+        if loc.startswith("@"):
+            oid, _, off = loc[1:].partition(":")
+            return f"storage/{oid}", int(off)
+        oid, _, off = loc.partition(":")
+        return f"{self.base}/msg/{oid}", int(off)
+
+    async def read_message(self, msg: Message, start: int = 0, end: int | None = None) -> bytes:
+        """The stored bytes of ``msg`` (or ``[start, end)`` of them), byte for byte.
+        Raises MessageExpunged when its object is gone."""
+        end = msg.size if end is None else min(end, msg.size)
+        if start >= end:
+            return b""
+        for attempt in range(2):
+            path, off = self._where(msg)
+            try:
+                return bytes(await _io(self.fs.read_range(path, off + start, off + end)))
+            except FsNotFound:
+                # Expunged by another process, or (mdbox) moved by purge: the log says.
+                await self.refresh()
+                current = self.state.messages.get(msg.uid)
+                if current is None:
+                    break
+                if current.loc == msg.loc:
+                    # Another process may be expunging it right now (objects go before
+                    # the log record): give its record a moment to arrive.
+                    for _ in range(3):
+                        await asyncio.sleep(0.2)
+                        await self.refresh()
+                        if msg.uid not in self.state.messages:
+                            break
+                    current = self.state.messages.get(msg.uid)
+                    if current is None:
+                        break
+                if attempt == 1 or current.loc == msg.loc:
+                    # Still in the index, and its object is gone: repair the index.
+                    log.error("user=%s mailbox=%s: object of UID %d (%s) is missing; "
+                              "expunging it", self.user.user, self.name, msg.uid, path)
+                    await self.log.commit([["x", ranges_of([msg.uid])]])
+                    self._notify()
+                    break
+                msg = current
+        raise MessageExpunged(f"message UID {msg.uid} of {self.name!r} is gone")
+
+    async def cache_entry(self, msg: Message) -> dict[str, Any]:
+        """The cached ENVELOPE/BODYSTRUCTURE/BODY/header fields of ``msg``; read from the
+        cache chunk if needed; computed from the message (and logged) if the cache lost it."""
+        st = self.state
+        entry = st.loose_cache.get(msg.guid)
+        if entry is not None:
+            return entry
+        chunk = st.cache_where.get(msg.guid)
+        if chunk is not None:
+            data = self._chunks.get(chunk)
+            if data is None:
+                data = await self._load_chunk(chunk)
+            if data is not None and msg.guid in data:
+                return dict(data[msg.guid])
+        raw = await self.read_message(msg)
+        entry = _cache_entry(raw)
+        st.loose_cache[msg.guid] = entry
+        return entry
+
+    async def _load_chunk(self, name: str) -> dict[str, Any] | None:
+        import json
+        import zlib
+
+        try:
+            blob = await _io(self.fs.read(name))
+            data = json.loads(zlib.decompress(blob))
+        except (FsNotFound, ValueError, zlib.error) as exc:
+            log.error("user=%s mailbox=%s: cache chunk %s unreadable (%s); rebuilding "
+                      "entries from the messages", self.user.user, self.name, name, exc)
+            return None
+        if len(self._chunks) > 64:
+            self._chunks.pop(next(iter(self._chunks)))
+        self._chunks[name] = data
+        return data  # type: ignore[no-any-return]
+
+    async def header_block(self, msg: Message) -> bytes:
+        """The message's header block (cached; read from the message if too large)."""
+        entry = await self.cache_entry(msg)
+        hdr = entry.get("h")
+        if hdr is not None:
+            return str(hdr).encode("utf-8", "surrogateescape")
+        from . import mime
+
+        return mime.header_block(await self.read_message(msg))
+
+    # -- changes --------------------------------------------------------------------------
+
+    async def store(self, uids: Iterable[int], mode: str, flags: Iterable[str],
+                    unchangedsince: int | None = None) -> dict[str, list[int]]:
+        """RFC 3501 6.4.6 STORE (``mode`` "+", "-" or "="), with RFC 7162 UNCHANGEDSINCE.
+        Returns ``{"changed": uids, "failed": uids}``."""
+        if mode not in ("+", "-", "="):
+            raise ValueError(f"bad store mode {mode!r}")
+        fl = sorted({normalize_flag(f) for f in flags if f.lower() != "\\recent"})
+        ranges = ranges_of(uids)
+        if not ranges:
+            return {"changed": [], "failed": []}
+        (result,) = await self.log.commit([["f", ranges, mode, fl, unchangedsince]])
+        self._notify()
+        await self._repair_if_damaged()
+        return result  # type: ignore[no-any-return]
+
+    async def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
+        """Expunge ``uids`` (default: every message flagged \\Deleted, RFC 3501 6.4.3).
+        Returns the UIDs this call expunged; their objects are removed afterwards."""
+        if uids is None:
+            await self.refresh()
+            uids = [m.uid for m in self.state if "\\Deleted" in m.flags]
+        victims = {u: self.state.messages[u] for u in uids if u in self.state.messages}
+        if not victims:
+            return []
+        # sdbox: objects go first, so that force-resync never brings an expunged message
+        # back; a crash in between leaves index entries without objects, which resync
+        # expunges.  (mdbox keeps the bytes until purge.)
+        await self._delete_objects(list(victims.values()))
+        (gone,) = await self.log.commit([["x", ranges_of(victims)]])
+        self._notify()
+        return [int(u) for u in gone]
+
+    async def _delete_objects(self, msgs: list[Message]) -> None:
+        for msg in msgs:
+            if msg.loc.startswith("@"):
+                continue  # mdbox: purge reclaims the space
+            path, _ = self._where(msg)
+            try:
+                await self.fs.delete(path)
+            except FsUnavailable as exc:
+                raise StorageUnavailable(f"expunge of UID {msg.uid}: {exc}") from exc
+
+    async def copy(self, uids: Iterable[int], dest: Mailbox) -> list[tuple[int, int]]:
+        """RFC 3501 6.4.7 COPY: returns (source UID, destination UID) pairs (RFC 4315
+        COPYUID).  Flags and internal date go along; the message GUID is kept."""
+        msgs = [self.state.messages[u] for u in sorted(set(uids)) if u in self.state.messages]
+        if not msgs:
+            return []
+        await dest.user.check_quota(sum(m.size for m in msgs), len(msgs))
+        entries = [await self.cache_entry(m) for m in msgs]
+        if dest.mail_store.settings.layout == "mdbox":
+            datas = [await self.read_message(m) for m in msgs]
+            metas = [objects.StoredMeta(m.guid, dest.guid, m.internaldate, m.tz, m.size)
+                     for m in msgs]
+            locs = await _write_mdbox(self.fs, [(dest.user.user, dest.guid)],
+                                      list(zip(datas, metas, strict=True)))
+        else:
+            locs = list(await asyncio.gather(*(self._copy_sdbox(m, dest) for m in msgs)))
+        records = [["a", m.guid, loc, m.size, m.internaldate, m.tz, sorted(m.flags), e]
+                   for m, loc, e in zip(msgs, locs, entries, strict=True)]
+        new = await dest.log.commit(records)
+        dest._notify()
+        return [(m.uid, int(u)) for m, u in zip(msgs, new, strict=True)]
+
+    async def _copy_sdbox(self, msg: Message, dest: Mailbox) -> str:
+        oid = objects.new_object_id()
+        path, off = self._where(msg)
+        dst = f"{dest.base}/msg/{oid}"
+        if not msg.loc.startswith("@"):
+            try:
+                await _io(self.fs.copy(path, dst))
+                return f"{oid}:{off}"
+            except FsNotFound:
+                raise MessageExpunged(f"message UID {msg.uid} of {self.name!r} is gone") \
+                    from None
+        raw = await self.read_message(msg)
+        meta = objects.StoredMeta(msg.guid, dest.guid, msg.internaldate, msg.tz, msg.size)
+        await _io(self.fs.write(dst, objects.encode_message(meta, raw)))
+        return f"{oid}:{meta.offset}"
+
+    async def move(self, uids: Iterable[int], dest: Mailbox) -> list[tuple[int, int]]:
+        """RFC 6851 MOVE: copy, then expunge the originals."""
+        pairs = await self.copy(uids, dest)
+        await self.expunge([s for s, _ in pairs])
+        return pairs
+
+
+async def _write_mdbox(fs: Fs, refs: list[tuple[str, str]],
+                       items: list[tuple[bytes, objects.StoredMeta]]) -> list[str]:
+    """Pack ``items`` into one new storage object (mdbox); return their locations."""
+    oid = objects.new_object_id()
+    parts: list[bytes] = []
+    locs: list[str] = []
+    pos = 0
+    for raw, meta in items:
+        meta.refs = [list(r) for r in refs]
+        blob = objects.encode_message(meta, raw)
+        locs.append(f"@{oid}:{pos + meta.offset}")
+        parts.append(blob)
+        pos += len(blob)
+    await _io(fs.write(f"storage/{oid}", b"".join(parts)))
+    return locs
+
+
+async def deliver(store: MailStore, raw: bytes,
+                  targets: Sequence[tuple[str, str]]) -> list[int | Exception]:
+    """Deliver one message to several (user, mailbox) targets (LMTP).  With mdbox the
+    message is stored once for all of them.  Returns per target the UID or the error;
+    a UID means that target's copy is durable."""
+    raw = objects.normalize_crlf(raw)
+    results: list[int | Exception] = [RuntimeError("not delivered")] * len(targets)
+    boxes: list[Mailbox | None] = []
+    for i, (user, name) in enumerate(targets):
+        try:
+            um = await store.user(user)
+            box = await um.mailbox(name)
+            if len(raw) > store.settings.max_message_size:
+                raise MessageTooLarge(f"message of {len(raw)} bytes is above the limit")
+            await um.check_quota(len(raw), 1)
+            boxes.append(box)
+        except Exception as exc:  # noqa: BLE001 - reported per recipient
+            results[i] = exc
+            boxes.append(None)
+    live = [(i, b) for i, b in enumerate(boxes) if b is not None]
+    if not live:
+        return results
+    if store.settings.layout == "mdbox":
+        from .index import new_guid
+
+        guid = new_guid()
+        idate, tz = _idate(None)
+        meta = objects.StoredMeta(guid, live[0][1].guid, idate, tz, len(raw))
+        try:
+            (loc,) = await _write_mdbox(store.fs, [(b.user.user, b.guid) for _, b in live],
+                                        [(raw, meta)])
+        except Exception as exc:  # noqa: BLE001
+            for i, _ in live:
+                results[i] = exc
+            return results
+        entry = _cache_entry(raw)
+
+        async def link(i: int, box: Mailbox) -> None:
+            try:
+                (uid,) = await box.log.commit(
+                    [["a", guid, loc, len(raw), idate, tz, [], entry]])
+                box._notify()
+                results[i] = int(uid)
+            except Exception as exc:  # noqa: BLE001
+                results[i] = exc
+
+        await asyncio.gather(*(link(i, b) for i, b in live))
+        return results
+
+    async def save(i: int, box: Mailbox) -> None:
+        try:
+            results[i] = await box.save(raw)
+        except Exception as exc:  # noqa: BLE001
+            results[i] = exc
+
+    await asyncio.gather(*(save(i, b) for i, b in live))
+    return results
+
+
+async def _io(coro: Any) -> Any:
+    try:
+        return await coro
+    except FsUnavailable as exc:
+        raise StorageUnavailable(f"store unavailable: {exc}") from exc
+
+
+@dataclass
+class _SearchMessage:
+    """A message as the SEARCH engine sees it (core/mail/search.py's SearchMessage)."""
+
+    msg: Message
+    recent: bool
+
+    @property
+    def uid(self) -> int:
+        return self.msg.uid
+
+    @property
+    def flags(self) -> frozenset[str]:
+        return self.msg.flags
+
+    @property
+    def modseq(self) -> int:
+        return self.msg.modseq
+
+    @property
+    def size(self) -> int:
+        return self.msg.size
+
+    @property
+    def internaldate(self) -> dt.datetime:
+        return internal_datetime(self.msg)
+
+
+def internal_datetime(msg: Message) -> dt.datetime:
+    """The INTERNALDATE of ``msg`` as an aware datetime in the zone it was saved with."""
+    zone = dt.timezone(dt.timedelta(minutes=msg.tz))
+    return dt.datetime.fromtimestamp(msg.internaldate, zone)
+
+
+class _SearchView:
+    def __init__(self, box: Mailbox, messages: Sequence[_SearchMessage]) -> None:
+        self.box = box
+        self.messages = messages
+
+    async def header(self, m: _SearchMessage) -> bytes:
+        return await self.box.header_block(m.msg)
+
+    async def body(self, m: _SearchMessage) -> bytes:
+        return await self.box.read_message(m.msg)
+
+
+async def search_mailbox(box: Mailbox, key: Any, messages: Sequence[Message] | None = None,
+                         recent: frozenset[int] = frozenset()) -> list[int]:
+    """RFC 3501 6.4.4 SEARCH over ``messages`` (default: the mailbox in UID order; a
+    session passes its own view, whose order gives the sequence numbers).  Returns the
+    matching sequence numbers.  Header keys are answered from the cache; body keys read
+    the messages."""
+    from . import search
+
+    msgs = list(box.state) if messages is None else list(messages)
+    view = _SearchView(box, [_SearchMessage(m, m.uid in recent) for m in msgs])
+    return await search.search(key, view)  # type: ignore[arg-type]

@@ -1,0 +1,109 @@
+"""Nested IMAP values to wire bytes (RFC 3501 4 and 9, formal syntax).
+
+The storage layer describes ENVELOPE and BODYSTRUCTURE as plain values: ``None`` (NIL),
+``int`` (number), ``str`` (string), ``bytes`` (literal) and ``list`` (parenthesized list);
+:class:`Atom` marks a string that goes out bare (flags, keywords). Strings taken from headers
+hold 8-bit bytes as surrogate escapes; they go out as literals with those bytes restored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["Atom", "astring", "literal", "nstring", "quoted", "serialize"]
+
+
+class Atom(str):
+    """A string written as is, unquoted: an atom or a flag (RFC 3501 4.1)."""
+
+    __slots__ = ()
+
+
+# ATOM-CHAR: any CHAR except atom-specials; ASTRING-CHAR adds resp-specials "]".
+_ATOM_SPECIALS = frozenset(b'(){ %*"\\]')
+_ASTRING_SPECIALS = frozenset(b'(){ %*"\\')
+
+
+def _quotable(data: bytes) -> bool:
+    """A quoted string may hold any 7-bit CHAR but CR and LF (RFC 3501 9 TEXT-CHAR)."""
+    return all(0 < c < 0x80 and c not in (0x0A, 0x0D) for c in data)
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def quoted(data: bytes) -> bytes:
+    """``"..."`` with ``"`` and ``\\`` escaped; ``data`` must be quotable."""
+    return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def literal(data: bytes) -> bytes:
+    """A synchronizing literal ``{n}CRLF`` followed by the octets (RFC 3501 4.3)."""
+    return b"{%d}\r\n" % len(data) + data
+
+
+def string(text: str | bytes) -> bytes:
+    """A string: quoted when it can be, else a literal (8-bit, CR, LF or NUL inside)."""
+    data = _encode(text) if isinstance(text, str) else text
+    return quoted(data) if _quotable(data) else literal(data)
+
+
+def nstring(text: str | bytes | None) -> bytes:
+    """NIL or a string (RFC 3501 9 nstring)."""
+    return b"NIL" if text is None else string(text)
+
+
+def astring(text: str | bytes) -> bytes:
+    """An atom when the text is a non-empty run of ASTRING-CHARs and not NIL (so that the
+    reply cannot be read as NIL), else a string (RFC 3501 9 astring)."""
+    data = _encode(text) if isinstance(text, str) else text
+    if (data and data.upper() != b"NIL"
+            and all(0x20 < c < 0x7F and c not in _ASTRING_SPECIALS for c in data)):
+        return data
+    return string(data)
+
+
+def serialize(value: object) -> bytes:
+    """Wire form of a nested value.
+
+    Elements of a list are separated by one space, except a leading run of lists, which
+    are written back to back: RFC 3501 writes a multipart body as ``1*body SP
+    media-subtype`` and an address list as ``"(" 1*address ")"``, with no space between
+    the parts or the addresses, while every other neighbour (``env-from SP env-sender``,
+    ``body-fld-dsp SP body-fld-lang``) takes a space, and in those no list comes first.
+    """
+    out: list[bytes] = []
+    _write(value, out)
+    return b"".join(out)
+
+
+def _write(value: object, out: list[bytes]) -> None:
+    if value is None:
+        out.append(b"NIL")
+    elif isinstance(value, Atom):
+        out.append(_encode(value))
+    elif isinstance(value, bool):
+        raise TypeError("an IMAP value cannot be a bool")
+    elif isinstance(value, int):
+        if value < 0:
+            raise ValueError("IMAP numbers are unsigned")
+        out.append(b"%d" % value)
+    elif isinstance(value, (str, bytes)):
+        out.append(string(value))
+    elif isinstance(value, (list, tuple)):
+        _write_list(value, out)
+    else:
+        raise TypeError(f"cannot serialize {type(value).__name__} as an IMAP value")
+
+
+def _write_list(items: Iterable[object], out: list[bytes]) -> None:
+    out.append(b"(")
+    leading_lists = True
+    for i, item in enumerate(items):
+        is_list = isinstance(item, (list, tuple))
+        if i and not (leading_lists and is_list):
+            out.append(b" ")
+        leading_lists = leading_lists and is_list
+        _write(item, out)
+    out.append(b")")
