@@ -8,9 +8,12 @@ import binascii
 import logging
 import ssl
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .listener import MAX_LINE, Connection
+
+if TYPE_CHECKING:
+    from cloudcote.core.mail.storage import MailStore
 
 log = logging.getLogger("cloudcote.session")
 
@@ -34,6 +37,8 @@ class ServerContext:
     ssl_context: ssl.SSLContext | None
     disable_plaintext_auth: bool
     hostname: str = "cloudcote"
+    #: Mail storage shared by every session of this process (cloudcote.core.mail).
+    mail: MailStore | None = None
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
 
 

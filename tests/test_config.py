@@ -123,3 +123,36 @@ def test_malformed_toml(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_mail_section(tmp_path: Path) -> None:
+    from cloudcote.server import storage_settings
+
+    cfg = load_config(write(tmp_path, """
+[mail]
+autocreate = false
+quota_rule = "*:storage=1G:messages=5000"
+max_message_size = 10485760
+poll_interval = 0.5
+"""))
+    assert cfg.mail.quota_rule == "*:storage=1G:messages=5000"
+    settings = storage_settings(cfg)
+    assert settings.autocreate == {}
+    assert (settings.quota_bytes, settings.quota_messages) == (1 << 30, 5000)
+    assert settings.max_message_size == 10485760 and settings.poll_interval == 0.5
+    assert "[mail]" in cfg.to_toml() and 'quota_rule = "*:storage=1G' in cfg.to_toml()
+    default = storage_settings(load_config(write(tmp_path, "")))
+    assert "Sent" in default.autocreate and default.quota_bytes == 0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('[mail]\nquota_rule = "lots"', "mail.quota_rule = 'lots' is invalid"),
+    ("[mail]\npoll_interval = 0", "mail.poll_interval = 0 is invalid"),
+    ("[mail]\nmax_message_size = 10", "mail.max_message_size = 10 is invalid"),
+    ("[mail]\nautocreate = 1", "mail.autocreate = 1 is invalid"),
+    ("[mail]\nsurprise = 1", "mail.surprise"),
+])
+def test_mail_section_bad_values(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert expected in str(err.value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from cloudcote.libfs.chain import parse_chain
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LAYOUTS = ("sdbox", "mdbox")
+_QUOTA_RULE = re.compile(r"\*(:(storage=\d+(\.\d+)?[BKMGT]?|messages=\d+))+", re.I)
 LISTENER_SECTIONS = ("imap", "imaps", "pop3", "pop3s", "lmtp")
 #: Unprivileged ports of the embedded default; the implicit-TLS listeners are off there.
 DEFAULT_LISTEN: dict[str, list[str]] = {
@@ -68,6 +70,19 @@ class StorageConfig:
 
 
 @dataclass
+class MailConfig:
+    #: Create INBOX's siblings Drafts, Sent, Trash, Junk and Archive (with their
+    #: SPECIAL-USE attributes) at a user's first login.
+    autocreate: bool = True
+    #: Default quota in Dovecot's quota_rule form ("*:storage=1G:messages=100000");
+    #: "" is unlimited.  A userdb extra field quota_rule overrides it per user.
+    quota_rule: str = ""
+    max_message_size: int = 50 * 1024 * 1024
+    #: Seconds between looks at a mailbox's log for other processes' changes (IDLE, NOOP).
+    poll_interval: float = 2.0
+
+
+@dataclass
 class AuthConfig:
     passdb: str
 
@@ -95,6 +110,7 @@ class Config:
     log: LogConfig
     listen: dict[str, list[Listen]] = field(default_factory=dict)
     source: Path | None = None
+    mail: MailConfig = field(default_factory=MailConfig)
 
     def to_toml(self) -> str:
         """The effective configuration as TOML, like ``doveconf -n``."""
@@ -111,6 +127,12 @@ class Config:
             lines.append(f"fs = [{stages}]")
         lines.append(f"layout = {_toml_value(self.storage.layout)}")
         lines.append(f"prefetch_count = {self.storage.prefetch_count}")
+        lines.append("")
+        lines.append("[mail]")
+        lines.append(f"autocreate = {_toml_value(self.mail.autocreate)}")
+        lines.append(f"quota_rule = {_toml_value(self.mail.quota_rule)}")
+        lines.append(f"max_message_size = {self.mail.max_message_size}")
+        lines.append(f"poll_interval = {self.mail.poll_interval}")
         lines.append("")
         lines.append("[auth]")
         lines.append(f"passdb = {_toml_value(self.auth.passdb)}")
@@ -255,6 +277,24 @@ def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path 
     st.finish()
     storage = StorageConfig(fs=fs, layout=layout, prefetch_count=prefetch)
 
+    ml = _Section(origin, "mail", top.get("mail", dict, {}, "expected a table"))
+    autocreate = ml.get("autocreate", bool, True, "expected true or false")
+    quota_rule = ml.get("quota_rule", str, "",
+                        "expected a quota rule like '*:storage=1G:messages=100000'")
+    if quota_rule and not _QUOTA_RULE.fullmatch(quota_rule):
+        raise ml.error("quota_rule", quota_rule,
+                       "expected a quota rule like '*:storage=1G:messages=100000'")
+    max_size = ml.get("max_message_size", int, 50 * 1024 * 1024,
+                      "expected a size in bytes, 1 KiB to 2 GiB")
+    if not 1024 <= max_size <= 2 * 1024 ** 3:
+        raise ml.error("max_message_size", max_size, "expected a size in bytes, 1 KiB to 2 GiB")
+    poll = ml.get("poll_interval", (int, float), 2.0, "expected seconds, 0.05 to 600")
+    if isinstance(poll, bool) or not 0.05 <= poll <= 600:
+        raise ml.error("poll_interval", poll, "expected seconds, 0.05 to 600")
+    ml.finish()
+    mail = MailConfig(autocreate=autocreate, quota_rule=quota_rule,
+                      max_message_size=max_size, poll_interval=float(poll))
+
     au = _Section(origin, "auth", top.get("auth", dict, {}, "expected a table"))
     passdb = au.get("passdb", str, f"passwd-file:{data_dir / 'passwd'}", "expected a passdb spec")
     kind, sep, arg = passdb.partition(":")
@@ -320,5 +360,5 @@ def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path 
     top.finish()
     return Config(
         data_dir=data_dir, storage=storage, auth=auth, tls=tls, log=log, listen=listen,
-        source=source,
+        source=source, mail=mail,
     )

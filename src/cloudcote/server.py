@@ -19,6 +19,12 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from cloudcote.core.auth import open_passdb
+from cloudcote.core.mail.storage import (
+    DEFAULT_AUTOCREATE,
+    MailStore,
+    StorageSettings,
+    parse_quota_rule,
+)
 from cloudcote.libfs import FsError, open_fs
 from cloudcote.protocols.imap.session import imap_session
 from cloudcote.protocols.listener import Connection, Listener, ListenError
@@ -73,6 +79,19 @@ def prepare_data_dir(config: Config) -> None:
         os.close(fd)
 
 
+def storage_settings(config: Config) -> StorageSettings:
+    """Mail storage settings from ``[storage]`` and ``[mail]``."""
+    quota = parse_quota_rule(config.mail.quota_rule) if config.mail.quota_rule else None
+    return StorageSettings(
+        layout=config.storage.layout,
+        autocreate=dict(DEFAULT_AUTOCREATE) if config.mail.autocreate else {},
+        quota_bytes=quota.bytes if quota else 0,
+        quota_messages=quota.messages if quota else 0,
+        max_message_size=config.mail.max_message_size,
+        poll_interval=config.mail.poll_interval,
+    )
+
+
 def make_ssl_context(config: Config) -> ssl.SSLContext | None:
     if config.tls.cert is None or config.tls.key is None:
         return None
@@ -110,9 +129,11 @@ class Server:
         self.stack.push_async_callback(fs.close)
         self.fs = fs
         ssl_context = make_ssl_context(config)
+        mail = MailStore(fs, storage_settings(config))
+        self.stack.push_async_callback(mail.close)
         self.ctx = ServerContext(passdb=passdb, ssl_context=ssl_context,
                                  disable_plaintext_auth=config.tls.disable_plaintext_auth,
-                                 hostname=socket.gethostname())
+                                 hostname=socket.gethostname(), mail=mail)
         for section, addresses in config.listen.items():
             for address in addresses:
                 handler = partial(_run_session, SESSIONS[section], self.ctx)
