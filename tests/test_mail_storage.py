@@ -260,6 +260,12 @@ def test_save_flags_expunge_copy_move(mail_env: tuple[str, str]) -> None:
                 assert data == message(uid - 1)
             msg = box.state.messages[1]
             assert await box.read_message(msg, 6, 12) == message(0)[6:12]
+            head, _, text = message(0).partition(b"\r\n\r\n")
+            assert await box.body_section(msg, (), "HEADER") == head + b"\r\n\r\n"
+            assert await box.body_section(msg, (), "TEXT") == text
+            assert await box.body_section(msg, (1,)) == text
+            assert await box.body_section(msg, (), "HEADER.FIELDS", ("subject",)) == \
+                b"Subject: message 0 \r\n\r\n"
             # Copy and move (UIDPLUS pairs), across mailboxes.
             work = await um.create_mailbox("Work")
             dest = await um.mailbox_by_guid(work.guid)

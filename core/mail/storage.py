@@ -636,6 +636,21 @@ class Mailbox:
 
         return mime.header_block(await self.read_message(msg))
 
+    async def body_section(self, msg: Message, parts: tuple[int, ...] = (),
+                           kind: str | None = None, fields: tuple[str, ...] = ()) -> bytes:
+        """``BODY[section]`` (RFC 3501 6.4.5) from the stored bytes.  The top-level HEADER
+        and HEADER.FIELDS[.NOT] come from the cached header block without reading the
+        message; a partial ``<o.n>`` is the caller's slice (``mime.partial``)."""
+        from . import mime
+
+        if not parts and kind is None:
+            return await self.read_message(msg)
+        if not parts and kind in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+            hdr = await self.header_block(msg)
+            return mime.section(hdr, mime.parse(hdr), (), kind, fields)
+        raw = await self.read_message(msg)
+        return mime.section(raw, mime.parse(raw), parts, kind, fields)
+
     # -- changes --------------------------------------------------------------------------
 
     async def store(self, uids: Iterable[int], mode: str, flags: Iterable[str],
