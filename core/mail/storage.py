@@ -3,7 +3,7 @@
 Layout under the libfs chain (see docs/storage.md)::
 
     users/<user>/list/{log,snap}.<k>          the user's mailbox list (mailbox_list.py)
-    users/<user>/mbox/<guid>/{log,snap}.<k>   a mailbox's transaction log and snapshots
+    users/<user>/mbox/<guid>/index/{log,snap}.<k>   a mailbox's log and snapshots
     users/<user>/mbox/<guid>/cache/<id>       cache chunks the snapshots refer to
     users/<user>/mbox/<guid>/msg/<id>         sdbox: one object per message
     storage/<id>                              mdbox: messages packed into shared objects
@@ -406,7 +406,7 @@ class Mailbox:
         self.guid = entry.guid
         self.base = f"{user.prefix}/mbox/{entry.guid}"
         self.log: TransactionLog[MailboxState] = TransactionLog(
-            self.fs, self.base, MailboxState.decode_snapshot,
+            self.fs, f"{self.base}/index", MailboxState.decode_snapshot,
             limit=self.mail_store.settings.log_limit,
             what=f"user={user.user} mailbox={entry.name}",
             before_snapshot=lambda st: st.take_cache_chunk(self.base))
