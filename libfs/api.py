@@ -49,6 +49,9 @@ class Feature(enum.StrEnum):
     ATOMIC_CREATE = "atomic-create"
     #: objects are durable on stable storage when a write returns.
     DURABLE = "durable"
+    #: reading any byte range of an append log costs a bounded number of store requests
+    #: however many records it spans (S3 lacks it: one segment object per record).
+    BATCH_LOG_READ = "batch-log-read"
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -222,10 +225,12 @@ class Fs(abc.ABC):
             return path
 
     @abc.abstractmethod
-    async def append(self, path: str, data: bytes) -> None:
-        """Add ``data`` as one record at the end of ``path``, creating it if absent.
-        Atomic: concurrent appenders never lose or interleave records, and every reader
-        sees the same total order.  ``data`` must not be empty."""
+    async def append(self, path: str, data: bytes) -> int:
+        """Add ``data`` as one record at the end of ``path``, creating it if absent, and
+        return the offset of the record's first byte in the object (the byte stream
+        :meth:`read` returns; a new log's first record is at 0).  Atomic: concurrent
+        appenders never lose or interleave records, and every reader sees the same total
+        order.  ``data`` must not be empty."""
 
     @abc.abstractmethod
     async def stat(self, path: str) -> Stat:
@@ -322,8 +327,8 @@ class ForwardingFs(Fs):
     ) -> str:
         return await self.parent.write_unique(prefix, data, metadata)
 
-    async def append(self, path: str, data: bytes) -> None:
-        await self.parent.append(path, data)
+    async def append(self, path: str, data: bytes) -> int:
+        return await self.parent.append(path, data)
 
     async def stat(self, path: str) -> Stat:
         return await self.parent.stat(path)

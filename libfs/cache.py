@@ -192,10 +192,10 @@ class CacheFs(ForwardingFs):
     ) -> str:
         return await Fs.write_unique(self, prefix, data, metadata)
 
-    async def append(self, path: str, data: bytes) -> None:
+    async def append(self, path: str, data: bytes) -> int:
         self._drop(path)
         try:
-            await self.parent.append(path, data)
+            return await self.parent.append(path, data)
         finally:
             self._drop(path)
 

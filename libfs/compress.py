@@ -1,12 +1,20 @@
 """``compress``: transparent compression, self-describing so plain objects stay readable.
 
-``compress:zstd:...`` (or ``zstd,level=3``, ``zlib``, ``none``).  A stored object is a
-sequence of frames, each ``CCZ1`` + algorithm byte + raw length + stored length (both 32-bit
-big-endian) + payload, so appended records are frames of their own, a streamed object is a
-frame per chunk, and readers decode frame by frame in bounded memory.  An object that does
-not start with the magic was written without this stage and is returned as it is.
-``stat`` reports the uncompressed size: from the ``cc-raw-size`` metadata that ``write``
-stores, else by walking the frame headers.
+``compress:zstd:...`` (or ``zstd,level=3``, ``zlib``, ``none``).  An object is either
+written whole or built by appends, never both:
+
+- written whole (``write``, ``write_stream``): compressed, as a sequence of frames, each
+  ``CCZ1`` + algorithm byte + raw length + stored length (both 32-bit big-endian) +
+  payload; a streamed object is a frame per chunk, and readers decode frame by frame in
+  bounded memory;
+- built by appends: stored uncompressed.  Log records are small and gain nothing from
+  per-record frames, and a raw record keeps the offset the parent's ``append`` returns
+  exact in the stream ``read`` returns.  A record that starts with the frame magic (or is
+  a prefix of it) is refused, so a log can never be taken for frames.
+
+An object that does not start with the magic (a log, or an object written without this
+stage) is returned as it is.  ``stat`` reports the uncompressed size: from the
+``cc-raw-size`` metadata that ``write`` stores, else by walking the frame headers.
 """
 
 from __future__ import annotations
@@ -82,7 +90,8 @@ def _decompress(tag: bytes, payload: bytes, raw_len: int) -> bytes:
 
 
 class CompressFs(ForwardingFs):
-    """Compresses on write and append, decompresses on read; see the module docstring."""
+    """Compresses on write, decompresses on read, appends records as they are; see the
+    module docstring."""
 
     name = "compress"
     #: The uncompressed size of a written object travels as metadata.
@@ -214,5 +223,10 @@ class CompressFs(ForwardingFs):
     ) -> str:
         return await Fs.write_unique(self, prefix, data, metadata)
 
-    async def append(self, path: str, data: bytes) -> None:
-        await self.parent.append(path, self._frames(data))
+    async def append(self, path: str, data: bytes) -> int:
+        """The record goes to the parent raw, so the parent's offset is exact here too.
+        Raises FsError for a record that could read as the frame magic at a log's start."""
+        if data and data[:len(MAGIC)] == MAGIC[:len(data)]:
+            raise FsError(f"compress append {path!r}: a record may not start with the frame "
+                          f"magic {MAGIC!r}", path=path, op="append")
+        return await self.parent.append(path, data)

@@ -83,9 +83,9 @@ class LatencyFs(ForwardingFs):
         await self._delay("write")
         return await self.parent.write_unique(prefix, data, metadata)
 
-    async def append(self, path: str, data: bytes) -> None:
+    async def append(self, path: str, data: bytes) -> int:
         await self._delay("append")
-        await self.parent.append(path, data)
+        return await self.parent.append(path, data)
 
     async def stat(self, path: str) -> Stat:
         await self._delay("stat")

@@ -114,8 +114,9 @@ class MetricsFs(ForwardingFs):
         return await self._measure(
             "write", lambda: self.parent.write_unique(prefix, data, metadata), len(data))
 
-    async def append(self, path: str, data: bytes) -> None:
-        await self._measure("append", lambda: self.parent.append(path, data), len(data))
+    async def append(self, path: str, data: bytes) -> int:
+        return await self._measure("append", lambda: self.parent.append(path, data),
+                                   len(data))
 
     async def stat(self, path: str) -> Stat:
         return await self._measure("stat", lambda: self.parent.stat(path))

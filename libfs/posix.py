@@ -7,7 +7,9 @@ Chain syntax: ``posix:/var/mail`` or ``posix:path=/var/mail,fsync=never``.
   sees nothing or the whole file;
 - replace: temporary file + ``rename(2)``;
 - append: one ``write(2)`` on an ``O_APPEND`` descriptor per record; Linux holds the
-  inode lock for a whole write to a regular file, so records never interleave;
+  inode lock for a whole write to a regular file, so records never interleave.  The
+  descriptor is the call's own, so its file offset after the write is the record's end:
+  the record starts at that offset minus its length;
 - metadata: extended attributes ``user.cloudcote.<key>`` set on the temporary file before it
   is published, so they appear atomically with the data;
 - ``fsync=always`` (the default) syncs the file and its directory before a write returns.
@@ -73,7 +75,8 @@ class PosixFs(Fs):
         self.tmp = os.path.join(self.root, TMP_DIR)
         self.fsync = fsync
         self.xattrs = xattrs
-        feats = {Feature.APPEND, Feature.CONSISTENT_LIST, Feature.ATOMIC_CREATE}
+        feats = {Feature.APPEND, Feature.CONSISTENT_LIST, Feature.ATOMIC_CREATE,
+                 Feature.BATCH_LOG_READ}
         if xattrs:
             feats.add(Feature.METADATA)
         if fsync:
@@ -280,13 +283,14 @@ class PosixFs(Fs):
         await self._run(finish, "write", path)
         return size
 
-    async def append(self, path: str, data: bytes) -> None:
-        """One write(2) on an O_APPEND descriptor: records never interleave."""
+    async def append(self, path: str, data: bytes) -> int:
+        """One write(2) on an O_APPEND descriptor: records never interleave.  Returns the
+        record's offset."""
         full = self._full(path)
         if not data:
             raise FsError("posix append: empty record", path=path, op="append")
 
-        def run() -> None:
+        def run() -> int:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
             try:
                 fd = os.open(full, flags, 0o600)
@@ -299,12 +303,16 @@ class PosixFs(Fs):
                     # Only a full disk does this to a regular file; the record is torn, so
                     # say so loudly: the log reader above detects and skips torn records.
                     raise OSError(errno.ENOSPC, f"short append ({n} of {len(data)} bytes)")
+                # O_APPEND moved this private descriptor to the end of our own record, under
+                # the same inode lock as the write: no other appender can move it.
+                end = os.lseek(fd, 0, os.SEEK_CUR)
                 if self.fsync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
+            return end - len(data)
 
-        await self._run(run, "append", path)
+        return await self._run(run, "append", path)
 
     async def copy(self, src: str, dst: str, mode: WriteMode = WriteMode.CREATE) -> None:
         """Data and xattrs copied into a temp file, then published as ``write`` does."""

@@ -103,8 +103,8 @@ class RandomFailFs(ForwardingFs):
         # Built on this stage's own write, so its failures are injected there.
         return await Fs.write_unique(self, prefix, data, metadata)
 
-    async def append(self, path: str, data: bytes) -> None:
-        await self._call("append", path, lambda: self.parent.append(path, data))
+    async def append(self, path: str, data: bytes) -> int:
+        return await self._call("append", path, lambda: self.parent.append(path, data))
 
     async def stat(self, path: str) -> Stat:
         return await self._call("stat", path, lambda: self.parent.stat(path))

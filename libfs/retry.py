@@ -9,8 +9,9 @@ exponential backoff and resolves that uncertainty instead of guessing:
   if it holds exactly our bytes the earlier attempt won and the call succeeds, otherwise it
   is someone else's object and the caller gets FsExists;
 - an ``append`` that failed is followed by a read of the object: if our record is there the
-  append happened and is not repeated.  This needs records that are unique within their
-  object, as the mail transaction log's records are (each carries a unique id);
+  append happened and is not repeated, and where it was found is the offset returned.
+  This needs records that are unique within their object, as the mail transaction log's
+  records are (each carries a unique id);
 - ``write_stream`` cannot replay its input and is not retried; ``read_stream`` is
   restarted only until its first chunk.
 
@@ -139,11 +140,10 @@ class RetryFs(ForwardingFs):
     ) -> str:
         return await Fs.write_unique(self, prefix, data, metadata)
 
-    async def append(self, path: str, data: bytes) -> None:
+    async def append(self, path: str, data: bytes) -> int:
         for attempt in range(self.attempts):
             try:
-                await self.parent.append(path, data)
-                return
+                return await self.parent.append(path, data)
             except FsUnavailable:
                 if attempt == self.attempts - 1:
                     raise
@@ -151,9 +151,11 @@ class RetryFs(ForwardingFs):
                     current = await self._retry(lambda: self.parent.read(path))
                 except FsNotFound:
                     current = b""
-                if data in current:
-                    return  # the failed append did happen
+                offset = current.find(data)
+                if offset >= 0:
+                    return offset  # the failed append did happen; records are unique
                 await self._sleep(attempt)
+        raise AssertionError("unreachable")
 
     async def copy(self, src: str, dst: str, mode: WriteMode = WriteMode.CREATE) -> None:
         if mode is WriteMode.REPLACE:

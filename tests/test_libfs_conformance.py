@@ -19,6 +19,7 @@ import pytest
 from cloudcote.libfs import (
     CREATE,
     REPLACE,
+    Feature,
     Fs,
     FsError,
     FsExists,
@@ -27,7 +28,7 @@ from cloudcote.libfs import (
     open_fs,
 )
 
-from .conftest import ALL_TARGETS, RACE_TARGETS
+from .conftest import ALL_TARGETS, DRIVER_TARGETS, RACE_TARGETS
 
 targets = pytest.mark.parametrize("fs_spec", ALL_TARGETS, indirect=True)
 race_targets = pytest.mark.parametrize("fs_spec", RACE_TARGETS, indirect=True)
@@ -60,6 +61,17 @@ def with_fs(body: Callable[[Fs], Awaitable[None]]) -> Callable[[str], None]:
 
 async def listing(fs: Fs, prefix: str = "") -> list[str]:
     return sorted([name async for name in fs.iter(prefix)])
+
+
+def assert_at_offsets(log: bytes, placed: list[tuple[bytes, int]]) -> None:
+    """Each ``(record, offset)`` that ``append`` returned is where the record really is in
+    the log, and the records tile the log exactly (no gap, no overlap)."""
+    for rec, offset in placed:
+        assert log[offset:offset + len(rec)] == rec, (offset, rec[:40])
+    ordered = sorted(placed, key=lambda p: p[1])
+    assert [off for _, off in ordered] == [
+        sum(len(r) for r, _ in ordered[:k]) for k in range(len(ordered))]
+    assert sum(len(r) for r, _ in placed) == len(log)
 
 
 # --- basic operations ------------------------------------------------------------------
@@ -212,10 +224,12 @@ async def test_write_unique(fs: Fs) -> None:
 @with_fs
 async def test_append_order_and_read(fs: Fs) -> None:
     records = [b"record %03d|%s\n" % (i, b"x" * (i * 37 % 500)) for i in range(60)]
-    for rec in records:
-        await fs.append("log", rec)
+    offsets = [await fs.append("log", rec) for rec in records]
     whole = b"".join(records)
+    # Each append returns where its record starts: the first at 0, then back to back.
+    assert offsets == [len(b"".join(records[:i])) for i in range(len(records))]
     assert await fs.read("log") == whole
+    assert_at_offsets(whole, list(zip(records, offsets, strict=True)))
     assert (await fs.stat("log")).size == len(whole)
     assert await fs.read_range("log", 100, 5000) == whole[100:5000]
     assert b"".join([c async for c in fs.read_stream("log", 1000)]) == whole
@@ -223,17 +237,45 @@ async def test_append_order_and_read(fs: Fs) -> None:
         await fs.write("log", b"whole", CREATE)
     await fs.delete("log")
     assert not await fs.exists("log")
-    await fs.append("log", b"fresh\n")
-    assert await fs.read("log") == b"fresh\n"
+    assert await fs.append("log", b"fresh\n") == 0  # a new log starts at 0 again
+    assert await fs.append("log", b"second\n") == len(b"fresh\n")
+    assert await fs.read("log") == b"fresh\nsecond\n"
 
 
 @targets
 @with_fs
 async def test_concurrent_appends_in_one_process(fs: Fs) -> None:
-    records = [b"c%04d\n" % i for i in range(100)]
-    await asyncio.gather(*(fs.append("clog", r) for r in records))
-    got = (await fs.read("clog")).splitlines(keepends=True)
+    records = [b"c%04d|%s\n" % (i, b"y" * (i * 53 % 200)) for i in range(100)]
+    # Concurrent appends are group-committed where the driver does that: each record of a
+    # batch must still get its own offset.
+    offsets = await asyncio.gather(*(fs.append("clog", r) for r in records))
+    log = await fs.read("clog")
+    got = log.splitlines(keepends=True)
     assert sorted(got) == sorted(records)
+    assert_at_offsets(log, list(zip(records, offsets, strict=True)))
+    # A second wave, on a log that now exists and that this process has partly seen.
+    more = [b"d%04d\n" % i for i in range(40)]
+    offsets += await asyncio.gather(*(fs.append("clog", r) for r in more))
+    assert_at_offsets(await fs.read("clog"), list(zip(records + more, offsets, strict=True)))
+
+
+@targets
+def test_append_offsets_with_two_clients(fs_spec: str) -> None:
+    """Two chains opened on one store (as two processes would be) append in turns: each
+    learns of the records the other added only through the store, yet knows its offset."""
+
+    async def main() -> None:
+        async with await open_fs(fs_spec) as a, await open_fs(fs_spec) as b:
+            placed = []
+            for i in range(30):
+                writer = b if i % 3 == 1 else a
+                rec = b"w%02d|%s\n" % (i, b"q" * (i * 29 % 120))
+                placed.append((rec, await writer.append("wlog", rec)))
+            assert placed[0][1] == 0
+            assert_at_offsets(await a.read("wlog"), placed)
+            assert await b.read("wlog") == await a.read("wlog")
+
+    asyncio.run(main())
 
 
 # moto checks and stores in two steps without a lock: two winners are possible there.
@@ -376,15 +418,16 @@ def _race_append(spec: str, path: str, proc: int, count: int, barrier, results) 
             await fs.exists("warm-up")
             barrier.wait()
             for i in range(count):
-                await fs.append(path, _record(proc, i))
+                offsets.append(await fs.append(path, _record(proc, i)))
         finally:
             await fs.close()
 
+    offsets: list[int] = []
     try:
         asyncio.run(main())
-        results.put((proc, "ok"))
+        results.put((proc, "ok", offsets))
     except BaseException as exc:
-        results.put((proc, f"error: {exc!r}"))
+        results.put((proc, f"error: {exc!r}", offsets))
 
 
 def _race_reader(spec: str, path: str, stop, snapshots) -> None:  # type: ignore[no-untyped-def]
@@ -420,16 +463,16 @@ def test_append_race_between_processes(fs_spec: str) -> None:
              for p in range(APPENDERS)]
     reader = ctx.Process(target=_race_reader, args=(fs_spec, "race/log", stop, snapshots))
     reader.start()
-    for p in procs:
-        p.start()
+    for proc in procs:
+        proc.start()
     outcomes = [results.get(timeout=900) for _ in procs]
     stop.set()
     seen = []
     while (item := snapshots.get(timeout=60)) is not None:
         seen.append(item)
-    for p in procs + [reader]:
-        p.join(30)
-    assert all(r == "ok" for _, r in outcomes), outcomes
+    for proc in procs + [reader]:
+        proc.join(30)
+    assert all(r == "ok" for _, r, _ in outcomes), [o[:2] for o in outcomes]
 
     async def read_twice() -> tuple[bytes, bytes]:
         async with await open_fs(fs_spec) as a, await open_fs(fs_spec) as b:
@@ -445,6 +488,9 @@ def test_append_race_between_processes(fs_spec: str) -> None:
     for p in range(APPENDERS):
         mine = [r for r in records if r.startswith(b"p%02d-" % p)]
         assert mine == [_record(p, i) for i in range(APPENDS)]
+    # Every offset an appender was told is where its record is in the final log.
+    assert_at_offsets(first, [(_record(p, i), off) for p, _, offs in outcomes
+                              for i, off in enumerate(offs)])
     # Every snapshot a concurrent reader took is a prefix of the final log.
     prefixes = {hashlib.sha256(first[:n]).hexdigest() + ":" + str(n)
                 for n in [0] + [len(b"".join(records[:k])) for k in range(1, len(records) + 1)]}
@@ -569,8 +615,9 @@ def test_uncertain_writes_are_detected_not_repeated(tmp_path) -> None:  # type: 
             for i in range(20):
                 await fs.write(f"obj{i}", b"data %d" % i)
             records = [b"rec %03d\n" % i for i in range(100)]
-            for rec in records:
-                await fs.append("log", rec)
+            offsets = [await fs.append("log", rec) for rec in records]
+            # An uncertain append found in the re-read log reports where it was found.
+            assert offsets == [8 * i for i in range(100)]
             randomfail = fs.parent  # type: ignore[attr-defined]
             assert randomfail.injected["write-after"] >= 20
             assert randomfail.injected["append-after"] > 20
@@ -609,3 +656,105 @@ def test_open_fails_clearly_on_missing_store_objects_and_credentials(
     text = str(info.value)
     assert text.startswith(stage) and message in text, text
     assert "\n" not in text
+
+
+# --- append offsets through wrapper chains -------------------------------------------------
+
+#: Every wrapper at once, over each driver.  randomfail fails appends both before and after
+#: the store did the work; for the latter, retry finds the record in the re-read log and
+#: returns where it found it.  The reads in between fill the cache, which appends must drop.
+STACKED = ("metrics:cache:size=1MB:latency:1ms:compress:zstd:retry:attempts=50:"
+           "randomfail:append=0.3,read=0.05,after=0.7,seed=7:")
+
+
+@pytest.mark.parametrize("fs_spec", DRIVER_TARGETS, indirect=True)
+def test_append_offsets_exact_through_wrapper_chains(fs_spec: str) -> None:
+    async def main() -> None:
+        async with await open_fs(STACKED + fs_spec) as fs, await open_fs(fs_spec) as plain:
+            records = [b"o%03d|%s\n" % (i, os.urandom(i * 7 % 90).hex().encode())
+                       for i in range(60)]
+            placed = []
+            for rec in records[:30]:
+                placed.append((rec, await fs.append("olog", rec)))
+                if len(placed) % 6 == 0:
+                    assert_at_offsets(await fs.read("olog"), placed)
+            offsets = await asyncio.gather(*(fs.append("olog", r) for r in records[30:]))
+            placed += zip(records[30:], offsets, strict=True)
+            log = await fs.read("olog")
+            assert_at_offsets(log, placed)
+            assert (await fs.stat("olog")).size == len(log)
+            rec, off = placed[40]
+            assert await fs.read_range("olog", off, off + len(rec)) == rec
+            # compress stores appended records as they are: the driver holds the same bytes.
+            assert await plain.read("olog") == log
+            stage: Fs = fs
+            while stage.name != "randomfail":
+                stage = stage.parent  # type: ignore[attr-defined]
+            assert stage.injected.get("append-after", 0) > 0  # type: ignore[attr-defined]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("chain", [
+    "compress:zstd:", "cache:size=1MB:", "latency:1ms:", "metrics:",
+    "retry:attempts=50:randomfail:append=0.5,after=1:",
+])
+def test_append_offsets_exact_through_each_wrapper(chain: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        async with await open_fs(f"{chain}posix:{tmp_path}") as fs:
+            records = [b"e%03d|%s\n" % (i, b"v" * (i * 11 % 70)) for i in range(40)]
+            offsets = [await fs.append("elog", rec) for rec in records]
+            assert offsets == [len(b"".join(records[:i])) for i in range(len(records))]
+            assert_at_offsets(await fs.read("elog"), list(zip(records, offsets, strict=True)))
+
+    asyncio.run(main())
+
+
+def test_compress_writes_objects_compressed_and_appends_raw(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from cloudcote.libfs.compress import MAGIC
+
+    async def main() -> None:
+        async with await open_fs(f"compress:zstd:posix:{tmp_path}") as fs, \
+                await open_fs(f"posix:{tmp_path}") as plain:
+            whole = b"whole object " * 1000
+            await fs.write("obj", whole)
+            stored = await plain.read("obj")
+            assert stored.startswith(MAGIC) and len(stored) < len(whole)  # compressed
+            assert await fs.read("obj") == whole
+            assert await fs.read_range("obj", 13, 26) == whole[13:26]
+            records = [b"first\n", b"a CCZ1 inside a record is fine\n", b"third\n"]
+            offsets = [await fs.append("log", rec) for rec in records]
+            assert offsets == [0, 6, 6 + len(records[1])]
+            assert await plain.read("log") == b"".join(records)  # raw
+            assert await fs.read("log") == b"".join(records)
+            assert await fs.read_range("log", offsets[1], offsets[2]) == records[1]
+            assert (await fs.stat("log")).size == len(b"".join(records))
+            # A record that would make a log look like frames is refused, whatever its size.
+            for bad in (MAGIC + b" record\n", MAGIC, MAGIC[:2], MAGIC[:1]):
+                with pytest.raises(FsError, match="magic"):
+                    await fs.append("log2", bad)
+            assert not await plain.exists("log2")
+            assert await fs.append("log2", MAGIC[:3] + b"x") == 0
+
+    asyncio.run(main())
+
+
+#: The drivers that read any byte range of a log in a bounded number of requests; S3 reads
+#: one segment object per record.
+BATCH_LOG_READ_TARGETS = {"posix", "cassandra", "postgresql", "mysql"}
+
+
+@targets
+def test_batch_log_read_is_claimed_exactly_by_the_drivers_that_have_it(
+    fs_spec: str, request: pytest.FixtureRequest
+) -> None:
+    target = request.node.callspec.params["fs_spec"]
+    # Wrapper targets run on posix.
+    expected = target in BATCH_LOG_READ_TARGETS or target not in DRIVER_TARGETS
+
+    async def main() -> None:
+        async with await open_fs(fs_spec) as fs, await open_fs(f"metrics:{fs_spec}") as wrapped:
+            assert (Feature.BATCH_LOG_READ in fs.features) == expected, target
+            assert wrapped.features == fs.features  # wrappers report their parent's
+
+    asyncio.run(main())

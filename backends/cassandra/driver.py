@@ -48,7 +48,10 @@ fresh for every write, so readers follow a pointer and never see a mix.
   carries a random ``nonce`` (``token`` is a reserved word in CQL): after an uncertain
   outcome (a timeout of the Paxos round) a SERIAL read of that sequence number tells
   whether the record is ours, so it is never written twice.  A loser of a round pauses a
-  random moment (1 ms, doubling per loss) before it tries the next number.  Records larger
+  random moment (1 ms, doubling per loss) before it tries the next number.  An append
+  returns its record's offset: the sizes of the segments before its sequence number,
+  known from this process's own appends and reads, else read once (at ``consistency``,
+  or SERIAL if that read shows a gap) after the insert, when they are immutable.  Records larger
   than ``chunk_size`` are chunked like objects.  ``delete`` of a log removes the row
   first, then the generation's segments; a later log under the same path gets a new
   generation, so stale segments never reappear.  One log is one partition: keep logs
@@ -90,6 +93,9 @@ Schema: created at open when missing (``IF NOT EXISTS``, about a second per stat
 never per operation; the check is the driver's schema metadata, so opening an existing
 keyspace costs no DDL.  Create it once before starting many processes on a multi-node
 cluster: concurrent first-time CREATE TABLEs on different coordinators can disagree.
+
+``Feature.BATCH_LOG_READ`` is claimed: a log range is one sizes query plus one query per
+``SPAN_BYTES`` (4 MiB) of records, however many records that is.
 
 Not claimed: ``Feature.DURABLE`` (Cassandra acknowledges writes before its commit log is
 synced unless the server runs ``commitlog_sync: batch``/``group``), ``Feature.COPY``,
@@ -394,7 +400,7 @@ class _Uncertain(Exception):
 class _AppendQueue:
     """Records waiting to be appended to one path by this process, in call order."""
 
-    items: deque[tuple[bytes, asyncio.Future[None]]] = field(default_factory=deque)
+    items: deque[tuple[bytes, asyncio.Future[int]]] = field(default_factory=deque)
     task: asyncio.Task[None] | None = None
 
 
@@ -481,7 +487,8 @@ class CassandraFs(Fs):
         self._logs: OrderedDict[uuid.UUID, _Log] = OrderedDict()
         self._dirs: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._appends: dict[str, _AppendQueue] = {}
-        feats = {Feature.ATOMIC_CREATE, Feature.METADATA}
+        # A range read fetches its segments in spans of SPAN_BYTES: BATCH_LOG_READ.
+        feats = {Feature.ATOMIC_CREATE, Feature.METADATA, Feature.BATCH_LOG_READ}
         if consistency in QUORUM_LEVELS:
             feats.add(Feature.CONSISTENT_LIST)
         self._features = frozenset(feats)
@@ -649,6 +656,8 @@ class CassandraFs(Fs):
                      "WHERE log = ? AND seq >= ? AND seq <= ?", True),
             "tokens_serial": (f"SELECT seq, nonce FROM {ks}.segments "
                               "WHERE log = ? AND seq >= ? AND seq <= ?", True),
+            "sizes_serial": (f"SELECT seq, size FROM {ks}.segments "
+                             "WHERE log = ? AND seq >= ? AND seq < ?", True),
             "seg_blobs": (f"SELECT seq, blob FROM {ks}.segments WHERE log = ?", True),
             "drop_segs": (f"DELETE FROM {ks}.segments WHERE log = ?", True),
             "put_entry": (f"INSERT INTO {ks}.listing (dir, name, lid) VALUES (?, ?, ?)", True),
@@ -1345,28 +1354,29 @@ class CassandraFs(Fs):
                 raise _Vanished(f"segment {expect} of log {gen}")
             seq = span_end + 1
 
-    async def append(self, path: str, data: bytes) -> None:
+    async def append(self, path: str, data: bytes) -> int:
         """Add one record (a ``segments`` row at the next sequence number, by LWT); waiting
-        appends to one path are batched atomically.  Raises FsExists (a whole object is
-        there), FsUnavailable (the record may or may not be there)."""
+        appends to one path are batched atomically.  Returns the record's offset.  Raises
+        FsExists (a whole object is there), FsUnavailable (the record may or may not be
+        there)."""
         self._key(path)
         if not data:
             raise FsError("cassandra append: empty record", path=path, op="append")
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[int] = loop.create_future()
         queue = self._appends.get(path)
         if queue is None:
             queue = self._appends[path] = _AppendQueue()
         queue.items.append((bytes(data), fut))
         if queue.task is None:
             queue.task = asyncio.ensure_future(self._append_worker(path, queue))
-        await fut
+        return await fut
 
     async def _append_worker(self, path: str, queue: _AppendQueue) -> None:
         """Drain ``queue`` in order, a batch at a time."""
         try:
             while queue.items:
-                batch: list[tuple[bytes, asyncio.Future[None]]] = []
+                batch: list[tuple[bytes, asyncio.Future[int]]] = []
                 inline = 0
                 while queue.items and len(batch) < BATCH_RECORDS:
                     data, fut = queue.items[0]
@@ -1384,7 +1394,7 @@ class CassandraFs(Fs):
                 if not batch:
                     continue
                 try:
-                    await self._append_batch(path, [d for d, _ in batch])
+                    offsets = await self._append_batch(path, [d for d, _ in batch])
                 except Exception as exc:
                     for _, fut in batch:
                         if not fut.done():
@@ -1394,9 +1404,9 @@ class CassandraFs(Fs):
                         fut.cancel()
                     raise
                 else:
-                    for _, fut in batch:
+                    for (_, fut), offset in zip(batch, offsets, strict=True):
                         if not fut.done():
-                            fut.set_result(None)
+                            fut.set_result(offset)
         finally:
             queue.task = None
             if self._appends.get(path) is queue:
@@ -1425,7 +1435,8 @@ class CassandraFs(Fs):
             return row
         raise FsUnavailable(f"cassandra append {path!r}: gave up", path=path, op="append")
 
-    async def _append_batch(self, path: str, records: list[bytes]) -> None:
+    async def _append_batch(self, path: str, records: list[bytes]) -> list[int]:
+        """Append ``records`` at consecutive sequence numbers, all or none; their offsets."""
         key = self._key(path)
         row = await self._log_row(key, path)
         gen = row.id
@@ -1463,7 +1474,7 @@ class CassandraFs(Fs):
                         applied = True  # an earlier uncertain round of ours got through
                 if applied:
                     info.next_seq = seq + len(records)
-                    return
+                    break
                 rounds += 1
                 if rounds > MAX_APPEND_ROUNDS:
                     raise FsUnavailable(f"cassandra append {path!r}: too much contention",
@@ -1481,6 +1492,35 @@ class CassandraFs(Fs):
                 info.next_seq = None
                 if blob is not None and not unsettled:
                     await self._drop_blob(blob, path)
+        offset = await self._record_start(gen, seq, path, info)
+        offsets = []
+        now = time.time()
+        for i, data in enumerate(records):
+            offsets.append(offset)
+            info.add(seq + i, len(data), now)  # known from now on: the next append's start
+            offset += len(data)
+        return offsets
+
+    async def _record_start(self, gen: uuid.UUID, seq: int, path: str, info: _Log) -> int:
+        """The offset of segment ``seq``, which we have just inserted: the sizes of segments
+        ``0..seq-1``.  They are immutable now (each number is taken only after the one
+        before it exists), so what this process knows of them is still right; the rest are
+        read once.  The Paxos round of our insert first completed every earlier round at
+        a quorum, so a quorum read sees them; a SERIAL read settles a gap all the same."""
+        if info.count < seq:
+            await self._log_sizes(gen, path)
+        if info.count < seq:
+            page = await self._run("sizes_serial", (gen, info.count, seq), op="append",
+                                   path=path, fetch_size=max(1, seq - info.count))
+            for seg in page.rows:
+                if seg["seq"] != info.count:
+                    break
+                info.add(seg["seq"], int(seg["size"]), 0.0)
+        if info.count < seq:
+            # Only a delete removes segments: the log went away under our append.
+            raise FsUnavailable(f"cassandra append {path!r}: the log was deleted while the "
+                                "record was appended", path=path, op="append")
+        return info.start(seq)
 
     def _segment_batch(self, gen: uuid.UUID, seq: int, tokens: list[uuid.UUID],
                        records: list[bytes], blob: uuid.UUID | None) -> Any:

@@ -73,6 +73,10 @@ Why this key scheme:
   whether the generation it cached is still the live one.
 
 An append costs ``HeadObject`` + ``PutObject`` when the tail is cached and uncontended.
+It returns its record's offset without reading anything back: the head is at 0, and
+segment n is taken only when the sizes of records 0..n-1 are known (from this driver's own
+appends or the tail listing, which reports sizes).  A read of a byte range costs one GET
+per segment it spans (no ``Feature.BATCH_LOG_READ``).
 A segment's content type carries the attempt's token, for the same lost-reply check as a
 CREATE.  ``write(REPLACE)`` over a log replaces the head only; the old segments become
 garbage.  ``append`` on a path written whole raises FsExists.
@@ -941,11 +945,13 @@ class S3Fs(Fs):
             if not (_retried(exc) and await self._holds_token(key, token, "write", path)):
                 raise
 
-    async def append(self, path: str, data: bytes) -> None:
+    async def append(self, path: str, data: bytes) -> int:
         """PutObject If-None-Match * of the next segment (the head for the first record);
         on 412 re-list the tail and take the next number.  Gap-free total order; a resent
         request that got 412 checks the segment's token, so a record is never stored
-        twice.  FsExists if ``path`` was written whole."""
+        twice.  Returns the record's offset: 0 for the head, else the sum of the sizes of
+        the segments before ours, all known once we pick our number.  FsExists if ``path``
+        was written whole."""
         key = self._key(path)
         if not data:
             raise FsError("s3 append: empty record", path=path, op="append")
@@ -976,17 +982,17 @@ class S3Fs(Fs):
                         continue
                 state = self._log_for(path, gen, len(data), time.time())
                 state.tail_known = True
-                return
+                return 0
             live = self._as_log(path, head, int(head["ContentLength"]))
             if live is None:
                 raise FsExists(f"{self.describe()} append {path!r}: the path holds an object "
                                "written whole, not an append log", path=path, op="append")
-            await self._append_segment(path, live, data, token)
-            return
+            return await self._append_segment(path, live, data, token)
         raise FsUnavailable(f"{self.describe()} append {path!r}: log keeps changing",
                             path=path, op="append")
 
-    async def _append_segment(self, path: str, state: _Log, data: bytes, token: str) -> None:
+    async def _append_segment(self, path: str, state: _Log, data: bytes, token: str) -> int:
+        """Segment ``len(state.sizes)`` (or the next free one after it); its offset."""
         if not state.tail_known:
             await self._list_tail(path, state)
         unseen = 0
@@ -1012,13 +1018,17 @@ class S3Fs(Fs):
                 await asyncio.sleep(0.01 * unseen)
                 continue
             break
-        # The writer usually reads its own record back soon (to learn its position).
+        # The writer may read its own record back soon.
         self._segments.put(seg_key, bytes(data))
+        # Segment n is ours, and n was len(state.sizes) when we took it: the sizes of
+        # records 0..n-1 are known (they only ever grow), hence our exact offset.
+        offset = state.offset(n)
         if len(state.sizes) == n:
             state.sizes.append(len(data))
             state.mtime = time.time()
         else:  # the listing overtook us (our own segment was listed)
             state.tail_known = False
+        return offset
 
     async def copy(self, src: str, dst: str, mode: WriteMode = WriteMode.CREATE) -> None:
         """Server-side CopyObject of the object HeadObject saw (copy-source-if-match),

@@ -135,6 +135,10 @@ class Dialect(abc.ABC):
             "tail": f"SELECT MAX(seq) FROM {s} WHERE log_id = $1",
             # (log_id, token, from seq) -> seqs holding our record
             "mine": f"SELECT seq FROM {s} WHERE log_id = $1 AND seq >= $3 AND token = $2",
+            # (log_id, from seq, to seq) -> (segments, bytes) in [from, to): where an
+            # appended record starts, from the records before it.
+            "log_bytes": f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM {s} "
+                         f"WHERE log_id = $1 AND seq >= $2 AND seq < $3",
             # (low, high, limit)
             "list_from": f"SELECT path FROM {o} WHERE path >= $1 AND path < $2 "
                          f"ORDER BY path LIMIT $3",

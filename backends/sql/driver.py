@@ -58,6 +58,11 @@ payload joins the row it belongs to in ONE statement, which sees one snapshot.
   is checked against the token, so a record is never stored twice.  Segments belong to
   the log's id, not its path: a log deleted and created again gets a new id, and a
   stale cached seq or a late append can never splice into the new log.
+  An append returns its record's offset: the bytes of the records before its seq, which
+  are committed and immutable once it is in.  The process remembers the size of the log up
+  to its own last record, so an uncontended append costs nothing more; otherwise one
+  ``COUNT(*), SUM(size)`` over the records it did not see (the count proves none was
+  missing: a log deleted meanwhile is FsUnavailable, not a wrong offset).
 - ``copy``: inside the server (``INSERT ... SELECT``), under a share lock on the source.
 - ``iter``: a keyset-paginated range scan ``path >= prefix AND path < successor(prefix)``
   on the primary key (byte order: "C" collation, VARBINARY): strongly consistent.
@@ -69,7 +74,8 @@ jittered exponential backoff (writes resolve their uncertainty as above), then r
 FsUnavailable; bad credentials at open are an FsInvalidSpec naming the stage and host,
 later refusals FsPermission.
 
-Features: ATOMIC_CREATE, CONSISTENT_LIST, METADATA, COPY; DURABLE only when the server
+Features: ATOMIC_CREATE, CONSISTENT_LIST, METADATA, COPY, BATCH_LOG_READ (a log range is
+one statement for the sizes and one for the records); DURABLE only when the server
 syncs its commits (PostgreSQL ``fsync=on`` and ``synchronous_commit`` not off; InnoDB
 ``innodb_flush_log_at_trx_commit=1``), as checked at open.  APPEND is emulated.
 
@@ -179,13 +185,15 @@ class SqlFs(Fs):
         self.chunk_size = chunk_size
         self.retries = retries
         self.max_value = max_value
+        # A range read of a log is one statement for the sizes and one for the records.
         feats = {Feature.ATOMIC_CREATE, Feature.CONSISTENT_LIST, Feature.METADATA,
-                 Feature.COPY}
+                 Feature.COPY, Feature.BATCH_LOG_READ}
         if durable:
             feats.add(Feature.DURABLE)
         self._features = frozenset(feats)
-        #: key -> (log id, next seq to try): saves the MAX(seq) probe on every append.
-        self._logs: OrderedDict[Any, tuple[uuid.UUID, int]] = OrderedDict()
+        #: key -> (log id, next seq to try, bytes before that seq): saves the MAX(seq) probe
+        #: and the offset aggregate on every append.
+        self._logs: OrderedDict[Any, tuple[uuid.UUID, int, int]] = OrderedDict()
         #: Appends waiting per log, and the logs that have a batch being written.
         self._queues: dict[Any, deque[_Record]] = {}
         self._leading: set[Any] = set()
@@ -328,8 +336,10 @@ class SqlFs(Fs):
                 await self._backoff(attempt)
         raise AssertionError("unreachable")
 
-    def _remember(self, key: Any, log_id: uuid.UUID, next_seq: int) -> None:
-        self._logs[key] = (log_id, next_seq)
+    def _remember(self, key: Any, log_id: uuid.UUID, next_seq: int, size: int) -> None:
+        """The records before ``next_seq`` in log ``log_id`` of ``key`` hold ``size``
+        bytes (they are immutable, so this stays true while the log lives)."""
+        self._logs[key] = (log_id, next_seq, size)
         self._logs.move_to_end(key)
         while len(self._logs) > LOG_CACHE:
             self._logs.popitem(last=False)
@@ -644,11 +654,11 @@ class SqlFs(Fs):
             raise self._error(exc, "write_stream", path) from exc
         return total
 
-    async def append(self, path: str, data: bytes) -> None:
+    async def append(self, path: str, data: bytes) -> int:
         """One ``segments`` row at the next free seq of the path's log (created with its
         first record).  Atomic, gap-free, never duplicated after an uncertain failure.
         Appends to one path waiting in this process go in together (group commit).
-        FsExists if the path holds a whole object."""
+        Returns the record's offset.  FsExists if the path holds a whole object."""
         if not data:
             raise FsError(f"{self.stage}: append of an empty record", path=path, op="append")
         if len(data) > self.max_value:
@@ -662,22 +672,23 @@ class SqlFs(Fs):
         if key in self._leading:
             # Another call is writing to this log: it takes our record into its batch, or
             # hands us the lead when it is done.
-            if await record.done is not _LEAD:
-                return
+            result = await record.done
+            if result is not _LEAD:
+                return int(result)
         else:
             self._leading.add(key)
         batch = self._take(queue)
         try:
-            await self._append_batch(key, path, batch)
+            offsets = await self._append_batch(key, path, batch)
         except BaseException as exc:
             for other in batch[1:]:
                 if not other.done.done():
                     other.done.set_exception(_copy_error(exc, path))
             raise
         else:
-            for other in batch[1:]:
+            for other, offset in zip(batch[1:], offsets[1:], strict=True):
                 if not other.done.done():
-                    other.done.set_result(None)
+                    other.done.set_result(offset)
         finally:
             while queue and queue[0].done.done():  # cancelled while waiting
                 queue.popleft()
@@ -686,6 +697,7 @@ class SqlFs(Fs):
             else:
                 self._leading.discard(key)
                 self._queues.pop(key, None)
+        return offsets[0]
 
     def _take(self, queue: deque[_Record]) -> list[_Record]:
         """Our record (the head) and those queued behind it, up to one statement's worth."""
@@ -699,17 +711,25 @@ class SqlFs(Fs):
                 size += len(other.data)
         return batch
 
-    async def _append_batch(self, key: Any, path: str, batch: list[_Record]) -> None:
+    async def _append_batch(self, key: Any, path: str, batch: list[_Record]) -> list[int]:
+        """Write ``batch`` at consecutive seqs of the path's log, all or none; return each
+        record's offset."""
         count, first = len(batch), batch[0].token
         new_log = uuid.uuid4()  # the id we give the log if we create it; kept across retries
         cached = self._logs.get(key)
         state: dict[str, Any] = {
             "log": cached[0] if cached else None,
             "seq": cached[1] if cached else None,
+            # (seq, bytes): the records before ``seq`` in ``log`` hold ``bytes`` bytes.
+            "known": (cached[1], cached[2]) if cached else (0, 0),
             "pending": None,  # lowest seq an uncertain attempt may have filled
+            "landed": None,  # the seq our batch went in at, once it certainly did
         }
 
-        async def run(s: Session, uncertain: bool) -> None:
+        def landed(log_id: uuid.UUID, seq: int) -> None:
+            state["log"], state["landed"] = log_id, seq
+
+        async def place(s: Session) -> None:
             for _ in range(APPEND_ROUNDS):
                 if state["log"] is None:
                     row = await s.fetchrow("head", key)
@@ -724,13 +744,15 @@ class SqlFs(Fs):
                             state["pending"] = 0  # the commit may have happened
                             raise
                         if created:
-                            self._remember(key, new_log, count)
+                            state["known"] = (0, 0)
+                            landed(new_log, 0)
                             return
                         continue  # someone else created the log just now
                     if row[0] != LOG:
                         raise FsExists(f"{self.stage}: {path!r} was written whole; cannot "
                                        f"append to it", path=path, op="append")
                     state["log"], state["seq"] = self.dialect.unident(row[1]), None
+                    state["known"] = (0, 0)
                 log_id = state["log"]
                 if state["pending"] is not None:
                     # An earlier attempt failed after its statement was sent.  If it landed,
@@ -739,7 +761,7 @@ class SqlFs(Fs):
                     # waits for its predecessor), and the probe below finds our token there.
                     mine = await s.fetch("mine", log_id, first, state["pending"])
                     if mine:
-                        self._remember(key, log_id, int(mine[0][0]) + count)
+                        landed(log_id, int(mine[0][0]))
                         return
                     state["pending"] = None
                 if state["seq"] is None:
@@ -752,13 +774,13 @@ class SqlFs(Fs):
                     state["pending"] = seq
                     raise
                 if inserted:
-                    self._remember(key, log_id, seq + count)
+                    landed(log_id, seq)
                     return
                 probe = await s.fetchrow("append_probe", key, log_id, seq)
                 assert probe is not None  # a SELECT of three scalar subqueries: one row
                 current, holder, last = probe
                 if holder is not None and self.dialect.unident(holder) == first:
-                    self._remember(key, log_id, seq + count)
+                    landed(log_id, seq)
                     return  # an earlier, uncertain attempt of ours got there
                 if current is None or self.dialect.unident(current) != log_id:
                     state["log"] = None  # the log was deleted or replaced: look again
@@ -768,7 +790,34 @@ class SqlFs(Fs):
             raise FsUnavailable(f"{self.stage}: append to {path!r} lost {APPEND_ROUNDS} "
                                 f"races in a row", path=path, op="append")
 
-        await self._call("append", path, run)
+        async def run(s: Session, uncertain: bool) -> list[int]:
+            if state["landed"] is None:
+                await place(s)
+            log_id, seq = state["log"], state["landed"]
+            # Our batch is in at ``seq``, so every record before it is committed and
+            # immutable: its start is what we know of them plus one aggregate over the rest
+            # (none when we appended last, the usual case).
+            known_seq, offset = state["known"]
+            if seq < known_seq:
+                known_seq, offset = 0, 0
+            if seq > known_seq:
+                row = await s.fetchrow("log_bytes", log_id, known_seq, seq)
+                assert row is not None  # an aggregate: one row
+                if int(row[0]) != seq - known_seq:
+                    # Only a delete or replace removes segments: the log went away under us.
+                    raise FsUnavailable(f"{self.stage}: {path!r} was deleted or replaced "
+                                        f"while a record was appended to it", path=path,
+                                        op="append")
+                offset += int(row[1])
+                state["known"] = (seq, offset)
+            offsets = []
+            for rec in batch:
+                offsets.append(offset)
+                offset += len(rec.data)
+            self._remember(key, log_id, seq + count, offset)
+            return offsets
+
+        return await self._call("append", path, run)
 
     async def _insert_records(
         self, s: Session, key: Any, log_id: uuid.UUID, seq: int, batch: list[_Record],
