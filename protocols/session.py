@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .listener import MAX_LINE, Connection
 
+from .imap.limits import ImapLimits
+
 if TYPE_CHECKING:
     from cloudcote.core.mail.storage import MailStore
 
@@ -39,6 +41,7 @@ class ServerContext:
     hostname: str = "cloudcote"
     #: Mail storage shared by every session of this process (cloudcote.core.mail).
     mail: MailStore | None = None
+    imap_limits: ImapLimits = field(default_factory=ImapLimits)
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
 
 

@@ -1,65 +1,165 @@
-"""IMAP4rev1 session (RFC 3501): greeting, capabilities, TLS and authentication.
+"""IMAP4rev1 sessions (RFC 3501) with the extensions clients rely on.
 
-This module holds the not-authenticated state (RFC 3501 6.1-6.2) in full; the mailbox
-commands of the authenticated and selected states come with the mail storage layer.
+One :class:`ImapSession` per connection: a state machine (not authenticated,
+authenticated, selected, logout) that reads a command with its literals, parses it
+(:mod:`.parser`, no I/O) and runs ``do_<name>``.  Mailbox work goes to
+``cloudcote.core.mail``; this module only speaks the protocol.
+
+A selected session keeps its own *view*: the UIDs in the order that gives the sequence
+numbers the client knows.  Other sessions' changes reach the view only at the points
+RFC 3501 7 allows (after a command; never an EXPUNGE during FETCH, STORE or SEARCH).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import bisect
+import datetime as dt
+import logging
 import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..listener import Connection
-from ..session import LineSession, LineTooLong, ServerContext, Shutdown, decode_sasl_plain
+from cloudcote.core.mail import search as searchmod
+from cloudcote.core.mail.errors import (
+    InvalidMailboxName,
+    MailboxExists,
+    MailboxInUse,
+    MailboxNotFound,
+    MailError,
+    MessageExpunged,
+    MessageTooLarge,
+    QuotaExceeded,
+    StorageUnavailable,
+)
+from cloudcote.core.mail.index import ranges_of
+from cloudcote.core.mail.mailbox_list import SEP, normalize_name
+from cloudcote.core.mail.storage import SaveRequest, search_mailbox
 
-#: Literal sizes allowed before login (a LOGIN password needs little).
-MAX_AUTH_LITERAL = 64 * 1024
-_LITERAL = re.compile(rb"\{(\d{1,10})(\+?)\}$")
-_TAG = re.compile(rb"^[\x21-\x7e]+$")
+from . import utf7
+from .fetch import FetchRequest, flags_list, parse_fetch_items, render
+from .limits import ImapLimits
+from .listing import ListOptions, list_responses, parse_list_command
+from .parser import (
+    Command,
+    ImapParseError,
+    Token,
+    as_atom,
+    as_list,
+    as_number,
+    as_string,
+    literal_marker,
+    parse_command,
+    strip_marker,
+    tag_of,
+)
+from .values import astring, string
+
+if TYPE_CHECKING:
+    from cloudcote.core.mail.index import Message
+    from cloudcote.core.mail.storage import Mailbox, UserMail
+
+    from ..listener import Connection
+    from ..session import ServerContext
+
+from ..session import LineSession, decode_sasl_plain
+
+log = logging.getLogger("cloudcote.imap")
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+_FLAG = re.compile(r"^\\?[!#$&'+-.0-9:<=>?@A-Z^-z|~]+$")
+_MONTHS = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+_DATE_TIME = re.compile(
+    r"^ ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)$")
+#: Literals one command may carry.
+MAX_LITERALS = 1000
+#: Messages read at once for a FETCH of bodies (until the prefetch engine takes over).
+FETCH_WINDOW = 16
+#: Bytes of output collected before they are written out.
+FLUSH_AT = 64 * 1024
 
 
-class ImapSyntaxError(Exception):
-    pass
+class No(Exception):
+    """A command that fails: tagged NO with an optional response code."""
+
+    def __init__(self, text: str, code: str | None = None) -> None:
+        super().__init__(text)
+        self.code = code
 
 
-def parse_strings(data: bytes) -> list[str]:
-    """Atoms and quoted strings (RFC 3501 4.1-4.3); literals were inlined by the reader
-    as quoted text already."""
-    out: list[str] = []
-    i, n = 0, len(data)
-    while i < n:
-        if data[i] == 0x20:
-            i += 1
-            continue
-        if data[i] == 0x22:
-            i += 1
-            buf = bytearray()
-            while True:
-                if i >= n:
-                    raise ImapSyntaxError("unterminated quoted string")
-                c = data[i]
-                if c == 0x5C and i + 1 < n and data[i + 1] in (0x22, 0x5C):
-                    buf.append(data[i + 1])
-                    i += 2
-                elif c == 0x22:
-                    i += 1
-                    break
-                else:
-                    buf.append(c)
-                    i += 1
-            out.append(buf.decode("utf-8", "replace"))
-        else:
-            j = data.find(b" ", i)
-            j = n if j < 0 else j
-            atom = data[i:j]
-            if any(ch in b'(){%*"\\]' or ch < 0x21 for ch in atom):
-                raise ImapSyntaxError(f"invalid atom {atom[:40]!r}")
-            out.append(atom.decode("ascii", "replace"))
-            i = j
-    return out
+class Bad(Exception):
+    """A command that is not valid here: tagged BAD."""
 
 
-def _quote(raw: bytes) -> bytes:
-    return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+class _Disconnect(Exception):
+    """The session ends (BYE already sent, or the client went away)."""
+
+
+@dataclass
+class Selected:
+    box: Mailbox
+    readonly: bool
+    #: UIDs in sequence-number order, as this session's client knows them.
+    view: list[int]
+    recent: set[int] = field(default_factory=set)
+    #: MODSEQ up to which flag changes were reported.
+    known_modseq: int = 0
+    #: UID -> MODSEQ this session already reported for it (its own STOREs).
+    reported: dict[int, int] = field(default_factory=dict)
+    keywords: frozenset[str] = frozenset()
+    version: tuple[int, int, int] = (0, 0, 0)
+
+
+def _resp_code(code: str | None) -> str:
+    return f"[{code}] " if code else ""
+
+
+def _mail_error(exc: MailError) -> No:
+    if isinstance(exc, MailboxNotFound):
+        return No("Mailbox doesn't exist.", "NONEXISTENT")
+    if isinstance(exc, MailboxExists):
+        return No("Mailbox already exists.", "ALREADYEXISTS")
+    if isinstance(exc, InvalidMailboxName):
+        return No(f"Invalid mailbox name: {exc}.", "CANNOT")
+    if isinstance(exc, MailboxInUse):
+        return No(f"{exc}.", "CANNOT")
+    if isinstance(exc, QuotaExceeded):
+        return No("Quota exceeded.", "OVERQUOTA")
+    if isinstance(exc, MessageTooLarge):
+        return No(f"{exc}.", "TOOBIG")
+    if isinstance(exc, MessageExpunged):
+        return No("Some of the requested messages no longer exist.", "EXPUNGEISSUED")
+    if isinstance(exc, StorageUnavailable):
+        return No("Mail storage is temporarily unavailable, try again.", "UNAVAILABLE")
+    return No("Internal error occurred. Refer to server log for more information.",
+              "SERVERBUG")
+
+
+def parse_date_time(text: str) -> dt.datetime:
+    """RFC 3501 date-time ``"dd-Mon-yyyy hh:mm:ss +zzzz"``."""
+    m = _DATE_TIME.match(text)
+    if m is None:
+        raise ImapParseError("bad date-time")
+    day, mon, year, hh, mm, ss, sign, zh, zm = m.groups()
+    month = _MONTHS.get(mon.lower())
+    if month is None:
+        raise ImapParseError("bad month in date-time")
+    off = dt.timedelta(hours=int(zh), minutes=int(zm)) * (-1 if sign == "-" else 1)
+    try:
+        return dt.datetime(int(year), month, int(day), int(hh), int(mm), int(ss),
+                           tzinfo=dt.timezone(off))
+    except ValueError:
+        raise ImapParseError("bad date-time") from None
+
+
+def seqset_text(numbers: list[int]) -> str:
+    """``1:3,5`` of a list of numbers."""
+    return ",".join(f"{lo}" if lo == hi else f"{lo}:{hi}" for lo, hi in ranges_of(numbers))
 
 
 class ImapSession(LineSession):
@@ -67,185 +167,1254 @@ class ImapSession(LineSession):
 
     def __init__(self, conn: Connection, ctx: ServerContext) -> None:
         super().__init__(conn, ctx)
+        self.limits: ImapLimits = ctx.imap_limits
         self.state = "not-authenticated"
+        self.mail: UserMail | None = None
+        self.sel: Selected | None = None
+        self.condstore = False
+        self.qresync = False
+        self.out: list[bytes] = []
+        self.out_size = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.fetched = 0
+        self.deleted = 0
+        self.started = time.monotonic()
+
+    # -- output ---------------------------------------------------------------------------
+
+    def emit(self, data: bytes | str) -> None:
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+        self.out.append(raw)
+        self.out_size += len(raw)
+
+    async def flush(self) -> None:
+        if not self.out:
+            return
+        data = b"".join(self.out)
+        self.out.clear()
+        self.out_size = 0
+        self.bytes_out += len(data)
+        self.conn.writer.write(data)
+        await self.conn.writer.drain()
+
+    async def maybe_flush(self) -> None:
+        if self.out_size >= FLUSH_AT:
+            await self.flush()
+
+    async def send(self, text: str | bytes) -> None:
+        self.emit(text)
+        await self.flush()
+
+    # -- input ----------------------------------------------------------------------------
+
+    async def _read_raw_line(self) -> bytes:
+        """One line with CRLF, at most ``max_line`` bytes; waits at most the idle timeout."""
+        reader = self.conn.reader
+        buf = bytearray()
+        while True:
+            try:
+                chunk = await reader.readuntil(b"\n")
+                buf += chunk
+                break
+            except asyncio.LimitOverrunError as exc:
+                buf += await reader.readexactly(exc.consumed)
+            except asyncio.IncompleteReadError as exc:
+                raise EOFError("connection closed") from exc
+            if len(buf) > self.limits.max_line:
+                await self._skip_line()
+                self.bytes_in += len(buf)
+                raise ImapParseError("command line too long")
+        self.bytes_in += len(buf)
+        if len(buf) > self.limits.max_line:
+            raise ImapParseError("command line too long")
+        return bytes(buf)
+
+    async def _skip_line(self) -> None:
+        reader = self.conn.reader
+        while True:
+            try:
+                self.bytes_in += len(await reader.readuntil(b"\n"))
+                return
+            except asyncio.LimitOverrunError as exc:
+                self.bytes_in += len(await reader.readexactly(exc.consumed))
+            except asyncio.IncompleteReadError as exc:
+                raise EOFError("connection closed") from exc
+
+    async def read_line(self) -> bytes:
+        """The next line without CRLF, within the idle timeout; EOFError at its end."""
+        read = asyncio.ensure_future(self._read_raw_line())
+        stop = asyncio.ensure_future(self.ctx.shutdown.wait())
+        try:
+            done, _ = await asyncio.wait({read, stop}, timeout=self.limits.idle_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if read not in done:
+            read.cancel()
+            if stop in done:
+                self.emit("* BYE Server shutting down.\r\n")
+            else:
+                self.emit("* BYE Disconnected for inactivity.\r\n")
+            await self.flush()
+            raise _Disconnect()
+        return read.result().rstrip(b"\r\n")
+
+    async def read_command(self) -> tuple[list[bytes], list[bytes]] | None:
+        """A command's lines and literals.  None when the command was refused while being
+        read (a literal too large: NO was sent already)."""
+        lines: list[bytes] = []
+        literals: list[bytes] = []
+        line = await self.read_line()
+        while True:
+            marker = literal_marker(line)
+            if marker is None:
+                lines.append(line)
+                return lines, literals
+            size, nonsync, _binary = marker
+            lines.append(strip_marker(line))
+            first = lines[0].split(b" ", 2)
+            is_append = len(first) > 1 and first[1].upper() == b"APPEND"
+            limit = self.limits.max_append_literal if is_append else self.limits.max_literal
+            tag = tag_of(lines[0]) or "*"
+            if size > limit or len(literals) >= MAX_LITERALS:
+                what = "Message" if is_append else "Literal"
+                if nonsync:
+                    if size > 2 * self.limits.max_append_literal:
+                        self.emit(f"* BYE [TOOBIG] {what} too large.\r\n")
+                        await self.flush()
+                        raise _Disconnect()
+                    await self._discard(size)
+                    await self._skip_command_rest()
+                self.emit(f"{tag} NO [TOOBIG] {what} too large (limit {limit} bytes).\r\n")
+                await self.flush()
+                return None
+            if not nonsync:
+                self.emit("+ OK\r\n")
+                await self.flush()
+            try:
+                data = await self.conn.reader.readexactly(size)
+            except asyncio.IncompleteReadError as exc:
+                raise EOFError("connection closed in a literal") from exc
+            self.bytes_in += size
+            literals.append(data)
+            line = await self.read_line()
+
+    async def _discard(self, size: int) -> None:
+        while size > 0:
+            chunk = await self.conn.reader.read(min(size, 65536))
+            if not chunk:
+                raise EOFError("connection closed in a literal")
+            self.bytes_in += len(chunk)
+            size -= len(chunk)
+
+    async def _skip_command_rest(self) -> None:
+        """After a refused non-synchronizing literal: the rest of the command."""
+        line = await self.read_line()
+        while (marker := literal_marker(line)) is not None:
+            if marker[1]:
+                await self._discard(marker[0])
+                line = await self.read_line()
+            else:
+                return
+
+    # -- the loop -------------------------------------------------------------------------
 
     def capabilities(self) -> str:
-        caps = ["IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE"]
-        if self.ctx.ssl_context is not None and not self.conn.tls:
+        caps = ["IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
+        if self.ctx.ssl_context is not None and not self.conn.tls \
+                and self.state == "not-authenticated":
             caps.append("STARTTLS")
         if self.state == "not-authenticated":
             if self.plaintext_allowed:
                 caps += ["AUTH=PLAIN", "AUTH=LOGIN"]
             else:
                 caps.append("LOGINDISABLED")
+        else:
+            caps += ["NAMESPACE", "UIDPLUS", "MOVE", "SPECIAL-USE", "CREATE-SPECIAL-USE",
+                     "CONDSTORE", "QRESYNC", "UNSELECT", "CHILDREN", "LIST-EXTENDED",
+                     "LIST-STATUS", "ESEARCH", "QUOTA", "QUOTA=RES-STORAGE",
+                     "QUOTA=RES-MESSAGE", "STATUS=SIZE"]
         return " ".join(caps)
 
     async def run(self) -> None:
-        await self.send(f"* OK [CAPABILITY {self.capabilities()}] {self.ctx.hostname} ready.\r\n")
-        while self.state != "logout":
-            try:
-                line = await self.read_command()
-            except Shutdown:
-                await self.send("* BYE Server shutting down.\r\n")
-                return
-            except LineTooLong:
-                await self.send("* BAD Command line too long.\r\n")
-                if await self._too_many_bad():
-                    return
-                continue
-            except EOFError:
-                return
-            if line is None:
-                continue
-            await self.dispatch(line)
+        self.emit(f"* OK [CAPABILITY {self.capabilities()}] {self.ctx.hostname} ready.\r\n")
+        await self.flush()
+        try:
+            while self.state != "logout":
+                try:
+                    got = await self.read_command()
+                except ImapParseError as exc:
+                    await self._bad(None, str(exc))
+                    continue
+                if got is None:
+                    continue
+                await self.execute(*got)
+                await self.flush()
+        except (_Disconnect, EOFError, ConnectionError):
+            pass
+        finally:
+            self._log_logout()
 
-    async def _too_many_bad(self) -> bool:
-        self.bad_commands += 1
-        if self.bad_commands >= 20:
-            await self.send("* BYE Too many invalid commands.\r\n")
-            return True
-        return False
-
-    async def read_command(self) -> bytes | None:
-        """One command with its literals inlined as quoted strings (RFC 3501 4.3, 7.5)."""
-        line = await self.read_line()
-        parts = []
-        while (m := _LITERAL.search(line)) is not None:
-            size = int(m.group(1))
-            if size > MAX_AUTH_LITERAL:
-                tag = line.split(b" ", 1)[0]
-                if not m.group(2):
-                    await self.send(tag.decode("ascii", "replace") +
-                                    " NO [TOOBIG] Literal too large.\r\n")
-                    return None
-                # A non-synchronizing literal arrives anyway: skip it, then refuse.
-                await self.read_exactly(size)
-                await self.read_line()
-                await self.send(tag.decode("ascii", "replace") +
-                                " NO [TOOBIG] Literal too large.\r\n")
-                return None
-            if not m.group(2):
-                await self.send("+ Ready for literal data\r\n")
-            raw = await self.read_exactly(size)
-            parts.append(line[:m.start()] + _quote(raw))
-            line = await self.read_line()
-        parts.append(line)
-        return b"".join(parts)
-
-    async def dispatch(self, line: bytes) -> None:
-        tag, _, rest = line.partition(b" ")
-        if not tag or not _TAG.match(tag) or tag == b"*" or tag == b"+":
-            await self.send("* BAD Missing or invalid tag.\r\n")
-            await self._too_many_bad()
+    def _log_logout(self) -> None:
+        if self.user is None:
             return
-        tag_s = tag.decode("ascii")
-        verb, _, args = rest.partition(b" ")
-        name = verb.decode("ascii", "replace").upper()
-        handler = getattr(self, f"do_{name.lower()}", None) if name.isalpha() else None
+        log.info("%s %s: user %s logged out: in=%d out=%d fetched=%d deleted=%d "
+                 "seconds=%.1f", self.conn.session_id, self.conn.peer, self.user,
+                 self.bytes_in, self.bytes_out, self.fetched, self.deleted,
+                 time.monotonic() - self.started)
+
+    async def _bad(self, tag: str | None, text: str) -> None:
+        self.emit(f"{tag or '*'} BAD {text[:200]}.\r\n")
+        self.bad_commands += 1
+        if self.bad_commands >= self.limits.max_bad_commands:
+            self.emit("* BYE Too many invalid commands.\r\n")
+            await self.flush()
+            raise _Disconnect()
+        await self.flush()
+
+    async def execute(self, lines: list[bytes], literals: list[bytes]) -> None:
+        try:
+            cmd = parse_command(lines, literals, max_depth=self.limits.max_nesting)
+        except ImapParseError as exc:
+            await self._bad(tag_of(lines[0]), f"Error in IMAP command: {exc}")
+            return
+        handler = self._handler(cmd.name)
         if handler is None:
-            await self.send(f"{tag_s} BAD Unknown command or not valid in this state.\r\n")
-            await self._too_many_bad()
+            await self._bad(cmd.tag, f"Error in IMAP command {cmd.name[:40]}: Unknown "
+                            "command" if not self._known(cmd.name) else
+                            f"Command {cmd.name} is not valid in this state")
             return
         try:
-            await handler(tag_s, args)
-        except ImapSyntaxError as exc:
-            await self.send(f"{tag_s} BAD Invalid arguments: {exc}.\r\n")
-            await self._too_many_bad()
+            await handler(cmd)
+        except ImapParseError as exc:
+            await self._bad(cmd.tag, f"Error in IMAP command {cmd.name}: {exc}")
+        except Bad as exc:
+            await self._bad(cmd.tag, str(exc))
+        except No as exc:
+            await self._after_command(cmd)
+            self.emit(f"{cmd.tag} NO {_resp_code(exc.code)}{exc}\r\n")
+        except MailError as exc:
+            no = _mail_error(exc)
+            if no.code == "SERVERBUG" or isinstance(exc, StorageUnavailable):
+                log.error("%s user=%s: %s failed: %s", self.conn.session_id, self.user,
+                          cmd.name, exc)
+            self.emit(f"{cmd.tag} NO {_resp_code(no.code)}{no}\r\n")
+
+    def _known(self, name: str) -> bool:
+        return hasattr(self, "do_" + name.lower().replace(" ", "_").replace("-", "_"))
+
+    def _handler(self, name: str) -> Callable[[Command], Awaitable[None]] | None:
+        if not self._known(name):
+            return None
+        allowed = _STATES.get(name)
+        if allowed is not None and self.state not in allowed:
+            return None
+        fn: Callable[[Command], Awaitable[None]] = getattr(
+            self, "do_" + name.lower().replace(" ", "_").replace("-", "_"))
+        return fn
+
+    async def _after_command(self, cmd: Command) -> None:
+        """Report other sessions' changes before the tagged reply (RFC 3501 7)."""
+        if self.sel is None:
+            return
+        allow_expunge = cmd.name not in ("FETCH", "STORE", "SEARCH")
+        await self.sync(allow_expunge=allow_expunge)
+
+    def ok(self, cmd: Command, text: str = "", code: str | None = None) -> None:
+        self.emit(f"{cmd.tag} OK {_resp_code(code)}{text or cmd.name.title() + ' completed'}"
+                  ".\r\n")
 
     # -- any state (RFC 3501 6.1) ---------------------------------------------------------
 
-    async def do_capability(self, tag: str, args: bytes) -> None:
-        await self.send(f"* CAPABILITY {self.capabilities()}\r\n{tag} OK Capability completed.\r\n")
+    async def do_capability(self, cmd: Command) -> None:
+        self.emit(f"* CAPABILITY {self.capabilities()}\r\n")
+        self.ok(cmd)
 
-    async def do_noop(self, tag: str, args: bytes) -> None:
-        await self.send(f"{tag} OK NOOP completed.\r\n")
+    async def do_noop(self, cmd: Command) -> None:
+        await self._refresh(force=True)
+        await self._after_command(cmd)
+        self.ok(cmd)
 
-    async def do_logout(self, tag: str, args: bytes) -> None:
+    async def do_logout(self, cmd: Command) -> None:
         self.state = "logout"
-        await self.send(f"* BYE Logging out.\r\n{tag} OK Logout completed.\r\n")
+        self.emit(f"* BYE Logging out.\r\n{cmd.tag} OK Logout completed.\r\n")
 
-    async def do_id(self, tag: str, args: bytes) -> None:
-        """RFC 2971."""
-        await self.send(f'* ID ("name" "cloudcote")\r\n{tag} OK ID completed.\r\n')
+    async def do_id(self, cmd: Command) -> None:
+        """RFC 2971: the client says who it is (logged); the server answers likewise."""
+        if len(cmd.args) != 1:
+            raise ImapParseError("ID needs a list or NIL")
+        arg = cmd.args[0]
+        if isinstance(arg, list):
+            if len(arg) > 60:
+                raise ImapParseError("too many ID fields")
+            pairs = [as_string(t, "ID field").decode("utf-8", "replace")[:100]
+                     if not (isinstance(t, str) and t.upper() == "NIL") else "NIL"
+                     for t in arg]
+            log.info("%s %s: client ID %s", self.conn.session_id, self.conn.peer,
+                     " ".join(pairs)[:300])
+        elif not (isinstance(arg, str) and arg.upper() == "NIL"):
+            raise ImapParseError("ID needs a list or NIL")
+        self.emit('* ID ("name" "cloudcote" "vendor" "cloudcote")\r\n')
+        self.ok(cmd)
 
-    # -- not authenticated state (RFC 3501 6.2) -------------------------------------------
+    # -- not authenticated (RFC 3501 6.2) -------------------------------------------------
 
-    async def do_starttls(self, tag: str, args: bytes) -> None:
+    async def do_starttls(self, cmd: Command) -> None:
         if self.ctx.ssl_context is None or self.conn.tls:
-            await self.send(f"{tag} BAD STARTTLS not available.\r\n")
-            return
-        if self.state != "not-authenticated":
-            await self.send(f"{tag} BAD STARTTLS only before authentication.\r\n")
-            return
-        await self.send(f"{tag} OK Begin TLS negotiation now.\r\n")
+            raise Bad("STARTTLS not available")
+        self.ok(cmd, "Begin TLS negotiation now")
+        await self.flush()
         await self.conn.start_tls(self.ctx.ssl_context)
 
-    async def do_login(self, tag: str, args: bytes) -> None:
-        if self.state != "not-authenticated":
-            await self.send(f"{tag} BAD Already authenticated.\r\n")
-            return
-        strings = parse_strings(args)
-        if len(strings) != 2:
-            raise ImapSyntaxError("LOGIN needs a user name and a password")
+    async def do_login(self, cmd: Command) -> None:
+        if len(cmd.args) != 2:
+            raise ImapParseError("LOGIN needs a user name and a password")
+        user = as_string(cmd.args[0], "user").decode("utf-8", "replace")
+        password = as_string(cmd.args[1], "password").decode("utf-8", "replace")
         if not self.plaintext_allowed:
-            await self.send(f"{tag} NO [PRIVACYREQUIRED] Plaintext authentication "
-                            "disallowed on non-secure connections.\r\n")
-            return
-        await self._finish_auth(tag, strings[0], strings[1])
+            raise No("Plaintext authentication disallowed on non-secure (SSL/TLS) "
+                     "connections.", "PRIVACYREQUIRED")
+        await self._finish_auth(cmd, user, password)
 
-    async def do_authenticate(self, tag: str, args: bytes) -> None:
+    async def do_authenticate(self, cmd: Command) -> None:
         """RFC 3501 6.2.2 with SASL-IR (RFC 4959): PLAIN (RFC 4616) and LOGIN."""
-        if self.state != "not-authenticated":
-            await self.send(f"{tag} BAD Already authenticated.\r\n")
-            return
-        words = args.split()
-        if not words:
-            raise ImapSyntaxError("AUTHENTICATE needs a mechanism")
-        mech = words[0].decode("ascii", "replace").upper()
+        if not cmd.args or len(cmd.args) > 2:
+            raise ImapParseError("AUTHENTICATE needs a mechanism")
+        mech = as_atom(cmd.args[0], "mechanism").upper()
         if mech not in ("PLAIN", "LOGIN"):
-            await self.send(f"{tag} NO Unsupported authentication mechanism.\r\n")
-            return
+            raise No("Unsupported authentication mechanism.")
         if not self.plaintext_allowed:
-            await self.send(f"{tag} NO [PRIVACYREQUIRED] Plaintext authentication "
-                            "disallowed on non-secure connections.\r\n")
-            return
+            raise No("Plaintext authentication disallowed on non-secure (SSL/TLS) "
+                     "connections.", "PRIVACYREQUIRED")
+        initial = (as_string(cmd.args[1], "initial response").decode("ascii", "replace")
+                   if len(cmd.args) > 1 else None)
         if mech == "PLAIN":
-            initial = words[1].decode("ascii", "replace") if len(words) > 1 else None
             if initial is None:
-                await self.send("+ \r\n")
-                initial = (await self.read_line()).decode("ascii", "replace")
-            if initial == "*":
-                await self.send(f"{tag} BAD Authentication aborted.\r\n")
-                return
+                initial = await self._sasl_step("")
             creds = decode_sasl_plain("" if initial == "=" else initial)
             if creds is None or (creds[0] and creds[0] != creds[1]):
-                await self.send(f"{tag} NO [AUTHENTICATIONFAILED] Invalid credentials.\r\n")
-                return
-            await self._finish_auth(tag, creds[1], creds[2])
+                raise No("Invalid credentials.", "AUTHENTICATIONFAILED")
+            await self._finish_auth(cmd, creds[1], creds[2])
             return
-        from ..session import base64  # LOGIN: two base64 prompts
-        await self.send("+ VXNlcm5hbWU6\r\n")
-        user_line = await self.read_line()
-        await self.send("+ UGFzc3dvcmQ6\r\n")
-        pass_line = await self.read_line()
         try:
-            user = base64.b64decode(user_line, validate=True).decode("utf-8")
-            password = base64.b64decode(pass_line, validate=True).decode("utf-8")
-        except Exception:
-            await self.send(f"{tag} BAD Invalid base64.\r\n")
-            return
-        await self._finish_auth(tag, user, password)
+            if initial is None or initial == "=":
+                initial = await self._sasl_step("VXNlcm5hbWU6")
+            user = base64.b64decode(initial, validate=True).decode("utf-8")
+            pw_line = await self._sasl_step("UGFzc3dvcmQ6")
+            password = base64.b64decode(pw_line, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise Bad("Invalid base64 data in SASL response") from None
+        await self._finish_auth(cmd, user, password)
 
-    async def _finish_auth(self, tag: str, user: str, password: str) -> None:
+    async def _sasl_step(self, challenge: str) -> str:
+        self.emit(f"+ {challenge}\r\n")
+        await self.flush()
+        line = (await self.read_line()).decode("ascii", "replace")
+        if line == "*":
+            raise Bad("Authentication aborted by client")
+        return line
+
+    async def _finish_auth(self, cmd: Command, user: str, password: str) -> None:
         ok = await self.check_password(user, password)
-        if ok:
+        if ok is None:
+            raise No("Temporary authentication failure.", "UNAVAILABLE")
+        if not ok:
+            raise No("Authentication failed.", "AUTHENTICATIONFAILED")
+        try:
+            self.mail = await self._open_user_mail()
+        except MailError as exc:
+            log.error("%s user=%s: cannot open mail: %s", self.conn.session_id, self.user, exc)
+            self.user = None
+            raise No("Mail storage is temporarily unavailable.", "UNAVAILABLE") from None
+        self.state = "authenticated"
+        self.ok(cmd, "Logged in", f"CAPABILITY {self.capabilities()}")
+
+    async def _open_user_mail(self) -> UserMail:
+        assert self.user is not None
+        entry = getattr(self, "user_entry", None)
+        user_mail = getattr(self.ctx, "user_mail", None)
+        if entry is not None and user_mail is not None:
+            return await user_mail(entry)  # type: ignore[no-any-return]
+        if self.ctx.mail is None:
+            raise StorageUnavailable("no mail storage configured")
+        return await self.ctx.mail.user(self.user)
+
+    # -- authenticated (RFC 3501 6.3) -----------------------------------------------------
+
+    def _mailbox_name(self, tok: Token) -> str:
+        raw = as_string(tok, "mailbox name")
+        try:
+            text = raw.decode("ascii")
+            name = utf7.decode(text)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise No(f"Mailbox name is not valid modified UTF-7: {exc}", "CANNOT") from None
+        if name.upper() == "INBOX":
+            return "INBOX"
+        return name
+
+    def _canon(self, name: str) -> str:
+        try:
+            return normalize_name(name)
+        except InvalidMailboxName as exc:
+            raise No(f"Invalid mailbox name: {exc}.", "CANNOT") from None
+
+    async def do_enable(self, cmd: Command) -> None:
+        """RFC 5161."""
+        if not cmd.args:
+            raise ImapParseError("ENABLE needs capability names")
+        enabled = []
+        for tok in cmd.args:
+            name = as_atom(tok, "capability").upper()
+            if name == "CONDSTORE" and not self.condstore:
+                self.condstore = True
+                enabled.append(name)
+            elif name == "QRESYNC" and not self.qresync:
+                self.qresync = True
+                if not self.condstore:
+                    self.condstore = True
+                enabled.append(name)
+        self.emit("* ENABLED" + "".join(" " + e for e in enabled) + "\r\n")
+        self.ok(cmd)
+
+    async def do_namespace(self, cmd: Command) -> None:
+        """RFC 2342: one personal namespace, no others."""
+        self.emit(f'* NAMESPACE (("" "{SEP}")) NIL NIL\r\n')
+        self.ok(cmd)
+
+    async def do_select(self, cmd: Command) -> None:
+        await self._select(cmd, readonly=False)
+
+    async def do_examine(self, cmd: Command) -> None:
+        await self._select(cmd, readonly=True)
+
+    async def _select(self, cmd: Command, readonly: bool) -> None:
+        if not cmd.args or len(cmd.args) > 2:
+            raise ImapParseError(f"{cmd.name} needs a mailbox name")
+        name = self._mailbox_name(cmd.args[0])
+        qresync: list[Token] | None = None
+        if len(cmd.args) == 2:
+            params = as_list(cmd.args[1], "select parameters")
+            i = 0
+            while i < len(params):
+                p = as_atom(params[i], "select parameter").upper()
+                if p == "CONDSTORE":
+                    self.condstore = True
+                elif p == "QRESYNC":
+                    if not self.qresync:
+                        raise Bad("QRESYNC must be enabled first")
+                    if i + 1 >= len(params):
+                        raise ImapParseError("QRESYNC needs parameters")
+                    qresync = as_list(params[i + 1], "QRESYNC parameters")
+                    i += 1
+                else:
+                    raise ImapParseError(f"unknown select parameter {p[:30]}")
+                i += 1
+        if self.sel is not None:
+            self.sel = None
             self.state = "authenticated"
-            await self.send(f"{tag} OK [CAPABILITY {self.capabilities()}] Logged in.\r\n")
-        elif ok is None:
-            await self.send(f"{tag} NO [UNAVAILABLE] Temporary authentication failure.\r\n")
+            self.emit("* OK [CLOSED] Previous mailbox closed.\r\n")
+        assert self.mail is not None
+        box = await self._open_box(name)
+        await box.refresh()
+        st = box.state
+        view = list(st.uids)
+        sel = Selected(box=box, readonly=readonly, view=view, known_modseq=st.highest_modseq,
+                       keywords=frozenset(st.keywords))
+        sel.version = (st.highest_modseq, st.next_uid, st.exists)
+        self.emit(f"* FLAGS ({' '.join(self._all_flags(sel.keywords))})\r\n")
+        if readonly:
+            self.emit("* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n")
         else:
-            await self.send(f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+            self.emit(f"* OK [PERMANENTFLAGS ({' '.join(self._all_flags(sel.keywords))} \\*)] "
+                      "Flags permitted.\r\n")
+        self.emit(f"* {len(view)} EXISTS\r\n* 0 RECENT\r\n")
+        first_unseen = next((i for i, uid in enumerate(view, 1)
+                             if "\\Seen" not in st.messages[uid].flags), None)
+        if first_unseen is not None:
+            self.emit(f"* OK [UNSEEN {first_unseen}] First unseen.\r\n")
+        self.emit(f"* OK [UIDVALIDITY {st.uidvalidity}] UIDs valid\r\n"
+                  f"* OK [UIDNEXT {st.next_uid}] Predicted next UID\r\n")
+        self.emit(f"* OK [HIGHESTMODSEQ {st.highest_modseq}] Highest\r\n")
+        self.sel = sel
+        self.state = "selected"
+        if qresync is not None:
+            await self._qresync_select(qresync)
+        self.ok(cmd, "Select completed" if not readonly else "Examine completed",
+                "READ-ONLY" if readonly else "READ-WRITE")
+
+    async def _qresync_select(self, params: list[Token]) -> None:
+        """RFC 7162 3.2.5: what changed since the client's known MODSEQ."""
+        assert self.sel is not None
+        st = self.sel.box.state
+        if len(params) < 2:
+            raise ImapParseError("QRESYNC needs UIDVALIDITY and MODSEQ")
+        uidvalidity = as_number(params[0], "UIDVALIDITY")
+        modseq = as_number(params[1], "MODSEQ", 2**63 - 1)
+        known: list[int] | None = None
+        if len(params) >= 3 and isinstance(params[2], str):
+            known = self._uid_set(params[2], allow_all=False)
+        if uidvalidity != st.uidvalidity:
+            return
+        vanished = st.expunged_since(modseq)
+        if known is not None:
+            kset = set(known)
+            vanished = [u for u in vanished if u in kset]
+        else:
+            vanished = [u for u in vanished if u < st.next_uid]
+        if vanished:
+            self.emit(f"* VANISHED (EARLIER) {seqset_text(vanished)}\r\n")
+        for seq, uid in enumerate(self.sel.view, 1):
+            m = st.messages[uid]
+            if m.modseq > modseq and (known is None or uid in set(known)):
+                self.emit(f"* {seq} FETCH (UID {uid} FLAGS "
+                          f"{flags_list(m.flags).decode()} MODSEQ ({m.modseq}))\r\n")
+
+    def _all_flags(self, keywords: frozenset[str]) -> list[str]:
+        return list(SYSTEM_FLAGS) + sorted(keywords)
+
+    async def _open_box(self, name: str) -> Mailbox:
+        assert self.mail is not None
+        canon = self._canon(name)
+        try:
+            return await self.mail.mailbox(canon)
+        except MailboxNotFound:
+            raise No("Mailbox doesn't exist: " + utf7.encode(canon) + ".",
+                     "NONEXISTENT") from None
+
+    async def do_create(self, cmd: Command) -> None:
+        if not cmd.args or len(cmd.args) > 2:
+            raise ImapParseError("CREATE needs a mailbox name")
+        name = self._mailbox_name(cmd.args[0])
+        if name.endswith(SEP):
+            name = name.rstrip(SEP)  # RFC 3501 6.3.3: a trailing separator is a hint
+        special: list[str] = []
+        if len(cmd.args) == 2:  # RFC 6154 CREATE-SPECIAL-USE: (USE (\Sent ...))
+            opts = as_list(cmd.args[1], "create parameters")
+            if len(opts) != 2 or not isinstance(opts[0], str) or opts[0].upper() != "USE":
+                raise ImapParseError("unknown CREATE parameter")
+            special = [as_atom(t, "special-use") for t in as_list(opts[1], "USE list")]
+        canon = self._canon(name)
+        assert self.mail is not None
+        if canon == "INBOX":
+            raise No("Mailbox already exists.", "ALREADYEXISTS")
+        try:
+            await self.mail.create_mailbox(canon, special)
+        except InvalidMailboxName as exc:
+            if special and "special-use" in str(exc):
+                raise No(f"{exc}.", "USEATTR") from None
+            raise
+        self.ok(cmd)
+
+    async def do_delete(self, cmd: Command) -> None:
+        if len(cmd.args) != 1:
+            raise ImapParseError("DELETE needs a mailbox name")
+        canon = self._canon(self._mailbox_name(cmd.args[0]))
+        assert self.mail is not None
+        if canon == "INBOX":
+            raise No("INBOX can't be deleted.", "CANNOT")
+        await self.mail.refresh_list()
+        if self.sel is not None and self.sel.box.name == canon:
+            self.sel = None
+            self.state = "authenticated"
+        await self.mail.delete_mailbox(canon)
+        self.ok(cmd)
+
+    async def do_rename(self, cmd: Command) -> None:
+        if len(cmd.args) != 2:
+            raise ImapParseError("RENAME needs two mailbox names")
+        old = self._canon(self._mailbox_name(cmd.args[0]))
+        new = self._canon(self._mailbox_name(cmd.args[1]))
+        assert self.mail is not None
+        await self.mail.refresh_list()
+        if new == "INBOX":
+            raise No("Mailbox already exists.", "ALREADYEXISTS")
+        await self.mail.rename_mailbox(old, new)
+        self.ok(cmd)
+
+    async def do_subscribe(self, cmd: Command) -> None:
+        if len(cmd.args) != 1:
+            raise ImapParseError("SUBSCRIBE needs a mailbox name")
+        assert self.mail is not None
+        await self.mail.subscribe(self._canon(self._mailbox_name(cmd.args[0])))
+        self.ok(cmd)
+
+    async def do_unsubscribe(self, cmd: Command) -> None:
+        if len(cmd.args) != 1:
+            raise ImapParseError("UNSUBSCRIBE needs a mailbox name")
+        assert self.mail is not None
+        await self.mail.unsubscribe(self._canon(self._mailbox_name(cmd.args[0])))
+        self.ok(cmd)
+
+    async def do_list(self, cmd: Command) -> None:
+        opts = parse_list_command(cmd.args, lsub=False)
+        await self._list(cmd, opts)
+
+    async def do_lsub(self, cmd: Command) -> None:
+        opts = parse_list_command(cmd.args, lsub=True)
+        await self._list(cmd, opts)
+
+    async def _list(self, cmd: Command, opts: ListOptions) -> None:
+        assert self.mail is not None
+        await self.mail.refresh_list()
+        for line, name in list_responses(self.mail, opts):
+            self.emit(line)
+            if name is not None and opts.status_items:
+                try:
+                    await self._status_line(name, opts.status_items)
+                except No:
+                    pass
+            await self.maybe_flush()
+        await self._after_command(cmd)
+        self.ok(cmd)
+
+    async def do_status(self, cmd: Command) -> None:
+        if len(cmd.args) != 2:
+            raise ImapParseError("STATUS needs a mailbox name and a list of items")
+        name = self._mailbox_name(cmd.args[0])
+        items = [as_atom(t, "status item").upper() for t in as_list(cmd.args[1], "items")]
+        if not items:
+            raise ImapParseError("STATUS needs items")
+        for item in items:
+            if item not in _STATUS_ITEMS:
+                raise ImapParseError(f"unknown STATUS item {item[:30]}")
+        await self._status_line(self._canon(name), items)
+        await self._after_command(cmd)
+        self.ok(cmd)
+
+    async def _status_line(self, name: str, items: list[str]) -> None:
+        box = await self._open_box(name)
+        if self.sel is None or self.sel.box is not box:
+            await box.refresh()
+        st = box.state
+        values = {
+            "MESSAGES": st.exists,
+            "RECENT": len(self.sel.recent) if self.sel is not None and self.sel.box is box
+            else 0,
+            "UIDNEXT": st.next_uid,
+            "UIDVALIDITY": st.uidvalidity,
+            "UNSEEN": st.unseen,
+            "HIGHESTMODSEQ": st.highest_modseq,
+            "SIZE": st.total_size,
+        }
+        if "HIGHESTMODSEQ" in items:
+            self.condstore = True
+        body = " ".join(f"{i} {values[i]}" for i in items)
+        self.emit(b"* STATUS " + astring(utf7.encode(name)) + f" ({body})\r\n".encode())
+
+    async def do_append(self, cmd: Command) -> None:
+        args = list(cmd.args)
+        if len(args) < 2:
+            raise ImapParseError("APPEND needs a mailbox name and a message")
+        name = self._mailbox_name(args.pop(0))
+        data = args.pop()
+        if not isinstance(data, bytes):
+            raise ImapParseError("APPEND needs the message as a literal")
+        flags: list[str] = []
+        when: dt.datetime | None = None
+        for tok in args:
+            if isinstance(tok, list) and not flags:
+                flags = self._flags(tok)
+            elif isinstance(tok, bytes) and when is None:
+                when = parse_date_time(tok.decode("ascii", "replace"))
+            else:
+                raise ImapParseError("bad APPEND arguments")
+        assert self.mail is not None
+        try:
+            box = await self._open_box(name)
+        except No:
+            raise No("Mailbox doesn't exist: " + utf7.encode(self._canon(name)) + ".",
+                     "TRYCREATE") from None
+        if not data:
+            raise No("Can't save an empty message.")
+        (uid,) = await box.save_many([SaveRequest(data, flags, when)])
+        await self._after_command(cmd)
+        self.ok(cmd, "Append completed", f"APPENDUID {box.state.uidvalidity} {uid}")
+
+    def _flags(self, toks: list[Token]) -> list[str]:
+        out = []
+        for t in toks:
+            flag = as_atom(t, "flag")
+            if not _FLAG.match(flag):
+                raise ImapParseError(f"invalid flag {flag[:30]!r}")
+            if flag.startswith("\\"):
+                canon = next((f for f in SYSTEM_FLAGS if f.lower() == flag.lower()), None)
+                if canon is None:
+                    if flag.lower() == "\\recent":
+                        continue
+                    raise ImapParseError(f"invalid system flag {flag[:30]}")
+                flag = canon
+            out.append(flag)
+        return out
+
+    async def do_idle(self, cmd: Command) -> None:
+        """RFC 2177: changes as they happen, until DONE."""
+        self.emit("+ idling\r\n")
+        await self.flush()
+        read = asyncio.ensure_future(self._read_raw_line())
+        stop = asyncio.ensure_future(self.ctx.shutdown.wait())
+        deadline = time.monotonic() + self.limits.idle_timeout
+        try:
+            while True:
+                waits: set[asyncio.Future[object]] = {read, stop}  # type: ignore[arg-type]
+                change: asyncio.Future[bool] | None = None
+                if self.sel is not None:
+                    change = asyncio.ensure_future(self.sel.box.wait_for_change(60.0))
+                    waits.add(change)  # type: ignore[arg-type]
+                left = deadline - time.monotonic()
+                done, _ = await asyncio.wait(waits, timeout=max(left, 0),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if change is not None and change not in done:
+                    change.cancel()
+                if stop in done:
+                    self.emit("* BYE Server shutting down.\r\n")
+                    await self.flush()
+                    raise _Disconnect()
+                if not done:
+                    self.emit("* BYE Disconnected for inactivity.\r\n")
+                    await self.flush()
+                    raise _Disconnect()
+                if change is not None and change in done:
+                    try:
+                        change.result()
+                        await self.sync(allow_expunge=True)
+                    except MailError as exc:
+                        log.warning("%s user=%s: IDLE refresh failed: %s",
+                                    self.conn.session_id, self.user, exc)
+                    await self.flush()
+                if read in done:
+                    line = read.result().rstrip(b"\r\n")
+                    if line.upper() == b"DONE":
+                        await self._after_command(cmd)
+                        self.ok(cmd, "Idle completed")
+                    else:
+                        await self._bad(cmd.tag, "Expected DONE")
+                    return
+        finally:
+            stop.cancel()
+            if not read.done():
+                read.cancel()
+
+    async def do_getquotaroot(self, cmd: Command) -> None:
+        """RFC 9208: one quota root, "", for all of a user's mailboxes."""
+        if len(cmd.args) != 1:
+            raise ImapParseError("GETQUOTAROOT needs a mailbox name")
+        name = self._canon(self._mailbox_name(cmd.args[0]))
+        await self._open_box(name)
+        assert self.mail is not None
+        limits = self.mail.quota_limits
+        enc = astring(utf7.encode(name)).decode()
+        if not limits.bytes and not limits.messages:
+            self.emit(f"* QUOTAROOT {enc}\r\n")
+        else:
+            self.emit(f'* QUOTAROOT {enc} ""\r\n')
+            await self._quota_line()
+        self.ok(cmd)
+
+    async def do_getquota(self, cmd: Command) -> None:
+        if len(cmd.args) != 1:
+            raise ImapParseError("GETQUOTA needs a quota root")
+        root = as_string(cmd.args[0], "quota root")
+        assert self.mail is not None
+        limits = self.mail.quota_limits
+        if root != b"" or (not limits.bytes and not limits.messages):
+            raise No("No such quota root.", "NONEXISTENT")
+        await self._quota_line()
+        self.ok(cmd)
+
+    async def do_setquota(self, cmd: Command) -> None:
+        raise No("Quota is set by the administrator.", "NOPERM")
+
+    async def _quota_line(self) -> None:
+        assert self.mail is not None
+        usage = await self.mail.quota_usage()
+        limits = self.mail.quota_limits
+        res = []
+        if limits.bytes:
+            res.append(f"STORAGE {usage.bytes // 1024} {limits.bytes // 1024}")
+        if limits.messages:
+            res.append(f"MESSAGE {usage.messages} {limits.messages}")
+        self.emit(f'* QUOTA "" ({" ".join(res)})\r\n')
+
+    # -- selected (RFC 3501 6.4) ----------------------------------------------------------
+
+    async def _refresh(self, force: bool = False) -> None:
+        if self.sel is None:
+            return
+        box = self.sel.box
+        poll = box.mail_store.settings.poll_interval
+        if force or time.monotonic() - box.refreshed_at >= poll:
+            try:
+                await box.refresh()
+            except MailboxNotFound:
+                self.emit("* BYE Selected mailbox was deleted, have to disconnect.\r\n")
+                await self.flush()
+                raise _Disconnect() from None
+
+    async def sync(self, allow_expunge: bool) -> None:
+        """Untagged EXPUNGE/VANISHED, EXISTS, RECENT, FLAGS and FETCH for changes the
+        client has not heard of."""
+        sel = self.sel
+        assert sel is not None
+        st = sel.box.state
+        version = (st.highest_modseq, st.next_uid, st.exists)
+        if version == sel.version:
+            return
+        view = sel.view
+        if allow_expunge:
+            gone = [uid for uid in view if uid not in st.messages]
+            if gone:
+                if self.qresync:
+                    self.emit(f"* VANISHED {seqset_text(gone)}\r\n")
+                    goneset = set(gone)
+                    view[:] = [u for u in view if u not in goneset]
+                else:
+                    for uid in reversed(gone):
+                        i = bisect.bisect_left(view, uid)
+                        self.emit(f"* {i + 1} EXPUNGE\r\n")
+                        del view[i]
+                for uid in gone:
+                    sel.recent.discard(uid)
+                    sel.reported.pop(uid, None)
+        last = view[-1] if view else 0
+        start = bisect.bisect_right(st.uids, last)
+        new = st.uids[start:]
+        if frozenset(st.keywords) != sel.keywords:
+            sel.keywords = frozenset(st.keywords)
+            self.emit(f"* FLAGS ({' '.join(self._all_flags(sel.keywords))})\r\n")
+            if not sel.readonly:
+                self.emit(f"* OK [PERMANENTFLAGS ({' '.join(self._all_flags(sel.keywords))}"
+                          " \\*)] Flags permitted.\r\n")
+        if st.highest_modseq > sel.known_modseq:
+            for seq, uid in enumerate(view, 1):
+                m = st.messages.get(uid)
+                if m is None or m.modseq <= sel.known_modseq:
+                    continue
+                if sel.reported.get(uid) == m.modseq:
+                    continue
+                self.emit(self._flag_update(seq, m))
+            sel.known_modseq = st.highest_modseq
+            sel.reported.clear()
+        if new:
+            view.extend(new)
+            sel.recent.update(new)
+            self.emit(f"* {len(view)} EXISTS\r\n* {len(sel.recent)} RECENT\r\n")
+        if allow_expunge or len(view) == st.exists:
+            sel.version = version
+        await self.maybe_flush()
+
+    def _flag_update(self, seq: int, m: Message) -> str:
+        assert self.sel is not None
+        parts = []
+        if self.qresync:
+            parts.append(f"UID {m.uid}")
+        parts.append("FLAGS " + flags_list(m.flags, m.uid in self.sel.recent).decode())
+        if self.condstore:
+            parts.append(f"MODSEQ ({m.modseq})")
+        return f"* {seq} FETCH ({' '.join(parts)})\r\n"
+
+    def _seq_set(self, text: str) -> list[int]:
+        """Sequence numbers of a sequence set, as UIDs of the view (RFC 3501 6.4.8)."""
+        assert self.sel is not None
+        view = self.sel.view
+        try:
+            sset = searchmod.parse_sequence_set(text)
+        except searchmod.SearchError:
+            raise ImapParseError("invalid message sequence set") from None
+        if not view:
+            raise No("No messages.") if text != "*" else No("No messages.")
+        out: list[int] = []
+        for lo, hi in sset.resolve(len(view)):
+            if hi > len(view):
+                raise Bad("Invalid messageset: message sequence number out of range")
+            out.extend(view[lo - 1:hi])
+        return sorted(set(out))
+
+    def _uid_set(self, text: str, allow_all: bool = True) -> list[int]:
+        """UIDs of the view that a UID set names (missing UIDs are ignored)."""
+        assert self.sel is not None
+        view = self.sel.view
+        try:
+            sset = searchmod.parse_sequence_set(text)
+        except searchmod.SearchError:
+            raise ImapParseError("invalid UID set") from None
+        largest = view[-1] if view else 0
+        out: list[int] = []
+        for lo, hi in sset.resolve(largest) if view or not allow_all else []:
+            i = bisect.bisect_left(view, lo)
+            j = bisect.bisect_right(view, hi)
+            out.extend(view[i:j])
+        if not view and allow_all:
+            return []
+        return sorted(set(out))
+
+    def _set(self, cmd: Command, tok: Token) -> list[int]:
+        text = as_atom(tok, "sequence set")
+        if cmd.name.startswith("UID "):
+            return self._uid_set(text)
+        return self._seq_set(text)
+
+    async def do_check(self, cmd: Command) -> None:
+        await self._refresh(force=True)
+        await self._after_command(cmd)
+        self.ok(cmd)
+
+    async def do_close(self, cmd: Command) -> None:
+        assert self.sel is not None
+        if not self.sel.readonly:
+            gone = await self.sel.box.expunge(None)
+            self.deleted += len(gone)
+        self.sel = None
+        self.state = "authenticated"
+        self.ok(cmd)
+
+    async def do_unselect(self, cmd: Command) -> None:
+        self.sel = None
+        self.state = "authenticated"
+        self.ok(cmd)
+
+    async def do_expunge(self, cmd: Command) -> None:
+        await self._expunge(cmd, None)
+
+    async def do_uid_expunge(self, cmd: Command) -> None:
+        if len(cmd.args) != 1:
+            raise ImapParseError("UID EXPUNGE needs a UID set")
+        await self._expunge(cmd, self._uid_set(as_atom(cmd.args[0], "UID set")))
+
+    async def _expunge(self, cmd: Command, uids: list[int] | None) -> None:
+        assert self.sel is not None
+        if self.sel.readonly:
+            raise No("Mailbox is read-only.", "READ-ONLY")
+        box = self.sel.box
+        await box.refresh()
+        if uids is None:
+            victims = [m.uid for m in box.state if "\\Deleted" in m.flags]
+        else:
+            victims = [u for u in uids if u in box.state.messages
+                       and "\\Deleted" in box.state.messages[u].flags]
+        gone = await box.expunge(victims) if victims else []
+        self.deleted += len(gone)
+        await self.sync(allow_expunge=True)
+        code = f"HIGHESTMODSEQ {box.state.highest_modseq}" if self.condstore else None
+        self.ok(cmd, "Expunge completed", code)
+
+    async def do_search(self, cmd: Command) -> None:
+        await self._search(cmd, by_uid=False)
+
+    async def do_uid_search(self, cmd: Command) -> None:
+        await self._search(cmd, by_uid=True)
+
+    async def _search(self, cmd: Command, by_uid: bool) -> None:
+        assert self.sel is not None
+        args = list(cmd.args)
+        ret: list[str] | None = None
+        if len(args) >= 2 and isinstance(args[0], str) and args[0].upper() == "RETURN":
+            ret = [as_atom(t, "return option").upper()
+                   for t in as_list(args[1], "RETURN options")]
+            for r in ret:
+                if r not in ("MIN", "MAX", "ALL", "COUNT"):
+                    raise ImapParseError(f"unknown RETURN option {r[:20]}")
+            if not ret:
+                ret = ["ALL"]
+            args = args[2:]
+        charset = "UTF-8"
+        if len(args) >= 2 and isinstance(args[0], str) and args[0].upper() == "CHARSET":
+            charset = as_string(args[1], "charset").decode("ascii", "replace")
+            args = args[2:]
+        if not args:
+            raise ImapParseError("SEARCH needs criteria")
+        try:
+            key = searchmod.parse_search(args, charset)  # type: ignore[arg-type]
+        except searchmod.BadCharset:
+            raise No("Unsupported charset.", "BADCHARSET (US-ASCII UTF-8)") from None
+        except searchmod.SearchError as exc:
+            raise ImapParseError(str(exc)) from None
+        await self._refresh()
+        box = self.sel.box
+        st = box.state
+        present = [(seq, st.messages[uid]) for seq, uid in enumerate(self.sel.view, 1)
+                   if uid in st.messages]
+        msgs = [m for _, m in present]
+        hits = await search_mailbox(box, key, msgs, frozenset(self.sel.recent))
+        found = [present[i - 1] for i in hits]
+        numbers = [m.uid if by_uid else seq for seq, m in found]
+        modseq = max((m.modseq for _, m in found), default=0) \
+            if searchmod.uses_modseq(key) else None
+        if modseq is not None:
+            self.condstore = True
+        if ret is None:
+            line = "* SEARCH" + "".join(f" {n}" for n in numbers)
+            if modseq is not None and numbers:
+                line += f" (MODSEQ {modseq})"
+            self.emit(line + "\r\n")
+        else:
+            parts = [f'(TAG "{cmd.tag}")']
+            if by_uid:
+                parts.append("UID")
+            if numbers:
+                if "MIN" in ret:
+                    parts.append(f"MIN {min(numbers)}")
+                if "MAX" in ret:
+                    parts.append(f"MAX {max(numbers)}")
+                if "ALL" in ret:
+                    parts.append(f"ALL {seqset_text(numbers)}")
+            if "COUNT" in ret:
+                parts.append(f"COUNT {len(numbers)}")
+            if modseq is not None and numbers:
+                parts.append(f"MODSEQ {modseq}")
+            self.emit("* ESEARCH " + " ".join(parts) + "\r\n")
+        await self._after_command(cmd)
+        self.ok(cmd)
+
+    async def do_fetch(self, cmd: Command) -> None:
+        await self._fetch(cmd, by_uid=False)
+
+    async def do_uid_fetch(self, cmd: Command) -> None:
+        await self._fetch(cmd, by_uid=True)
+
+    async def _fetch(self, cmd: Command, by_uid: bool) -> None:
+        assert self.sel is not None
+        if len(cmd.args) not in (2, 3):
+            raise ImapParseError("FETCH needs a sequence set and items")
+        req = parse_fetch_items(cmd.args[1])
+        changedsince: int | None = None
+        vanished = False
+        if len(cmd.args) == 3:
+            mods = as_list(cmd.args[2], "FETCH modifiers")
+            i = 0
+            while i < len(mods):
+                mod = as_atom(mods[i], "FETCH modifier").upper()
+                if mod == "CHANGEDSINCE" and i + 1 < len(mods):
+                    changedsince = as_number(mods[i + 1], "CHANGEDSINCE", 2**63 - 1)
+                    i += 2
+                elif mod == "VANISHED" and by_uid and self.qresync:
+                    vanished = True
+                    i += 1
+                else:
+                    raise ImapParseError(f"unknown FETCH modifier {mod[:20]}")
+            if vanished and changedsince is None:
+                raise ImapParseError("VANISHED needs CHANGEDSINCE")
+            self.condstore = True
+        await self._refresh()
+        try:
+            uids = self._set(cmd, cmd.args[0])
+        except No:
+            uids = []
+            if not by_uid:
+                raise Bad("Invalid messageset: no messages") from None
+        box = self.sel.box
+        st = box.state
+        if vanished and changedsince is not None:
+            gone = [u for u in st.expunged_since(changedsince)
+                    if u <= (self.sel.view[-1] if self.sel.view else 0)]
+            text = as_atom(cmd.args[0], "UID set")
+            sset = searchmod.parse_sequence_set(text)
+            ranges = sset.resolve(self.sel.view[-1] if self.sel.view else 0)
+            gone = [u for u in gone if any(lo <= u <= hi for lo, hi in ranges)]
+            if gone:
+                self.emit(f"* VANISHED (EARLIER) {seqset_text(gone)}\r\n")
+        with_modseq = self.condstore and (changedsince is not None or "MODSEQ" in req.items)
+        if changedsince is not None:
+            uids = [u for u in uids if u in st.messages and st.messages[u].modseq > changedsince]
+        set_seen = req.sets_seen and not self.sel.readonly
+        if set_seen:
+            unseen = [u for u in uids if u in st.messages and
+                      "\\Seen" not in st.messages[u].flags]
+            if unseen:
+                await box.store(unseen, "+", ["\\Seen"])
+                st = box.state
+        missing = False
+        view = self.sel.view
+        jobs: list[tuple[int, Message]] = []
+        for uid in uids:
+            m = st.messages.get(uid)
+            if m is None:
+                missing = True
+                continue
+            seq = bisect.bisect_left(view, uid) + 1
+            jobs.append((seq, m))
+        recent = self.sel.recent
+        want_flags_update = set_seen
+        needs_io = req.needs_cache or req.needs_message or bool(req.bodies)
+
+        async def one(seq: int, m: Message) -> bytes | None:
+            try:
+                return await render(box, m, req, seq=seq, recent=m.uid in recent,
+                                    with_uid=by_uid, with_modseq=with_modseq,
+                                    flags=m.flags if want_flags_update else None)
+            except MessageExpunged:
+                return None
+
+        if not needs_io:
+            for seq, m in jobs:
+                data = await one(seq, m)
+                if data is not None:
+                    self.emit(data)
+                    await self.maybe_flush()
+        else:
+            window: list[asyncio.Task[bytes | None]] = []
+            it = iter(jobs)
+            try:
+                for seq, m in it:
+                    window.append(asyncio.ensure_future(one(seq, m)))
+                    if len(window) >= FETCH_WINDOW:
+                        break
+                while window:
+                    data = await window.pop(0)
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        window.append(asyncio.ensure_future(one(*nxt)))
+                    if data is None:
+                        missing = True
+                        continue
+                    self.emit(data)
+                    self.fetched += 1 if req.bodies or req.needs_message else 0
+                    await self.maybe_flush()
+            finally:
+                for t in window:
+                    t.cancel()
+        if set_seen:
+            for _, m in jobs:
+                cur = st.messages.get(m.uid)
+                if cur is not None:
+                    self.sel.reported[m.uid] = cur.modseq
+        await self._after_command(cmd)
+        if missing:
+            raise No("Some of the requested messages no longer exist.", "EXPUNGEISSUED")
+        self.ok(cmd)
+
+    async def do_store(self, cmd: Command) -> None:
+        await self._store(cmd, by_uid=False)
+
+    async def do_uid_store(self, cmd: Command) -> None:
+        await self._store(cmd, by_uid=True)
+
+    async def _store(self, cmd: Command, by_uid: bool) -> None:
+        assert self.sel is not None
+        args = list(cmd.args)
+        if len(args) < 3:
+            raise ImapParseError("STORE needs a sequence set, an item and flags")
+        unchangedsince: int | None = None
+        if isinstance(args[1], list):
+            mods = as_list(args.pop(1), "STORE modifiers")
+            if (len(mods) != 2 or not isinstance(mods[0], str)
+                    or mods[0].upper() != "UNCHANGEDSINCE"):
+                raise ImapParseError("unknown STORE modifier")
+            unchangedsince = as_number(mods[1], "UNCHANGEDSINCE", 2**63 - 1)
+            self.condstore = True
+        if len(args) < 3:
+            raise ImapParseError("STORE needs flags")
+        item = as_atom(args[1], "STORE item").upper()
+        m = re.fullmatch(r"([+-]?)FLAGS(\.SILENT)?", item)
+        if m is None:
+            raise ImapParseError(f"unknown STORE item {item[:30]}")
+        mode = m.group(1) or "="
+        silent = bool(m.group(2))
+        flag_toks = args[2] if isinstance(args[2], list) and len(args) == 3 else args[2:]
+        if not isinstance(flag_toks, list):
+            raise ImapParseError("bad flag list")
+        flags = self._flags(flag_toks)
+        if self.sel.readonly:
+            raise No("Mailbox is read-only.", "READ-ONLY")
+        uids = self._set(cmd, args[0])
+        box = self.sel.box
+        result = await box.store(uids, mode, flags, unchangedsince) if uids else \
+            {"changed": [], "failed": []}
+        st = box.state
+        failed = set(result["failed"])
+        view = self.sel.view
+        for uid in uids:
+            msg = st.messages.get(uid)
+            if msg is None or uid in failed:
+                continue
+            seq = bisect.bisect_left(view, uid) + 1
+            if not silent or (unchangedsince is not None and uid in result["changed"]):
+                parts = []
+                if by_uid or self.qresync:
+                    parts.append(f"UID {uid}")
+                parts.append("FLAGS " + flags_list(msg.flags, uid in self.sel.recent).decode())
+                if self.condstore:
+                    parts.append(f"MODSEQ ({msg.modseq})")
+                self.emit(f"* {seq} FETCH ({' '.join(parts)})\r\n")
+                self.sel.reported[uid] = msg.modseq
+            elif silent:
+                self.sel.reported[uid] = msg.modseq
+        await self._after_command(cmd)
+        if failed:
+            nums = sorted(failed) if by_uid else sorted(
+                bisect.bisect_left(view, u) + 1 for u in failed if u in set(view))
+            self.ok(cmd, "Conditional store failed", f"MODIFIED {seqset_text(nums)}")
+        else:
+            self.ok(cmd)
+
+    async def do_copy(self, cmd: Command) -> None:
+        await self._copy(cmd, move=False)
+
+    async def do_uid_copy(self, cmd: Command) -> None:
+        await self._copy(cmd, move=False)
+
+    async def do_move(self, cmd: Command) -> None:
+        await self._copy(cmd, move=True)
+
+    async def do_uid_move(self, cmd: Command) -> None:
+        await self._copy(cmd, move=True)
+
+    async def _copy(self, cmd: Command, move: bool) -> None:
+        assert self.sel is not None
+        if len(cmd.args) != 2:
+            raise ImapParseError(f"{cmd.name} needs a sequence set and a mailbox name")
+        uids = self._set(cmd, cmd.args[0])
+        name = self._mailbox_name(cmd.args[1])
+        try:
+            dest = await self._open_box(name)
+        except No:
+            raise No("Mailbox doesn't exist: " + utf7.encode(self._canon(name)) + ".",
+                     "TRYCREATE") from None
+        if move and self.sel.readonly:
+            raise No("Mailbox is read-only.", "READ-ONLY")
+        box = self.sel.box
+        if move:
+            pairs = await box.move(uids, dest)
+            self.deleted += len(pairs)
+        else:
+            pairs = await box.copy(uids, dest)
+        code = None
+        if pairs:
+            code = (f"COPYUID {dest.state.uidvalidity} {seqset_text([s for s, _ in pairs])} "
+                    f"{seqset_text([d for _, d in pairs])}")
+        if move:
+            if code:
+                self.emit(f"* OK [{code}] Moved UIDs.\r\n")
+            await self.sync(allow_expunge=True)
+            self.ok(cmd, "Move completed")
+        else:
+            await self._after_command(cmd)
+            self.ok(cmd, "Copy completed", code)
+
+
+_ANY = ("not-authenticated", "authenticated", "selected")
+_AUTHED = ("authenticated", "selected")
+_STATES: dict[str, tuple[str, ...]] = {
+    "CAPABILITY": _ANY, "NOOP": _ANY, "LOGOUT": _ANY, "ID": _ANY,
+    "STARTTLS": ("not-authenticated",), "LOGIN": ("not-authenticated",),
+    "AUTHENTICATE": ("not-authenticated",),
+    "ENABLE": _AUTHED, "NAMESPACE": _AUTHED, "SELECT": _AUTHED, "EXAMINE": _AUTHED,
+    "CREATE": _AUTHED, "DELETE": _AUTHED, "RENAME": _AUTHED, "SUBSCRIBE": _AUTHED,
+    "UNSUBSCRIBE": _AUTHED, "LIST": _AUTHED, "LSUB": _AUTHED, "STATUS": _AUTHED,
+    "APPEND": _AUTHED, "IDLE": _AUTHED, "GETQUOTAROOT": _AUTHED, "GETQUOTA": _AUTHED,
+    "SETQUOTA": _AUTHED,
+    "CHECK": ("selected",), "CLOSE": ("selected",), "UNSELECT": ("selected",),
+    "EXPUNGE": ("selected",), "UID EXPUNGE": ("selected",), "SEARCH": ("selected",),
+    "UID SEARCH": ("selected",), "FETCH": ("selected",), "UID FETCH": ("selected",),
+    "STORE": ("selected",), "UID STORE": ("selected",), "COPY": ("selected",),
+    "UID COPY": ("selected",), "MOVE": ("selected",), "UID MOVE": ("selected",),
+}
+_STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
+                 "SIZE")
 
 
 async def imap_session(conn: Connection, ctx: ServerContext) -> None:
     await ImapSession(conn, ctx).run()
+
+
+__all__ = ["FetchRequest", "ImapSession", "imap_session", "parse_date_time", "string"]
