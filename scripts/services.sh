@@ -550,7 +550,7 @@ start_seaweedfs() {
     -master.telemetry=false -volume.preStopSeconds=0 \
     </dev/null >>"$dir/log" 2>&1 9>&- &
   echo $! > "$dir/pid"
-  for ((i = 0; i < 120; i++)); do
+  for ((i = 0; i < 360; i++)); do
     pid_alive "$dir/pid" weed || { log_tail seaweedfs "$dir/log"; return 1; }
     if port_open "$SW_HOST" "$SW_PORT" && sw_check 2>"$dir/check.log"; then
       echo "seaweedfs: up on $SW_HOST:$SW_PORT (started in $(since "$t0"), $("$VENV/bin/weed" version 2>/dev/null | awk '{print "weed", $3}'))"

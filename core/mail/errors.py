@@ -3,6 +3,13 @@ them to their own replies (``QuotaExceeded`` is ``NO [OVERQUOTA]`` in IMAP, ``55
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from cloudcote.libfs.api import FsUnavailable
+
+T = TypeVar("T")
+
 
 class MailError(Exception):
     """Base of mail storage errors."""
@@ -54,3 +61,12 @@ class StorageUnavailable(MailError):
     """The store failed transiently past every retry: try again later (nothing that was
     acknowledged is lost, and the failed operation did not take effect as far as the
     index is concerned)."""
+
+
+async def store_io(coro: Awaitable[T], what: str = "") -> T:
+    """Await a libfs call; a store that is unavailable becomes StorageUnavailable."""
+    try:
+        return await coro
+    except FsUnavailable as exc:
+        prefix = f"{what}: " if what else ""
+        raise StorageUnavailable(f"{prefix}store unavailable: {exc}") from exc

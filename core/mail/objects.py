@@ -70,25 +70,32 @@ def encode_message(meta: StoredMeta, raw: bytes) -> bytes:
     return line + raw
 
 
+def parse_meta_line(data: bytes, pos: int = 0) -> StoredMeta | None:
+    """The metadata line of the message starting at ``pos`` (its ``offset`` set to where
+    the message's bytes begin), or None if there is no whole line there."""
+    if not data.startswith(MAGIC, pos):
+        return None
+    nl = data.find(b"\r\n", pos, pos + MAX_META)
+    if nl < 0:
+        return None
+    try:
+        doc = json.loads(data[pos + len(MAGIC):nl])
+        meta = StoredMeta(str(doc["g"]), str(doc["m"]), int(doc["d"]), int(doc["z"]),
+                          int(doc["s"]), [list(r) for r in doc.get("r", [])])
+    except (ValueError, KeyError, TypeError):
+        return None
+    meta.meta_offset = pos
+    meta.offset = nl + 2
+    return meta
+
+
 def parse_objects(data: bytes) -> Iterator[StoredMeta]:
     """The messages in an object's bytes, in order.  Stops at the first thing that is not
     a whole message (a torn object is reported by the caller)."""
     pos = 0
     while pos < len(data):
-        if not data.startswith(MAGIC, pos):
-            return
-        nl = data.find(b"\r\n", pos, pos + MAX_META)
-        if nl < 0:
-            return
-        try:
-            doc = json.loads(data[pos + len(MAGIC):nl])
-            meta = StoredMeta(str(doc["g"]), str(doc["m"]), int(doc["d"]), int(doc["z"]),
-                              int(doc["s"]), [list(r) for r in doc.get("r", [])])
-        except (ValueError, KeyError, TypeError):
-            return
-        meta.meta_offset = pos
-        meta.offset = nl + 2
-        if meta.offset + meta.size > len(data):
+        meta = parse_meta_line(data, pos)
+        if meta is None or meta.offset + meta.size > len(data):
             return
         yield meta
         pos = meta.offset + meta.size

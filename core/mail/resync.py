@@ -68,7 +68,7 @@ async def _sdbox_objects(box: Mailbox, grace: float) -> dict[str, tuple[str, obj
             head = await _io(box.fs.read_range(path, 0, objects.MAX_META + 2))
         except FsNotFound:
             continue
-        meta = _first_meta(head, path)
+        meta = objects.parse_meta_line(head)
         if meta is None:
             # A torn object (crash while writing on a store without atomic create):
             # nothing acknowledged lives in it.
@@ -78,24 +78,6 @@ async def _sdbox_objects(box: Mailbox, grace: float) -> dict[str, tuple[str, obj
             continue
         out[f"{oid}:{meta.offset}"] = (path, meta)
     return out
-
-
-def _first_meta(head: bytes, path: str) -> objects.StoredMeta | None:
-    if not head.startswith(objects.MAGIC):
-        return None
-    nl = head.find(b"\r\n")
-    if nl < 0:
-        return None
-    import json
-
-    try:
-        doc = json.loads(head[len(objects.MAGIC):nl])
-        meta = objects.StoredMeta(str(doc["g"]), str(doc["m"]), int(doc["d"]), int(doc["z"]),
-                                  int(doc["s"]), [list(r) for r in doc.get("r", [])])
-    except (ValueError, KeyError, TypeError):
-        return None
-    meta.offset = nl + 2
-    return meta
 
 
 async def _mdbox_objects(box: Mailbox, grace: float) -> dict[str, tuple[str, objects.StoredMeta]]:
@@ -239,6 +221,7 @@ async def purge(store: MailStore, users: list[str]) -> dict[str, int]:
     stats = {"storage_deleted": 0, "storage_rewritten": 0, "orphans_deleted": 0}
     now = time.time()
     boxes: dict[tuple[str, str], Mailbox] = {}
+    scanned = set(users)
     for user in users:
         um = await store.user(user)
         await um.refresh_list()
@@ -262,17 +245,11 @@ async def purge(store: MailStore, users: list[str]) -> dict[str, int]:
         metas = list(objects.parse_objects(data))
         for meta in metas:
             loc = f"@{oid}:{meta.offset}"
-            holders = []
-            for user, mguid in meta.refs:
-                holder = boxes.get((user, mguid))
-                if holder is not None and any(m.loc == loc for m in holder.state):
-                    holders.append(holder)
-            (live if holders else dead).append((meta, holders))
-            if (user_ref := meta.refs) and not all(u in users for u, _ in user_ref):
-                # Referenced by a user this purge did not look at: keep it.
-                if not holders:
-                    dead.pop()
-                    live.append((meta, []))
+            holders = [h for user, mguid in meta.refs
+                       if (h := boxes.get((user, mguid))) is not None and loc in h.state.by_loc]
+            # A message referenced by a user this purge did not look at is kept.
+            unknown = any(user not in scanned for user, _ in meta.refs)
+            (live if holders or unknown else dead).append((meta, holders))
         if not dead:
             continue
         if live:

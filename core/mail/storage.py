@@ -37,6 +37,7 @@ from .errors import (
     MessageTooLarge,
     QuotaExceeded,
     StorageUnavailable,
+    store_io,
 )
 from .index import MailboxState, Message, normalize_flag, ranges_of
 from .mailbox_list import (
@@ -816,11 +817,7 @@ async def deliver(store: MailStore, raw: bytes,
     return results
 
 
-async def _io(coro: Any) -> Any:
-    try:
-        return await coro
-    except FsUnavailable as exc:
-        raise StorageUnavailable(f"store unavailable: {exc}") from exc
+_io = store_io
 
 
 @dataclass

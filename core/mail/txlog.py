@@ -44,9 +44,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from cloudcote.libfs.api import Feature, Fs, FsError, FsExists, FsNotFound, FsUnavailable
+from cloudcote.libfs.api import Feature, Fs, FsError, FsExists, FsNotFound
 
-from .errors import CorruptMailbox, StorageUnavailable
+from .errors import CorruptMailbox, StorageUnavailable, store_io
 
 log = logging.getLogger("cloudcote.core.mail.txlog")
 
@@ -123,19 +123,12 @@ def parse_frames(buf: bytes, base: int) -> ParseResult:
     n = len(buf)
     while pos < n:
         frame = _frame_at(buf, pos)
-        if frame is None:
-            # Incomplete: a torn tail, or an append still arriving.  Unless a valid frame
-            # follows, stop here and look again next time.
+        if frame is None or frame is False:
+            # Incomplete (a torn tail, or an append still arriving) or not a frame at all.
+            # Unless a valid frame follows, stop here and look again next time; if one
+            # does, the span up to it is damaged.
             nxt = _next_valid(buf, pos + 1)
             if nxt is None:
-                break
-            damaged.append((base + pos, base + nxt))
-            pos = nxt
-            continue
-        if frame is False:
-            nxt = _next_valid(buf, pos + 1)
-            if nxt is None:
-                # Garbage up to the end: maybe a torn frame being completed.  Stop.
                 break
             damaged.append((base + pos, base + nxt))
             pos = nxt
@@ -512,10 +505,7 @@ class TransactionLog(Generic[S]):
     # -- helpers --------------------------------------------------------------------------
 
     async def _io(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except FsUnavailable as exc:
-            raise StorageUnavailable(f"{self.what}: store unavailable: {exc}") from exc
+        return await store_io(coro, self.what)
 
     def _report(self, text: str) -> None:
         self.problems.append(text)
