@@ -1,0 +1,155 @@
+"""A real IMAP server for tests: cloudcote's listeners and sessions on a storage backend,
+run in a background thread with its own event loop, reached with stdlib imaplib.
+
+One server per test module and backend (the ``imap_server`` fixture of a test module
+builds it with :func:`start_server`); tests stay apart by logging in as fresh users (the
+static passdb accepts any user name with the password ``PASSWORD``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+import ssl
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from cloudcote.core.auth.passdb import StaticPassDb
+from cloudcote.core.mail.storage import MailStore, StorageSettings
+from cloudcote.libfs import open_fs
+from cloudcote.protocols.imap.limits import ImapLimits
+from cloudcote.protocols.imap.session import imap_session
+from cloudcote.protocols.listener import Listener
+from cloudcote.protocols.session import ServerContext
+
+from .conftest import service
+
+PASSWORD = "secret"
+#: Backends every IMAP test runs on.
+IMAP_BACKENDS = ["posix", "seaweedfs"]
+
+
+@dataclass
+class ImapServer:
+    """A running server: ``port`` (plain, STARTTLS offered) and ``tls_port`` (imaps)."""
+
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    ctx: ServerContext
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls_port: int = 0
+    client_tls: ssl.SSLContext = field(default_factory=ssl.create_default_context)
+    listeners: list[Listener] = field(default_factory=list)
+    fs: Any = None
+
+    def call(self, coro: Any, timeout: float = 60) -> Any:
+        """Run a coroutine on the server's loop (e.g. to reach the store directly)."""
+        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    def new_user(self) -> str:
+        return f"u{uuid.uuid4().hex[:12]}"
+
+    def connect(self) -> imaplib.IMAP4:
+        return imaplib.IMAP4(self.host, self.port, timeout=60)
+
+    def login(self, user: str | None = None) -> imaplib.IMAP4:
+        m = self.connect()
+        m.login(user or self.new_user(), PASSWORD)
+        return m
+
+    def connect_tls(self) -> imaplib.IMAP4_SSL:
+        return imaplib.IMAP4_SSL(self.host, self.tls_port, ssl_context=self.client_tls,
+                                 timeout=60)
+
+
+def fs_spec_for(backend: str, request: pytest.FixtureRequest, base: Path) -> str:
+    if backend == "posix":
+        return f"posix:{base / 'fs'}"
+    if backend == "seaweedfs":
+        bucket = request.getfixturevalue("seaweedfs_bucket")
+        return (f"s3:bucket={bucket},prefix=imap{uuid.uuid4().hex[:12]},"
+                f"endpoint={service('CLOUDCOTE_SEAWEEDFS_ENDPOINT')},"
+                f"access_key={service('CLOUDCOTE_SEAWEEDFS_ACCESS_KEY')},"
+                f"secret_key={service('CLOUDCOTE_SEAWEEDFS_SECRET_KEY')},part_size=5MB")
+    raise AssertionError(f"unknown backend {backend}")
+
+
+def start_server(spec: str, *, settings: StorageSettings | None = None,
+                 limits: ImapLimits | None = None, passdb: Any = None,
+                 disable_plaintext_auth: bool = True) -> ImapServer:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+
+    loop = asyncio.new_event_loop()
+    ready: Future[ImapServer] = Future()
+
+    async def main() -> None:
+        try:
+            fs = await open_fs(spec)
+            ctx = ServerContext(
+                passdb=passdb or StaticPassDb(PASSWORD), ssl_context=server_tls,
+                disable_plaintext_auth=disable_plaintext_auth,
+                mail=MailStore(fs, settings or StorageSettings(poll_interval=0.3)),
+                imap_limits=limits or ImapLimits())
+            srv = ImapServer(loop=loop, thread=threading.current_thread(), ctx=ctx,
+                             client_tls=client_tls, fs=fs)
+            for tls in (False, True):
+                lst = Listener("imap", "test", partial(imap_session, ctx=ctx),
+                               host="127.0.0.1", port=0,
+                               ssl_context=server_tls if tls else None)
+                await lst.start()
+                srv.listeners.append(lst)
+                port = int(lst.address.rpartition(":")[2])
+                if tls:
+                    srv.tls_port = port
+                else:
+                    srv.port = port
+            ready.set_result(srv)
+        except BaseException as exc:  # reported to the test thread
+            ready.set_exception(exc)
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True, name="imap-server")
+    thread.start()
+    asyncio.run_coroutine_threadsafe(main(), loop)
+    srv = ready.result(60)
+    srv.thread = thread
+    return srv
+
+
+def stop_server(srv: ImapServer) -> None:
+    async def stop() -> None:
+        srv.ctx.shutdown.set()
+        for lst in srv.listeners:
+            await lst.stop(grace=2.0)
+        if srv.fs is not None:
+            await srv.fs.close()
+
+    try:
+        srv.call(stop())
+    finally:
+        srv.loop.call_soon_threadsafe(srv.loop.stop)
+        srv.thread.join(10)
+        srv.loop.close()
+
+
+def server_fixture(request: pytest.FixtureRequest, tmp: Path, **kw: Any) -> Iterator[ImapServer]:
+    srv = start_server(fs_spec_for(request.param, request, tmp), **kw)
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
