@@ -10,12 +10,18 @@ import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .listener import MAX_LINE, Connection
+from cloudcote.core.auth import AuthError, AuthPenalty, UserEntry, user_fields
+from cloudcote.core.auth.userdb import redact_chain
+from cloudcote.core.mail.errors import StorageUnavailable
+from cloudcote.core.mail.storage import MailStore, QuotaLimits, StorageSettings
+from cloudcote.libfs import FsError
+from cloudcote.libfs.chain import open_fs
 
 from .imap.limits import ImapLimits
+from .listener import MAX_LINE, Connection
 
 if TYPE_CHECKING:
-    from cloudcote.core.mail.storage import MailStore
+    from cloudcote.core.mail.storage import UserMail
 
 log = logging.getLogger("cloudcote.session")
 
@@ -43,6 +49,73 @@ class ServerContext:
     mail: MailStore | None = None
     imap_limits: ImapLimits = field(default_factory=ImapLimits)
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Failed logins per client and the delay they earn (``[auth]`` failure_delay).
+    auth_penalty: AuthPenalty = field(default_factory=AuthPenalty)
+    #: Stores of users whose userdb ``mail`` names another chain, by chain string.
+    _user_stores: dict[str, asyncio.Future[MailStore]] = field(
+        default_factory=dict, init=False, repr=False)
+    _user_stores_closed: bool = field(default=False, init=False, repr=False)
+
+    async def user_mail(self, entry: UserEntry) -> UserMail:
+        """The mail of the user a passdb returned: on the store its userdb ``mail`` names
+        (opened once per distinct chain) or on ``self.mail``, with its ``quota_rule`` or
+        the default quota.  Raises ``StorageUnavailable`` (a ``MailError``) if the userdb
+        fields are unusable or the store cannot be opened."""
+        try:
+            fields = user_fields(entry)
+        except AuthError as exc:
+            raise StorageUnavailable(f"userdb: {exc}") from exc
+        if fields.mail is not None:
+            store = await self._user_store(fields.mail)
+        elif self.mail is not None:
+            store = self.mail
+        else:
+            raise StorageUnavailable("no mail storage configured")
+        settings = store.settings
+        quota = fields.quota or QuotaLimits(settings.quota_bytes, settings.quota_messages)
+        return await store.user(entry.user, quota)
+
+    async def _user_store(self, chain: str) -> MailStore:
+        if self._user_stores_closed:
+            raise StorageUnavailable("the server is stopping")
+        opening = self._user_stores.get(chain)
+        if opening is None:
+            opening = asyncio.ensure_future(self._open_user_store(chain))
+            self._user_stores[chain] = opening
+        try:
+            return await asyncio.shield(opening)
+        except Exception:
+            if opening.done() and self._user_stores.get(chain) is opening:
+                del self._user_stores[chain]  # the next login tries again
+            raise
+
+    async def _open_user_store(self, chain: str) -> MailStore:
+        try:
+            fs = await open_fs(chain)
+        except FsError as exc:
+            raise StorageUnavailable(f"userdb mail {redact_chain(chain)!r}: "
+                                     f"{redact_chain(str(exc))}") from exc
+        settings = self.mail.settings if self.mail is not None else StorageSettings()
+        return MailStore(fs, settings)
+
+    async def close_user_stores(self) -> None:
+        """Close the stores ``user_mail`` opened; the server calls this when it stops."""
+        self._user_stores_closed = True
+        openings = list(self._user_stores.values())
+        self._user_stores.clear()
+        for opening in openings:
+            opening.cancel()  # no-op once opened
+        if openings:
+            await asyncio.wait(openings)
+        for opening in openings:
+            if opening.cancelled() or opening.exception() is not None:
+                continue
+            store = opening.result()
+            try:
+                await store.close()
+                await store.fs.close()
+            except Exception as exc:
+                log.warning("closing a userdb mail store failed: %s", exc)
 
 
 class LineTooLong(Exception):
@@ -62,6 +135,8 @@ class LineSession:
         self.conn = conn
         self.ctx = ctx
         self.user: str | None = None
+        #: What the passdb returned for ``self.user`` (userdb fields in ``extra``).
+        self.user_entry: UserEntry | None = None
         self.bad_commands = 0
 
     @property
@@ -112,7 +187,13 @@ class LineSession:
 
     async def check_password(self, user: str, password: str) -> bool | None:
         """True on success, False on bad credentials, None when the passdb itself failed
-        (answered as a temporary failure, not as a wrong password)."""
+        (answered as a temporary failure, not as a wrong password).
+
+        A failure is answered after the delay the client's earlier failures earned
+        (``ServerContext.auth_penalty``); a success clears them and sets ``self.user`` (the
+        passdb's name for the user, which may differ from the login name in case) and
+        ``self.user_entry``.
+        """
         remote_ip = self.conn.peer.rpartition(":")[0] or None
         try:
             entry = await self.ctx.passdb.authenticate(user, password, remote_ip=remote_ip)
@@ -123,8 +204,14 @@ class LineSession:
         if entry is None:
             log.info("%s %s: authentication failed for %r", self.conn.session_id,
                      self.conn.peer, user)
-            await asyncio.sleep(1.0)  # slow down guessing, as Dovecot's auth_failure_delay
+            delay = self.ctx.auth_penalty.failed(remote_ip, password)
+            if delay > 0:
+                await asyncio.sleep(delay)  # slow down guessing, as Dovecot's auth_penalty
             return False
+        self.ctx.auth_penalty.succeeded(remote_ip)
+        if isinstance(entry, UserEntry):
+            self.user_entry = entry
+            user = entry.user or user
         self.user = user
         log.info("%s %s: user %s logged in", self.conn.session_id, self.conn.peer, user)
         return True

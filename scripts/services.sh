@@ -14,7 +14,8 @@
 # Python used for the readiness checks come from ${CLOUDCOTE_VENV:-<repo>/.venv}
 # (scripts/bootstrap.sh fills it).  PostgreSQL and MariaDB come from Debian's packages
 # (installed here with apt-get when missing), Cassandra 5.0 from Maven Central
-# (scripts/cassandra/pom.xml, cached in ~/.m2) and runs on Java 17.
+# (scripts/cassandra/pom.xml, cached in ~/.m2) and runs on Java 17.  `start` also installs
+# Debian's isync when missing: not a server but mbsync, a real IMAP client the tests drive.
 #
 # Extra knobs (environment, rarely needed; e.g. to run a second set beside another):
 #   CLOUDCOTE_CASSANDRA_STORAGE_PORT (7000), CLOUDCOTE_CASSANDRA_JMX_PORT (7199),
@@ -188,6 +189,12 @@ ensure_packages() {  # the services about to start
         command -v mvn >/dev/null || pkgs+=(maven) ;;
     esac
   done
+  # Not a server: mbsync (Debian's isync) is a real IMAP client the tests drive
+  # (tests/test_imap_mbsync.py); without root a missing one only skips that test.
+  if ! command -v mbsync >/dev/null; then
+    if [ "$IS_ROOT" = 1 ]; then pkgs+=(isync)
+    else echo "services.sh: mbsync (Debian package isync) is missing; its test will skip"; fi
+  fi
   [ ${#pkgs[@]} -gt 0 ] || return 0
   [ "$IS_ROOT" = 1 ] || die "missing Debian packages (${pkgs[*]}): install them as root"
   echo "services.sh: installing Debian packages: ${pkgs[*]}"

@@ -87,9 +87,11 @@ def fs_spec_for(backend: str, request: pytest.FixtureRequest, base: Path) -> str
 
 def start_server(spec: str, *, settings: StorageSettings | None = None,
                  limits: ImapLimits | None = None, passdb: Any = None,
-                 disable_plaintext_auth: bool = True) -> ImapServer:
+                 disable_plaintext_auth: bool = True, host: str = "127.0.0.1") -> ImapServer:
+    """``host``: the address to listen on (a non-loopback one to test what the server
+    allows only on secured connections); the test certificate names it."""
     ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert = ca.issue_cert(*dict.fromkeys(("127.0.0.1", "localhost", host)))
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(server_tls)
     client_tls = ssl.create_default_context()
@@ -107,10 +109,10 @@ def start_server(spec: str, *, settings: StorageSettings | None = None,
                 mail=MailStore(fs, settings or StorageSettings(poll_interval=0.3)),
                 imap_limits=limits or ImapLimits())
             srv = ImapServer(loop=loop, thread=threading.current_thread(), ctx=ctx,
-                             client_tls=client_tls, fs=fs)
+                             host=host, client_tls=client_tls, fs=fs)
             for tls in (False, True):
                 lst = Listener("imap", "test", partial(imap_session, ctx=ctx),
-                               host="127.0.0.1", port=0,
+                               host=host, port=0,
                                ssl_context=server_tls if tls else None)
                 await lst.start()
                 srv.listeners.append(lst)

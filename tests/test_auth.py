@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import os
 import shutil
 import stat
 import subprocess
 import sys
 import threading
+import time
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,13 +23,17 @@ from cloudcote.core.auth import (
     GENERATE_SCHEMES,
     SCHEMES,
     AuthConfigError,
+    AuthPenalty,
     InvalidHash,
+    PassDbUnavailable,
     PasswdFile,
     PasswdFileError,
     StaticPassDb,
     UnknownScheme,
+    UserdbError,
     UserEntry,
     UserExists,
+    UserFields,
     UserNotFound,
     add_user,
     check_stored_password,
@@ -34,9 +42,14 @@ from cloudcote.core.auth import (
     list_users,
     open_passdb,
     set_password,
+    user_fields,
     verify_password,
 )
 from cloudcote.core.auth import passdb as passdb_module
+from cloudcote.core.mail.errors import StorageUnavailable
+from cloudcote.core.mail.storage import MailStore, StorageSettings
+from cloudcote.libfs import open_fs
+from cloudcote.protocols.session import LineSession, ServerContext
 
 # Vectors from Dovecot itself: src/lib-auth/test-password-scheme.c (password "test").
 DOVECOT_TEST_VECTORS = [
@@ -578,7 +591,9 @@ def test_static_passdb() -> None:
 
 
 @pytest.mark.parametrize("spec, words", [
-    ("sql:host=db dbname=mail", "sql:host=db dbname=mail"),
+    ("sql:host=db dbname=mail", "unknown setting 'host'"),
+    ("sql:connect=postgresql://u:hunter2@h/db password_query=x", "must select by the login"),
+    ("sql:connect=postgresql://u:hunter2@h/db", "password_query: missing"),
     ("ldap:/etc/ldap.conf", "ldap:/etc/ldap.conf"),
     ("passwd-file", "passwd-file"),
     ("passwd-file:", "path"),
@@ -600,3 +615,242 @@ def test_open_passdb_passwd_file(tmp_path: Path) -> None:
     db = open_passdb(f"passwd-file:{path}")
     assert isinstance(db, PasswdFile) and db.path == str(path)
     assert db.lookup("alice") is not None
+
+
+def test_every_passdb_closes() -> None:
+    async def main() -> None:
+        for db in (PasswdFile("/nonexistent"), StaticPassDb("pw")):
+            await db.close()
+
+    run(main())
+
+
+# -- failed-login penalty --------------------------------------------------------------------
+
+
+def test_penalty_doubles_up_to_the_cap_and_success_resets() -> None:
+    penalty = AuthPenalty(2.0, 15.0)
+    delays = [penalty.failed("192.0.2.1", f"guess{i}") for i in range(6)]
+    assert delays == [2.0, 4.0, 8.0, 15.0, 15.0, 15.0]
+    assert penalty.failures("192.0.2.1") == 6
+    assert penalty.failed("192.0.2.2", "x") == 2.0  # another client starts afresh
+    penalty.succeeded("192.0.2.1")
+    assert penalty.failures("192.0.2.1") == 0
+    assert penalty.failed("192.0.2.1", "x") == 2.0
+    assert penalty.failures("192.0.2.2") == 1
+    assert AuthPenalty(0.0, 0.0).failed("192.0.2.1", "x") == 0.0  # switched off
+    assert AuthPenalty(0.5, 1.0).delay(3) == 1.0
+    with pytest.raises(ValueError):
+        AuthPenalty(5.0, 1.0)
+
+
+def test_penalty_same_password_counts_once() -> None:
+    penalty = AuthPenalty(1.0, 15.0)
+    assert [penalty.failed("192.0.2.1", "old-password") for _ in range(4)] == [1.0] * 4
+    assert penalty.failed("192.0.2.1", "another") == 2.0
+    assert penalty.failed("192.0.2.1", "old-password") == 2.0
+
+
+def test_penalty_client_keys() -> None:
+    penalty = AuthPenalty(1.0, 100.0)
+    penalty.failed("2001:db8:1:2::1", "a")
+    penalty.failed("2001:db8:1:ffff::9", "b")  # the same /48
+    assert penalty.failures("2001:db8:1::5") == 2
+    assert penalty.failures("2001:db8:2::1") == 0
+    penalty.failed("::ffff:192.0.2.7", "a")
+    assert penalty.failures("192.0.2.7") == 1
+    penalty.failed(None, "a")
+    assert penalty.failures(None) == 1 and penalty.failures("") == 1
+    penalty.failed("fe80::1%eth0", "a")
+    assert penalty.failures("fe80::2") == 1
+
+
+def test_penalty_expires_and_is_bounded() -> None:
+    now = [1000.0]
+    penalty = AuthPenalty(1.0, 15.0, max_clients=3, expire=60.0, timer=lambda: now[0])
+    penalty.failed("192.0.2.1", "a")
+    now[0] += 50
+    penalty.failed("192.0.2.1", "b")  # a new failure keeps it another 60 s
+    now[0] += 50
+    assert penalty.failures("192.0.2.1") == 2
+    now[0] += 61
+    assert penalty.failures("192.0.2.1") == 0
+    for i in range(10):
+        penalty.failed(f"198.51.100.{i}", "x")
+    assert sum(penalty.failures(f"198.51.100.{i}") for i in range(10)) == 3
+
+
+# -- userdb fields ---------------------------------------------------------------------------
+
+
+def test_user_fields() -> None:
+    entry = UserEntry("alice", "{PLAIN}x", home="/home/alice",
+                      extra={"userdb_quota_rule": "*:storage=2M:messages=10",
+                             "quota_rule": "*:storage=1G", "userdb_mail": "posix:~/mail"})
+    fields = user_fields(entry)
+    assert fields.home == "/home/alice" and fields.mail == "posix:/home/alice/mail"
+    assert fields.quota is not None
+    assert (fields.quota.bytes, fields.quota.messages) == (2 << 20, 10)
+    plain = user_fields(UserEntry("bob", "{PLAIN}x", extra={"quota_rule": "*:storage=1G"}))
+    assert plain.quota is not None and plain.quota.bytes == 1 << 30
+    assert plain.home is None and plain.mail is None
+    assert user_fields(UserEntry("c", "x")) == UserFields()
+    sql = user_fields(UserEntry("d", "x", extra={"userdb_home": "/srv/d/",
+                                                 "mail": "compress:zstd:posix:~"}))
+    assert sql.home == "/srv/d/" and sql.mail == "compress:zstd:posix:/srv/d/"
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"userdb_quota_rule": "lots"}, "quota_rule 'lots' is invalid"),
+    ({"quota_rule": "*:storage=1Q"}, "quota_rule"),
+    ({"userdb_mail": "posix:~/mail"}, "has no home"),
+    ({"userdb_mail": "sdbox:~/mail", "userdb_home": "/h"}, "not a libfs chain"),
+    ({"userdb_mail": "compress"}, "needs a parent stage"),
+    ({"userdb_mail": "nosuch:secret_key=hunter2"}, "unknown libfs stage"),
+])
+def test_user_fields_errors(extra: dict[str, str], words: str) -> None:
+    with pytest.raises(UserdbError) as info:
+        user_fields(UserEntry("alice", "x", extra=extra))
+    message = str(info.value)
+    assert "'alice'" in message and words in message
+    assert "hunter2" not in message and "\n" not in message
+
+
+# -- the session side: check_password and user_mail ------------------------------------------
+
+
+class _FailingPassDb:
+    async def authenticate(self, user: str, password: str, *,
+                           remote_ip: str | None = None) -> UserEntry | None:
+        raise PassDbUnavailable("sql passdb postgresql://x@db:5432/mail: timed out")
+
+    async def close(self) -> None:
+        pass
+
+
+class _CasePassDb:
+    """Knows one user, whatever the case of the login name (as a MySQL collation does)."""
+
+    async def authenticate(self, user: str, password: str, *,
+                           remote_ip: str | None = None) -> UserEntry | None:
+        if user.lower() == "alice" and password == "pw":
+            return UserEntry("alice", "{PLAIN}pw", extra={"userdb_quota_rule": "*:messages=3"})
+        return None
+
+    async def close(self) -> None:
+        pass
+
+
+def _session(ctx: ServerContext, peer: str = "192.0.2.1:40000") -> LineSession:
+    conn = types.SimpleNamespace(peer=peer, session_id="s1", secured=True)
+    return LineSession(conn, ctx)  # type: ignore[arg-type]
+
+
+def test_check_password_penalty_and_user_entry(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        ctx = ServerContext(passdb=_CasePassDb(), ssl_context=None, disable_plaintext_auth=False,
+                            auth_penalty=AuthPenalty(0.05, 0.2))
+        session = _session(ctx)
+        assert session.user_entry is None and session.user is None
+        waits = []
+        for guess in ("a", "b", "c", "d"):
+            started = time.monotonic()
+            assert await session.check_password("alice", guess) is False
+            waits.append(time.monotonic() - started)
+        assert all(d - 0.01 <= w < d + 0.5
+                   for w, d in zip(waits, (0.05, 0.1, 0.2, 0.2), strict=True)), waits
+        assert ctx.auth_penalty.failures("192.0.2.1") == 4
+        assert session.user is None and session.user_entry is None
+        # Another client is not slowed by this one's failures.
+        other = _session(ctx, "198.51.100.1:1")
+        started = time.monotonic()
+        assert await other.check_password("alice", "x") is False
+        assert time.monotonic() - started < 0.15
+        assert await session.check_password("ALICE", "pw") is True
+        assert session.user == "alice"  # the passdb's name, not the login's spelling
+        assert session.user_entry is not None and session.user_entry.user == "alice"
+        assert ctx.auth_penalty.failures("192.0.2.1") == 0
+
+        failing = ServerContext(passdb=_FailingPassDb(), ssl_context=None,
+                                disable_plaintext_auth=False, auth_penalty=AuthPenalty(5, 5))
+        started = time.monotonic()
+        assert await _session(failing).check_password("alice", "pw") is None
+        assert time.monotonic() - started < 1.0  # a temporary failure earns no penalty
+        assert failing.auth_penalty.failures("192.0.2.1") == 0
+
+    with caplog.at_level(logging.INFO, logger="cloudcote.session"):
+        run(main())
+    text = caplog.text
+    assert "192.0.2.1:40000: authentication failed for 'alice'" in text
+    assert "user alice logged in" in text
+    assert "passdb failed for 'alice': sql passdb postgresql://x@db:5432/mail: timed out" in text
+
+
+def test_user_mail_default_store_override_chains_and_quota(tmp_path: Path) -> None:
+    async def main() -> None:
+        default_fs = await open_fs(f"posix:{tmp_path / 'default'}")
+        mail = MailStore(default_fs, StorageSettings(quota_bytes=5000, quota_messages=7,
+                                                     autocreate={}))
+        ctx = ServerContext(passdb=_CasePassDb(), ssl_context=None,
+                            disable_plaintext_auth=False, mail=mail)
+        plain = await ctx.user_mail(UserEntry("plain", "x"))
+        assert plain.store is mail
+        assert (plain.quota_limits.bytes, plain.quota_limits.messages) == (5000, 7)
+        ruled = await ctx.user_mail(UserEntry("ruled", "x",
+                                              extra={"userdb_quota_rule": "*:storage=1M"}))
+        assert ruled.store is mail and ruled.quota_limits.bytes == 1 << 20
+        assert ruled.quota_limits.messages == 0
+
+        vip = f"metrics:posix:{tmp_path / 'vip'}"
+        entries = [UserEntry(f"v{i}", "x", extra={"userdb_mail": vip}) for i in range(5)]
+        users = await asyncio.gather(*(ctx.user_mail(e) for e in entries))
+        stores = {id(u.store) for u in users}
+        assert len(stores) == 1 and users[0].store is not mail
+        assert users[0].store.settings is mail.settings
+        assert (users[0].quota_limits.bytes, users[0].quota_limits.messages) == (5000, 7)
+        assert len(ctx._user_stores) == 1
+        homed = await ctx.user_mail(UserEntry("h", "x", home=str(tmp_path / "home"),
+                                              extra={"userdb_mail": "posix:~/mail"}))
+        assert homed.store is not users[0].store and len(ctx._user_stores) == 2
+        assert (tmp_path / "home" / "mail").is_dir()
+        # The same user again: the same UserMail, with the quota the userdb says now.
+        again = await ctx.user_mail(UserEntry("v0", "x", extra={
+            "userdb_mail": vip, "userdb_quota_rule": "*:messages=9"}))
+        assert again is users[0] and again.quota_limits.messages == 9
+
+        with pytest.raises(StorageUnavailable, match="quota_rule 'lots'"):
+            await ctx.user_mail(UserEntry("bad", "x", extra={"quota_rule": "lots"}))
+        unreachable = "mysql:mysql://u:hunter2@127.0.0.1:1/x"
+        with pytest.raises(StorageUnavailable) as info:
+            await ctx.user_mail(UserEntry("gone", "x", extra={"userdb_mail": unreachable}))
+        assert "hunter2" not in str(info.value)
+        assert unreachable not in ctx._user_stores  # not cached: the next login tries again
+
+        closed: list[str] = []
+        for opening in ctx._user_stores.values():
+            store = opening.result()
+            real_close = store.fs.close
+
+            async def spy(real_close: Any = real_close) -> None:
+                closed.append("fs")
+                await real_close()
+
+            store.fs.close = spy  # type: ignore[method-assign]
+        await ctx.close_user_stores()
+        assert closed == ["fs", "fs"] and not ctx._user_stores
+        with pytest.raises(StorageUnavailable, match="stopping"):
+            await ctx.user_mail(UserEntry("late", "x", extra={"userdb_mail": vip}))
+        assert (await ctx.user_mail(UserEntry("plain", "x"))).store is mail
+        await mail.close()
+        await default_fs.close()
+
+        bare = ServerContext(passdb=_CasePassDb(), ssl_context=None,
+                             disable_plaintext_auth=False)
+        with pytest.raises(StorageUnavailable, match="no mail storage"):
+            await bare.user_mail(UserEntry("x", "x"))
+        alone = await bare.user_mail(UserEntry("x", "x", extra={
+            "userdb_mail": f"posix:{tmp_path / 'alone'}"}))
+        assert alone.store.settings == StorageSettings()
+        await bare.close_user_stores()
+
+    run(main())

@@ -1,6 +1,8 @@
-"""Authentication: Dovecot-style password schemes and password databases.
+"""Authentication: Dovecot-style password schemes, password databases and userdb fields.
 
-See ``schemes`` (``{SCHEME}hash`` values) and ``passdb`` (passwd-file, static, ``open_passdb``).
+See ``schemes`` (``{SCHEME}hash`` values), ``passdb`` (passwd-file, static, ``open_passdb``),
+``sql`` (the SQL passdb), ``userdb`` (home, quota and mail store of a user) and ``penalty``
+(the delay that failed logins earn).
 """
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ from .errors import (
     AuthConfigError,
     AuthError,
     InvalidHash,
+    PassDbUnavailable,
     PasswdFileError,
+    SqlSettingError,
     UnknownScheme,
+    UserdbError,
     UserExists,
     UserNotFound,
 )
@@ -26,6 +31,7 @@ from .passdb import (
     open_passdb,
     set_password,
 )
+from .penalty import AuthPenalty
 from .schemes import (
     DEFAULT_PASS_SCHEME,
     DEFAULT_SCHEME,
@@ -35,23 +41,33 @@ from .schemes import (
     hash_password,
     verify_password,
 )
+from .sql import SqlPassDb, SqlSettings
+from .userdb import QUOTA_RULE_RE, UserFields, user_fields
 
 __all__ = [
     "DEFAULT_PASS_SCHEME",
     "DEFAULT_SCHEME",
     "GENERATE_SCHEMES",
+    "QUOTA_RULE_RE",
     "SCHEMES",
     "AuthConfigError",
     "AuthError",
+    "AuthPenalty",
     "InvalidHash",
     "PassDb",
+    "PassDbUnavailable",
     "PasswdFile",
     "PasswdFileError",
+    "SqlPassDb",
+    "SqlSettingError",
+    "SqlSettings",
     "StaticPassDb",
     "UnknownScheme",
     "UserEntry",
     "UserExists",
+    "UserFields",
     "UserNotFound",
+    "UserdbError",
     "add_user",
     "check_stored_password",
     "check_user_name",
@@ -60,5 +76,6 @@ __all__ = [
     "list_users",
     "open_passdb",
     "set_password",
+    "user_fields",
     "verify_password",
 ]

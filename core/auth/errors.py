@@ -33,3 +33,21 @@ class UserExists(AuthError):
 
 class UserNotFound(AuthError, LookupError):
     """``set_password`` / ``delete_user`` did not find the user in the passwd-file."""
+
+
+class PassDbUnavailable(AuthError):
+    """The password database cannot answer now (server down, timeout, pool closed): the
+    login gets a temporary failure, never a "wrong password"."""
+
+
+class SqlSettingError(AuthConfigError):
+    """One setting of the SQL passdb is wrong; ``key`` names it, ``problem`` says why."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}")
+
+
+class UserdbError(AuthConfigError):
+    """A userdb field of one user (quota rule, mail location) cannot be used."""

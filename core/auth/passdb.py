@@ -1,12 +1,14 @@
-"""Password databases after Dovecot's passdb drivers: passwd-file and static.
+"""Password databases after Dovecot's passdb drivers: passwd-file, static and sql.
 
 passwd-file: https://doc.dovecot.org/main/core/config/auth/databases/passwd_file.html
 static: https://doc.dovecot.org/main/core/config/auth/databases/static.html
+sql: https://doc.dovecot.org/2.3/configuration_manual/authentication/sql/ (see ``sql``)
 extra fields: https://doc.dovecot.org/main/core/config/auth/passdb.html#extra-fields
 
-A passdb is anything with ``lookup(user)`` and ``async authenticate(user, password)``; see
-``PassDb``. ``open_passdb`` builds one from a spec string; the SQL passdb is to be registered in
-its driver table. The editing functions (``add_user`` ...) serve ``cloudcote user``.
+A passdb is anything with ``async authenticate(user, password)`` and ``async close()``; see
+``PassDb``. passwd-file and static also answer ``lookup(user)`` at once. ``open_passdb`` builds
+one from a spec string through its driver table. The editing functions (``add_user`` ...)
+serve ``cloudcote user``.
 """
 
 from __future__ import annotations
@@ -56,12 +58,18 @@ class UserEntry:
 
 
 class PassDb(Protocol):
-    """What the protocol sessions need from a password database."""
+    """What the server needs from a password database.
 
-    def lookup(self, user: str) -> UserEntry | None: ...
+    ``authenticate`` returns the entry on success and None for a wrong password, an unknown
+    user or a refused login; it raises (``AuthError``) when the database cannot answer,
+    which the sessions turn into a temporary failure.
+    """
 
     async def authenticate(self, user: str, password: str, *,
                            remote_ip: str | None = None) -> UserEntry | None: ...
+
+    async def close(self) -> None:
+        """Release connections; called once when the server stops."""
 
 
 # -- login checks shared by every passdb ---------------------------------------------------
@@ -285,6 +293,9 @@ class PasswdFile:
             verify_password(snapshot.dummy, password)
             return None
         return _login(entry, password, remote_ip)
+
+    async def close(self) -> None:
+        """Nothing to release: the file is read on demand."""
 
 
 def _representative(entries: Mapping[str, UserEntry]) -> str:
@@ -516,11 +527,16 @@ class StaticPassDb:
                            remote_ip: str | None = None) -> UserEntry | None:
         return await asyncio.to_thread(_login, self._entry(user), password, remote_ip)
 
+    async def close(self) -> None:
+        """Nothing to release."""
+
 
 # -- opening by spec -------------------------------------------------------------------------
 
 
 def _redact(spec: str) -> str:
+    """The spec without secrets: ``password=***`` and ``scheme://user:***@host``."""
+    spec = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", spec)
     return re.sub(r"(password=)\S*", r"\1***", spec)
 
 
@@ -541,16 +557,24 @@ def _open_static(args: str) -> PassDb:
     return StaticPassDb(password, extra=fields)
 
 
-#: driver name -> factory taking the text after ``driver:``. The SQL passdb (Dovecot's
-#: ``passdb sql``, backends/sql) is to be registered here as ``"sql"``.
+def _open_sql(args: str) -> PassDb:
+    from .sql import SqlPassDb, SqlSettings  # asyncpg/aiomysql only when configured
+
+    return SqlPassDb(SqlSettings.from_args(args))
+
+
+#: driver name -> factory taking the text after ``driver:``.
 _DRIVERS: dict[str, Callable[[str], PassDb]] = {
     "passwd-file": _open_passwd_file,
     "static": _open_static,
+    "sql": _open_sql,
 }
 
 
 def open_passdb(spec: str) -> PassDb:
-    """A passdb from ``passwd-file:PATH`` or ``static:password=SECRET [key=value ...]``.
+    """A passdb from ``passwd-file:PATH``, ``static:password=SECRET [key=value ...]`` or
+    ``sql:connect=DSN password_query=QUERY [key=value ...]`` (shell-quoted words; see
+    ``sql.SqlSettings.spec``).
 
     The file is not read here; call ``load()`` to validate it at start-up. Raises
     ``AuthConfigError`` naming the spec (with any password hidden).

@@ -167,8 +167,9 @@ def list_responses(mail: UserMail, opts: ListOptions) -> Iterator[tuple[bytes, s
         childinfo = False
         if opts.lsub:
             if name not in subscribed:
-                if name in sub_parents and any(r.fullmatch(name) for r in regexes if
-                                               "%" in r.pattern):
+                if name in sub_parents and any(
+                        pattern_regex(_canon_inbox(opts.reference + p)).fullmatch(name)
+                        for p in opts.patterns if "%" in p):
                     attrs.append("\\Noselect")
                 else:
                     continue

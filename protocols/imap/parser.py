@@ -177,8 +177,13 @@ class _Lexer:
         if depth + 1 > self.max_depth:
             raise ImapParseError("lists nested too deeply")
         start = self.pos = i + 1
+        li = self.li
         spec = self.tokens(depth + 1, 0x5D)
-        sec = Section(word.upper(), spec, _text(data[start:self.pos - 1]))
+        # A header field name may be a literal: then the section ends on a later line.
+        text = (data[start:self.pos - 1].decode("utf-8", "replace") if self.li == li
+                else _spec_text(spec))
+        sec = Section(word.upper(), spec, text)
+        data = self.text
         m = _PARTIAL.match(data, self.pos)
         if m is not None:
             length = int(m.group(2)) if m.group(2) is not None else None
@@ -187,6 +192,20 @@ class _Lexer:
         elif self.pos < len(data) and data[self.pos] not in b" )":
             raise ImapParseError("bad text after a section")
         return sec
+
+
+def _spec_text(tokens: list[Token]) -> str:
+    """Section text rebuilt from its tokens (when literals stood in it)."""
+    out = []
+    for tok in tokens:
+        if isinstance(tok, list):
+            out.append("(" + _spec_text(tok) + ")")
+        elif isinstance(tok, bytes):
+            text = tok.decode("utf-8", "replace")
+            out.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        else:
+            out.append(str(tok))
+    return " ".join(out)
 
 
 def _text(raw: bytes) -> str:

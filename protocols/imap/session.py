@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from cloudcote.core.mail import search as searchmod
 from cloudcote.core.mail.errors import (
@@ -82,6 +82,10 @@ MAX_LITERALS = 1000
 FETCH_WINDOW = 16
 #: Bytes of output collected before they are written out.
 FLUSH_AT = 64 * 1024
+#: Octets of a literal read at once (each within the idle timeout).
+_LITERAL_CHUNK = 1024 * 1024
+#: What never goes into a response line as is (client text echoed in BAD or NO).
+_CTL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class No(Exception):
@@ -98,6 +102,16 @@ class Bad(Exception):
 
 class _Disconnect(Exception):
     """The session ends (BYE already sent, or the client went away)."""
+
+
+class _LineTooLong(ImapParseError):
+    """A line longer than ``max_line``, read and dropped up to its end."""
+
+    def __init__(self, tag: str | None, tail: bytes) -> None:
+        super().__init__("command line too long")
+        self.tag = tag
+        #: Its last octets without CRLF: where a literal marker would be.
+        self.tail = tail
 
 
 @dataclass
@@ -195,8 +209,20 @@ class ImapSession(LineSession):
         self.out.clear()
         self.out_size = 0
         self.bytes_out += len(data)
-        self.conn.writer.write(data)
-        await self.conn.writer.drain()
+        writer = self.conn.writer
+        writer.write(data)
+        if not writer.transport.get_write_buffer_size():
+            await writer.drain()
+            return
+        # The client is behind: wait while it reads, but not for one that stopped reading.
+        try:
+            async with asyncio.timeout(self.limits.idle_timeout):
+                await writer.drain()
+        except TimeoutError:
+            log.info("%s %s: client stopped reading for %.0f seconds", self.conn.session_id,
+                     self.conn.peer, self.limits.idle_timeout)
+            writer.transport.abort()  # a close would wait for the unread data to go out
+            raise _Disconnect() from None
 
     async def maybe_flush(self) -> None:
         if self.out_size >= FLUSH_AT:
@@ -222,24 +248,29 @@ class ImapSession(LineSession):
             except asyncio.IncompleteReadError as exc:
                 raise EOFError("connection closed") from exc
             if len(buf) > self.limits.max_line:
-                await self._skip_line()
                 self.bytes_in += len(buf)
-                raise ImapParseError("command line too long")
+                tail = await self._skip_line(bytes(buf[-40:]))
+                raise _LineTooLong(tag_of(bytes(buf[:200])), tail)
         self.bytes_in += len(buf)
         if len(buf) > self.limits.max_line:
-            raise ImapParseError("command line too long")
+            raise _LineTooLong(tag_of(bytes(buf[:200])), bytes(buf[-42:]).rstrip(b"\r\n"))
         return bytes(buf)
 
-    async def _skip_line(self) -> None:
+    async def _skip_line(self, tail: bytes) -> bytes:
+        """Drop the rest of an over-long line; its last octets, without CRLF."""
         reader = self.conn.reader
         while True:
             try:
-                self.bytes_in += len(await reader.readuntil(b"\n"))
-                return
+                chunk = await reader.readuntil(b"\n")
             except asyncio.LimitOverrunError as exc:
-                self.bytes_in += len(await reader.readexactly(exc.consumed))
+                chunk = await reader.readexactly(exc.consumed)
+                self.bytes_in += len(chunk)
+                tail = (tail + chunk)[-40:]
+                continue
             except asyncio.IncompleteReadError as exc:
                 raise EOFError("connection closed") from exc
+            self.bytes_in += len(chunk)
+            return (tail + chunk)[-42:].rstrip(b"\r\n")
 
     async def read_line(self) -> bytes:
         """The next line without CRLF, within the idle timeout; EOFError at its end."""
@@ -254,18 +285,27 @@ class ImapSession(LineSession):
             read.cancel()
             if stop in done:
                 self.emit("* BYE Server shutting down.\r\n")
-            else:
-                self.emit("* BYE Disconnected for inactivity.\r\n")
-            await self.flush()
-            raise _Disconnect()
+                await self.flush()
+                raise _Disconnect()
+            await self._inactive()
         return read.result().rstrip(b"\r\n")
+
+    async def _inactive(self) -> NoReturn:
+        self.emit("* BYE Disconnected for inactivity.\r\n")
+        await self.flush()
+        raise _Disconnect()
 
     async def read_command(self) -> tuple[list[bytes], list[bytes]] | None:
         """A command's lines and literals.  None when the command was refused while being
-        read (a literal too large: NO was sent already)."""
+        read (a line too long, a literal too large: BAD or NO was sent already)."""
         lines: list[bytes] = []
         literals: list[bytes] = []
-        line = await self.read_line()
+        total = 0  # octets of the command so far: one holds at most a message's worth
+        try:
+            line = await self.read_line()
+        except _LineTooLong as exc:
+            await self._refuse_long_line(exc, exc.tag)
+            return None
         while True:
             marker = literal_marker(line)
             if marker is None:
@@ -273,18 +313,16 @@ class ImapSession(LineSession):
                 return lines, literals
             size, nonsync, _binary = marker
             lines.append(strip_marker(line))
+            total += len(line) + size
             first = lines[0].split(b" ", 2)
             is_append = len(first) > 1 and first[1].upper() == b"APPEND"
             limit = self.limits.max_append_literal if is_append else self.limits.max_literal
             tag = tag_of(lines[0]) or "*"
-            if size > limit or len(literals) >= MAX_LITERALS:
+            if size > limit or len(literals) >= MAX_LITERALS \
+                    or total > self.limits.max_append_literal + self.limits.max_line:
                 what = "Message" if is_append else "Literal"
                 if nonsync:
-                    if size > 2 * self.limits.max_append_literal:
-                        self.emit(f"* BYE [TOOBIG] {what} too large.\r\n")
-                        await self.flush()
-                        raise _Disconnect()
-                    await self._discard(size)
+                    await self._discard(size, what)
                     await self._skip_command_rest()
                 self.emit(f"{tag} NO [TOOBIG] {what} too large (limit {limit} bytes).\r\n")
                 await self.flush()
@@ -292,31 +330,78 @@ class ImapSession(LineSession):
             if not nonsync:
                 self.emit("+ OK\r\n")
                 await self.flush()
+            literals.append(await self._read_literal(size))
             try:
-                data = await self.conn.reader.readexactly(size)
-            except asyncio.IncompleteReadError as exc:
-                raise EOFError("connection closed in a literal") from exc
-            self.bytes_in += size
-            literals.append(data)
-            line = await self.read_line()
+                line = await self.read_line()
+            except _LineTooLong as exc:
+                await self._refuse_long_line(exc, tag_of(lines[0]))
+                return None
 
-    async def _discard(self, size: int) -> None:
+    async def _refuse_long_line(self, exc: _LineTooLong, tag: str | None) -> None:
+        """BAD for a command with an over-long line; a non-synchronizing literal at its end
+        is skipped with the rest of the command, not taken for commands."""
+        marker = literal_marker(exc.tail)
+        if marker is not None and marker[1]:
+            await self._discard(marker[0])
+            await self._skip_command_rest()
+        await self._bad(tag, "Error in IMAP command: command line too long")
+
+    async def _read_chunk(self, size: int, exact: bool) -> bytes:
+        """Octets of a literal: ``size`` of them, or (not ``exact``) at most that many;
+        the client may pause at most the idle timeout."""
+        try:
+            async with asyncio.timeout(self.limits.idle_timeout):
+                if exact:
+                    data = await self.conn.reader.readexactly(size)
+                else:
+                    data = await self.conn.reader.read(size)
+        except TimeoutError:
+            await self._inactive()
+        except asyncio.IncompleteReadError as exc:
+            raise EOFError("connection closed in a literal") from exc
+        if not data:
+            raise EOFError("connection closed in a literal")
+        self.bytes_in += len(data)
+        return data
+
+    async def _read_literal(self, size: int) -> bytes:
+        if size <= _LITERAL_CHUNK:
+            return await self._read_chunk(size, exact=True) if size else b""
+        parts = []
         while size > 0:
-            chunk = await self.conn.reader.read(min(size, 65536))
-            if not chunk:
-                raise EOFError("connection closed in a literal")
-            self.bytes_in += len(chunk)
-            size -= len(chunk)
+            parts.append(await self._read_chunk(min(size, _LITERAL_CHUNK), exact=True))
+            size -= len(parts[-1])
+        return b"".join(parts)
+
+    async def _discard(self, size: int, what: str = "Literal") -> None:
+        """Skip a refused non-synchronizing literal; one far beyond any limit ends the
+        session instead (the client means to send it all)."""
+        if size > 2 * self.limits.max_append_literal:
+            self.emit(f"* BYE [TOOBIG] {what} too large.\r\n")
+            await self.flush()
+            raise _Disconnect()
+        while size > 0:
+            size -= len(await self._read_chunk(min(size, 65536), exact=False))
 
     async def _skip_command_rest(self) -> None:
         """After a refused non-synchronizing literal: the rest of the command."""
-        line = await self.read_line()
-        while (marker := literal_marker(line)) is not None:
-            if marker[1]:
-                await self._discard(marker[0])
+        while True:
+            try:
                 line = await self.read_line()
-            else:
+            except _LineTooLong as exc:
+                line = exc.tail
+            marker = literal_marker(line)
+            if marker is None or not marker[1]:
                 return
+            await self._discard(marker[0])
+
+    async def drop_pending_input(self) -> None:
+        """Forget what the client sent beyond the command being answered: after STARTTLS
+        nothing sent in plaintext may count as said over TLS (CVE-2011-0411)."""
+        pending = len(getattr(self.conn.reader, "_buffer", b""))
+        if pending:
+            self.bytes_in += pending
+            await self.conn.reader.readexactly(pending)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -365,7 +450,7 @@ class ImapSession(LineSession):
                  time.monotonic() - self.started)
 
     async def _bad(self, tag: str | None, text: str) -> None:
-        self.emit(f"{tag or '*'} BAD {text[:200]}.\r\n")
+        self.emit(f"{tag or '*'} BAD {_CTL.sub(' ', text[:200])}.\r\n")
         self.bad_commands += 1
         if self.bad_commands >= self.limits.max_bad_commands:
             self.emit("* BYE Too many invalid commands.\r\n")
@@ -393,13 +478,21 @@ class ImapSession(LineSession):
             await self._bad(cmd.tag, str(exc))
         except No as exc:
             await self._after_command(cmd)
-            self.emit(f"{cmd.tag} NO {_resp_code(exc.code)}{exc}\r\n")
+            self.emit(f"{cmd.tag} NO {_resp_code(exc.code)}{_CTL.sub(' ', str(exc))}\r\n")
         except MailError as exc:
             no = _mail_error(exc)
             if no.code == "SERVERBUG" or isinstance(exc, StorageUnavailable):
                 log.error("%s user=%s: %s failed: %s", self.conn.session_id, self.user,
                           cmd.name, exc)
             self.emit(f"{cmd.tag} NO {_resp_code(no.code)}{no}\r\n")
+        except (_Disconnect, EOFError, OSError):
+            raise
+        except Exception:
+            # A bug in a handler: logged with its traceback; the client gets what Dovecot
+            # says and the session goes on.
+            log.exception("%s user=%s: %s failed", self.conn.session_id, self.user, cmd.name)
+            self.emit(f"{cmd.tag} NO [SERVERBUG] Internal error occurred. "
+                      "Refer to server log for more information.\r\n")
 
     def _known(self, name: str) -> bool:
         return hasattr(self, "do_" + name.lower().replace(" ", "_").replace("-", "_"))
@@ -465,6 +558,7 @@ class ImapSession(LineSession):
             raise Bad("STARTTLS not available")
         self.ok(cmd, "Begin TLS negotiation now")
         await self.flush()
+        await self.drop_pending_input()
         await self.conn.start_tls(self.ctx.ssl_context)
 
     async def do_login(self, cmd: Command) -> None:
@@ -492,6 +586,10 @@ class ImapSession(LineSession):
         if mech == "PLAIN":
             if initial is None:
                 initial = await self._sasl_step("")
+            try:
+                base64.b64decode("" if initial == "=" else initial, validate=True)
+            except binascii.Error:
+                raise Bad("Invalid base64 data in SASL response") from None
             creds = decode_sasl_plain("" if initial == "=" else initial)
             if creds is None or (creds[0] and creds[0] != creds[1]):
                 raise No("Invalid credentials.", "AUTHENTICATIONFAILED")
@@ -651,22 +749,22 @@ class ImapSession(LineSession):
             raise ImapParseError("QRESYNC needs UIDVALIDITY and MODSEQ")
         uidvalidity = as_number(params[0], "UIDVALIDITY")
         modseq = as_number(params[1], "MODSEQ", 2**63 - 1)
-        known: list[int] | None = None
+        # known-uids name UIDs the client has, expunged ones included: not the view.
+        known = [(1, st.next_uid - 1)]
         if len(params) >= 3 and isinstance(params[2], str):
-            known = self._uid_set(params[2], allow_all=False)
+            try:
+                known = searchmod.parse_sequence_set(params[2]).resolve(st.next_uid - 1)
+            except searchmod.SearchError:
+                raise ImapParseError("invalid known-uids") from None
         if uidvalidity != st.uidvalidity:
             return
-        vanished = st.expunged_since(modseq)
-        if known is not None:
-            kset = set(known)
-            vanished = [u for u in vanished if u in kset]
-        else:
-            vanished = [u for u in vanished if u < st.next_uid]
+        vanished = [u for u in st.expunged_since(modseq)
+                    if any(lo <= u <= hi for lo, hi in known)]
         if vanished:
             self.emit(f"* VANISHED (EARLIER) {seqset_text(vanished)}\r\n")
         for seq, uid in enumerate(self.sel.view, 1):
             m = st.messages[uid]
-            if m.modseq > modseq and (known is None or uid in set(known)):
+            if m.modseq > modseq and any(lo <= uid <= hi for lo, hi in known):
                 self.emit(f"* {seq} FETCH (UID {uid} FLAGS "
                           f"{flags_list(m.flags).decode()} MODSEQ ({m.modseq}))\r\n")
 
@@ -1006,7 +1104,7 @@ class ImapSession(LineSession):
     def _flag_update(self, seq: int, m: Message) -> str:
         assert self.sel is not None
         parts = []
-        if self.qresync:
+        if self.condstore:  # RFC 7162 3.1.4: UID and MODSEQ once CONDSTORE is on
             parts.append(f"UID {m.uid}")
         parts.append("FLAGS " + flags_list(m.flags, m.uid in self.sel.recent).decode())
         if self.condstore:
@@ -1213,10 +1311,13 @@ class ImapSession(LineSession):
             gone = [u for u in gone if any(lo <= u <= hi for lo, hi in ranges)]
             if gone:
                 self.emit(f"* VANISHED (EARLIER) {seqset_text(gone)}\r\n")
-        with_modseq = self.condstore and (changedsince is not None or "MODSEQ" in req.items)
+        set_seen = req.sets_seen and not self.sel.readonly
+        # RFC 7162 3.1.4: a FETCH that sets \Seen reports UID and MODSEQ under CONDSTORE.
+        with_modseq = self.condstore and (changedsince is not None or "MODSEQ" in req.items
+                                          or set_seen)
+        with_uid = by_uid or (self.condstore and set_seen)
         if changedsince is not None:
             uids = [u for u in uids if u in st.messages and st.messages[u].modseq > changedsince]
-        set_seen = req.sets_seen and not self.sel.readonly
         if set_seen:
             unseen = [u for u in uids if u in st.messages and
                       "\\Seen" not in st.messages[u].flags]
@@ -1240,7 +1341,7 @@ class ImapSession(LineSession):
         async def one(seq: int, m: Message) -> bytes | None:
             try:
                 return await render(box, m, req, seq=seq, recent=m.uid in recent,
-                                    with_uid=by_uid, with_modseq=with_modseq,
+                                    with_uid=with_uid, with_modseq=with_modseq,
                                     flags=m.flags if want_flags_update else None)
             except MessageExpunged:
                 return None
@@ -1330,7 +1431,7 @@ class ImapSession(LineSession):
             seq = bisect.bisect_left(view, uid) + 1
             if not silent or (unchangedsince is not None and uid in result["changed"]):
                 parts = []
-                if by_uid or self.qresync:
+                if by_uid or self.condstore:  # RFC 7162 3.1.4: UID and MODSEQ
                     parts.append(f"UID {uid}")
                 parts.append("FLAGS " + flags_list(msg.flags, uid in self.sel.recent).decode())
                 if self.condstore:

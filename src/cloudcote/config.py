@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cloudcote.core.auth.errors import SqlSettingError
+from cloudcote.core.auth.penalty import FAILURE_DELAY, FAILURE_DELAY_MAX
+from cloudcote.core.auth.sql import SqlPassDb, SqlSettings, redact_dsn
+from cloudcote.core.auth.userdb import QUOTA_RULE_RE
 from cloudcote.libfs.api import FsInvalidSpec
 from cloudcote.libfs.chain import parse_chain
+from cloudcote.protocols.imap.limits import ImapLimits
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LAYOUTS = ("sdbox", "mdbox")
-_QUOTA_RULE = re.compile(r"\*(:(storage=\d+(\.\d+)?[BKMGT]?|messages=\d+))+", re.I)
+_QUOTA_RULE = QUOTA_RULE_RE
 LISTENER_SECTIONS = ("imap", "imaps", "pop3", "pop3s", "lmtp")
 #: Unprivileged ports of the embedded default; the implicit-TLS listeners are off there.
 DEFAULT_LISTEN: dict[str, list[str]] = {
@@ -84,7 +89,53 @@ class MailConfig:
 
 @dataclass
 class AuthConfig:
+    #: ``passwd-file:PATH``, ``static:password=SECRET`` or ``sql`` (settings in ``sql``).
     passdb: str
+    #: Seconds before the first failed login is answered; doubled for each further failure
+    #: from the same client, up to ``failure_delay_max`` (Dovecot's auth_penalty).
+    failure_delay: float = FAILURE_DELAY
+    failure_delay_max: float = FAILURE_DELAY_MAX
+    #: ``[auth.sql]``: the SQL passdb, when ``passdb = "sql"``.
+    sql: SqlSettings | None = None
+
+    @property
+    def passdb_spec(self) -> str:
+        """The spec ``open_passdb`` takes (``sql:...`` built from ``[auth.sql]``)."""
+        if self.passdb == "sql" and self.sql is not None:
+            return self.sql.spec()
+        return self.passdb
+
+
+#: ``[imap_limits]`` keys -> (kind, lowest, highest, what).  Every field of ImapLimits.
+IMAP_LIMITS: dict[str, tuple[type, float, float, str]] = {
+    "max_line": (int, 1024, 16 * 1024 ** 2, "bytes"),
+    "max_append_literal": (int, 1024, 2 * 1024 ** 3, "bytes"),
+    "max_literal": (int, 1024, 2 * 1024 ** 3, "bytes"),
+    "max_nesting": (int, 1, 1000, "levels"),
+    "max_bad_commands": (int, 1, 100_000, "commands"),
+    "idle_timeout": (float, 1, 7 * 24 * 3600, "seconds"),
+}
+
+
+@dataclass
+class ImapLimitsConfig:
+    """``[imap_limits]``: the bounds of an IMAP session (cloudcote.protocols.imap.limits)."""
+
+    max_line: int = ImapLimits.max_line
+    #: None: ``[mail] max_message_size``.
+    max_append_literal: int | None = None
+    max_literal: int = ImapLimits.max_literal
+    max_nesting: int = ImapLimits.max_nesting
+    max_bad_commands: int = ImapLimits.max_bad_commands
+    idle_timeout: float = ImapLimits.idle_timeout
+
+    def limits(self, max_message_size: int) -> ImapLimits:
+        """The session's ImapLimits; APPEND follows ``max_message_size`` unless set."""
+        return ImapLimits(
+            max_line=self.max_line,
+            max_append_literal=self.max_append_literal or max_message_size,
+            max_literal=self.max_literal, max_nesting=self.max_nesting,
+            max_bad_commands=self.max_bad_commands, idle_timeout=self.idle_timeout)
 
 
 @dataclass
@@ -111,6 +162,7 @@ class Config:
     listen: dict[str, list[Listen]] = field(default_factory=dict)
     source: Path | None = None
     mail: MailConfig = field(default_factory=MailConfig)
+    imap_limits: ImapLimitsConfig = field(default_factory=ImapLimitsConfig)
 
     def to_toml(self) -> str:
         """The effective configuration as TOML, like ``doveconf -n``."""
@@ -136,10 +188,33 @@ class Config:
         lines.append("")
         lines.append("[auth]")
         lines.append(f"passdb = {_toml_value(self.auth.passdb)}")
+        lines.append(f"failure_delay = {_toml_value(self.auth.failure_delay)}")
+        lines.append(f"failure_delay_max = {_toml_value(self.auth.failure_delay_max)}")
+        if self.auth.sql is not None:
+            sql = self.auth.sql
+            lines.append("")
+            lines.append("[auth.sql]")
+            if redact_dsn(sql.connect) != sql.connect:
+                lines.append("# the password in connect is hidden")
+            lines.append(f"connect = {_toml_value(redact_dsn(sql.connect))}")
+            lines.append(f"password_query = {_toml_text(sql.password_query)}")
+            lines.append(f"pool_size = {_toml_value(sql.pool_size)}")
+            lines.append(f"timeout = {_toml_value(sql.timeout)}")
+            lines.append(f"default_pass_scheme = {_toml_value(sql.default_pass_scheme)}")
         for section in LISTENER_SECTIONS:
             lines.append("")
             lines.append(f"[{section}]")
             lines.append(f"listen = {_toml_value([str(x) for x in self.listen[section]])}")
+        lines.append("")
+        lines.append("[imap_limits]")
+        limits = self.imap_limits
+        for key in IMAP_LIMITS:
+            value = getattr(limits, key)
+            if value is None:
+                lines.append(f"# {key} = {self.mail.max_message_size}  "
+                             "(unset: follows mail.max_message_size)")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
         lines.append("[tls]")
         if self.tls.cert is not None:
@@ -155,15 +230,28 @@ class Config:
         return "\n".join(lines) + "\n"
 
 
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n",
+                 "\f": "\\f", "\r": "\\r"}
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    text = "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 32 or ord(c) == 127
+                                            else c) for c in str(value))
     return f'"{text}"'
+
+
+def _toml_text(text: str) -> str:
+    """A string, as a multi-line literal (``'''...'''``) if it has line breaks and can be one."""
+    if "\n" not in text or "'''" in text or any(
+            (ord(c) < 32 and c not in "\t\n") or ord(c) == 127 for c in text):
+        return _toml_value(text)
+    return "'''\n" + text + "'''"  # the line break after the opening quotes is not part
 
 
 class _Section:
@@ -295,17 +383,7 @@ def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path 
     mail = MailConfig(autocreate=autocreate, quota_rule=quota_rule,
                       max_message_size=max_size, poll_interval=float(poll))
 
-    au = _Section(origin, "auth", top.get("auth", dict, {}, "expected a table"))
-    passdb = au.get("passdb", str, f"passwd-file:{data_dir / 'passwd'}", "expected a passdb spec")
-    kind, sep, arg = passdb.partition(":")
-    if kind not in ("passwd-file", "static") or not sep or not arg:
-        raise au.error(
-            "passdb", passdb, "expected 'passwd-file:PATH' or 'static:password=SECRET'"
-        )
-    if kind == "passwd-file":
-        passdb = f"passwd-file:{resolve(arg)}"
-    au.finish()
-    auth = AuthConfig(passdb=passdb)
+    auth = _auth_section(origin, top, resolve, data_dir)
 
     listen: dict[str, list[Listen]] = {}
     for name in LISTENER_SECTIONS:
@@ -330,6 +408,8 @@ def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path 
                     f"already used by {seen[str(item)]}.listen"
                 )
             seen[str(item)] = name
+
+    imap_limits = _imap_limits_section(origin, top)
 
     tl = _Section(origin, "tls", top.get("tls", dict, {}, "expected a table"))
     cert = tl.get("cert", str, None, "expected a PEM certificate file path")
@@ -360,5 +440,94 @@ def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path 
     top.finish()
     return Config(
         data_dir=data_dir, storage=storage, auth=auth, tls=tls, log=log, listen=listen,
-        source=source, mail=mail,
+        source=source, mail=mail, imap_limits=imap_limits,
     )
+
+
+_PASSDB_ALLOWED = ("expected 'passwd-file:PATH', 'static:password=SECRET' or 'sql' (with an "
+                   "[auth.sql] table)")
+_DSN_ALLOWED = ("expected a URL like 'postgresql://user:password@host:port/database' or "
+                "'mysql://user:password@host:port/database'")
+
+
+def _seconds(sec: _Section, key: str, default: float, low: float, high: float) -> float:
+    allowed = f"expected seconds, {low:g} to {high:g}"
+    value = sec.get(key, (int, float), default, allowed)
+    if not low <= value <= high:
+        raise sec.error(key, value, allowed)
+    return float(value)
+
+
+def _auth_section(origin: str, top: _Section, resolve: Callable[[str], Path],
+                  data_dir: Path) -> AuthConfig:
+    au = _Section(origin, "auth", top.get("auth", dict, {}, "expected a table"))
+    passdb = au.get("passdb", str, f"passwd-file:{data_dir / 'passwd'}", _PASSDB_ALLOWED)
+    kind, sep, arg = passdb.partition(":")
+    if passdb != "sql" and (kind not in ("passwd-file", "static") or not sep or not arg):
+        raise au.error("passdb", passdb, _PASSDB_ALLOWED)
+    if kind == "passwd-file":
+        passdb = f"passwd-file:{resolve(arg)}"
+    delay = _seconds(au, "failure_delay", FAILURE_DELAY, 0, 60)
+    delay_max = _seconds(au, "failure_delay_max", FAILURE_DELAY_MAX, 0, 3600)
+    if delay_max < delay:
+        raise au.error("failure_delay_max", delay_max,
+                       f"expected at least failure_delay ({delay:g})")
+    table = au.get("sql", dict, None, "expected a table [auth.sql]")
+    au.finish()
+    sql = _sql_section(origin, table) if table is not None else None
+    if passdb == "sql" and sql is None:
+        raise ConfigError(f"{origin}: auth.passdb = 'sql' needs an [auth.sql] table with "
+                          "connect and password_query")
+    if sql is not None and passdb != "sql":
+        raise ConfigError(f"{origin}: [auth.sql] is given but auth.passdb = {passdb!r}; set "
+                          "passdb = \"sql\" to use it")
+    return AuthConfig(passdb=passdb, failure_delay=delay, failure_delay_max=delay_max, sql=sql)
+
+
+def _sql_section(origin: str, table: dict[str, Any]) -> SqlSettings:
+    sq = _Section(origin, "auth.sql", table)
+    connect = sq.get("connect", str, "", _DSN_ALLOWED)
+    query = sq.get("password_query", str, "", "expected a SELECT returning user, password")
+    pool_size = sq.get("pool_size", int, SqlSettings.pool_size,
+                       "expected a number of connections, 1-1000")
+    timeout = sq.get("timeout", (int, float), SqlSettings.timeout,
+                     "expected seconds, more than 0 and at most 3600")
+    scheme = sq.get("default_pass_scheme", str, SqlSettings.default_pass_scheme,
+                    "expected a password scheme name such as CRYPT or SHA512-CRYPT")
+    sq.finish()
+    for key, value in (("connect", connect), ("password_query", query)):
+        if not value:
+            raise ConfigError(f"{origin}: auth.sql.{key} is missing: "
+                              + (_DSN_ALLOWED if key == "connect" else
+                                 "expected a query such as \"SELECT username AS user, password "
+                                 "FROM users WHERE username = '%u'\""))
+    settings = SqlSettings(connect=connect, password_query=query, pool_size=pool_size,
+                           timeout=timeout, default_pass_scheme=scheme.upper())
+    try:
+        settings.validate()
+    except SqlSettingError as exc:
+        value = getattr(settings, exc.key)
+        raise sq.error(exc.key, redact_dsn(value) if exc.key == "connect" else value,
+                       exc.problem) from None
+    settings = replace(settings, timeout=float(timeout))
+    try:
+        SqlPassDb(settings)  # the client library is installed (nothing connects yet)
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: auth.sql: {exc}") from None
+    return settings
+
+
+def _imap_limits_section(origin: str, top: _Section) -> ImapLimitsConfig:
+    li = _Section(origin, "imap_limits", top.get("imap_limits", dict, {}, "expected a table"))
+    values: dict[str, Any] = {}
+    for key, (kind, low, high, unit) in IMAP_LIMITS.items():
+        allowed = f"expected {'an integer' if kind is int else 'a number'} of {unit}, " \
+                  f"{int(low)} to {int(high)}"
+        value = li.get(key, (int, float) if kind is float else int, None, allowed)
+        if value is None:
+            continue
+        if not low <= value <= high:
+            raise li.error(key, value, allowed)
+        values[key] = kind(value)
+    li.finish()
+    return ImapLimitsConfig(**values)

@@ -18,7 +18,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-from cloudcote.core.auth import open_passdb
+from cloudcote.core.auth import AuthPenalty, open_passdb
 from cloudcote.core.mail.storage import (
     DEFAULT_AUTOCREATE,
     MailStore,
@@ -26,6 +26,7 @@ from cloudcote.core.mail.storage import (
     parse_quota_rule,
 )
 from cloudcote.libfs import FsError, open_fs
+from cloudcote.protocols.imap.limits import ImapLimits
 from cloudcote.protocols.imap.session import imap_session
 from cloudcote.protocols.listener import Connection, Listener, ListenError
 from cloudcote.protocols.lmtp.session import lmtp_session
@@ -92,6 +93,12 @@ def storage_settings(config: Config) -> StorageSettings:
     )
 
 
+def imap_limits(config: Config) -> ImapLimits:
+    """IMAP session bounds from ``[imap_limits]``; APPEND follows ``[mail]``
+    max_message_size unless set."""
+    return config.imap_limits.limits(config.mail.max_message_size)
+
+
 def make_ssl_context(config: Config) -> ssl.SSLContext | None:
     if config.tls.cert is None or config.tls.key is None:
         return None
@@ -117,11 +124,12 @@ class Server:
         config = self.config
         prepare_data_dir(config)
         try:
-            passdb = open_passdb(config.auth.passdb)
+            passdb = open_passdb(config.auth.passdb_spec)
             if hasattr(passdb, "load"):
                 passdb.load()
         except Exception as exc:  # the auth layer's errors are one line already
             raise StartupError(f"auth.passdb: {exc}", 78) from exc
+        self.stack.push_async_callback(passdb.close)  # an SQL pool; closed last
         try:
             fs = await open_fs(config.storage.fs)
         except FsError as exc:
@@ -133,7 +141,12 @@ class Server:
         self.stack.push_async_callback(mail.close)
         self.ctx = ServerContext(passdb=passdb, ssl_context=ssl_context,
                                  disable_plaintext_auth=config.tls.disable_plaintext_auth,
-                                 hostname=socket.gethostname(), mail=mail)
+                                 hostname=socket.gethostname(), mail=mail,
+                                 imap_limits=imap_limits(config),
+                                 auth_penalty=AuthPenalty(config.auth.failure_delay,
+                                                          config.auth.failure_delay_max))
+        # Stores that userdb ``mail`` fields opened: closed after the listeners stop.
+        self.stack.push_async_callback(self.ctx.close_user_stores)
         for section, addresses in config.listen.items():
             for address in addresses:
                 handler = partial(_run_session, SESSIONS[section], self.ctx)
