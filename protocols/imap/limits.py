@@ -1,4 +1,4 @@
-"""Bounds of an IMAP session; every one is configurable in the ``[imap]`` section."""
+"""Bounds of an IMAP session; every one is configurable in the ``[imap_limits]`` section."""
 
 from __future__ import annotations
 
