@@ -32,6 +32,7 @@ configuration knows that key, and ignored otherwise.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import mailbox
@@ -309,19 +310,21 @@ def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
 
 # --- the servers -----------------------------------------------------------------------
 
-class Server:
+class Server(abc.ABC):
+    """A server under test: cloudcote or Dovecot."""
+
     name = ""
     host = "127.0.0.1"
     port = 0
 
-    def pids(self) -> list[int]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def pids(self) -> list[int]: ...
 
-    def describe(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def describe(self) -> str: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def stop(self) -> None: ...
 
 
 class DovecotServer(Server):
