@@ -56,7 +56,8 @@ random generation chosen when the head is created.  Record n >= 1 is the segment
 
 created with ``If-None-Match: *`` at the next free number (found by ``ListObjectsV2``
 after the last number this driver knows; the tail is cached per path).  On 412 the
-appender re-lists the tail and tries the next number: a gap-free total order, no lock.
+appender re-lists the tail and tries the next number: a gap-free total order, no lock
+between processes (within one process appends to a path take turns).
 Why this key scheme:
 
 - it cannot collide with a user path: the top-level names ``.cloudcote-seg`` and
@@ -106,6 +107,7 @@ import logging
 import secrets
 import time
 import uuid
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -297,6 +299,11 @@ class S3Fs(Fs):
         self.requests: Counter[str] = Counter()
         self._logs: OrderedDict[str, _Log] = OrderedDict()
         self._segments = _SegmentCache(segment_cache)
+        # One append per path at a time in this process: racing our own tasks for a segment
+        # number only costs 412s and listings, and on a store whose conditional PUT is not
+        # atomic (atomic_create=no) two of them could both "win" and one record be lost.
+        self._append_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary())
         self._fetch_slots = asyncio.Semaphore(max(1, pool // 2))
         feats = {Feature.COPY, Feature.METADATA, Feature.CONSISTENT_LIST, Feature.DURABLE}
         if atomic_create:
@@ -955,6 +962,13 @@ class S3Fs(Fs):
         key = self._key(path)
         if not data:
             raise FsError("s3 append: empty record", path=path, op="append")
+        lock = self._append_locks.get(key)
+        if lock is None:
+            lock = self._append_locks[key] = asyncio.Lock()
+        async with lock:
+            return await self._append(path, key, data)
+
+    async def _append(self, path: str, key: str, data: bytes) -> int:
         token = _token()
         phantom = 0
         for _ in range(MAX_RESTARTS):
