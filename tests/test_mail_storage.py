@@ -144,6 +144,11 @@ def test_mailbox_list(mail_spec: str) -> None:
             await um.rename_mailbox("INBOX", "Old Inbox")
             assert inbox_box.state.exists == 0
             assert (await um.mailbox("Old Inbox")).state.exists == 1
+            # Even into a child of INBOX: INBOX's children stay where they are.
+            await inbox_box.save(message(3))
+            await um.rename_mailbox("INBOX", "INBOX/old")
+            assert inbox_box.state.exists == 0
+            assert (await um.mailbox("INBOX/old")).state.exists == 1
             # Another process sees the same list; another user sees none of it.
             other = await open_store(mail_spec)
             um2 = await other.user("alice@example.com")

@@ -278,9 +278,8 @@ class UserMail:
         canon = normalize_name(new)
         if canon == entry.name:
             raise MailboxExists(f"mailbox {canon!r} exists")
-        if canon.startswith(entry.name + SEP):
-            raise MailboxInUse("a mailbox cannot be renamed into its own child")
         if entry.name == "INBOX":
+            # INBOX's children are not moved, so INBOX/old is a fine new name.
             target = await self.create_mailbox(canon)
             src = await self.mailbox("INBOX")
             dst = await self.mailbox_by_guid(target.guid)
@@ -288,6 +287,8 @@ class UserMail:
             if uids:
                 await src.move(uids, dst)
             return
+        if canon.startswith(entry.name + SEP):
+            raise MailboxInUse("a mailbox cannot be renamed into its own child")
         await self.refresh_list()
         if canon in self.list_state.by_name:
             raise MailboxExists(f"mailbox {canon!r} exists")
@@ -760,52 +761,40 @@ async def _write_mdbox(fs: Fs, refs: list[tuple[str, str]],
 
 async def deliver(store: MailStore, raw: bytes,
                   targets: Sequence[tuple[str, str]]) -> list[int | Exception]:
-    """Deliver one message to several (user, mailbox) targets (LMTP).  With mdbox the
-    message is stored once for all of them.  Returns per target the UID or the error;
-    a UID means that target's copy is durable."""
-    raw = objects.normalize_crlf(raw)
-    results: list[int | Exception] = [RuntimeError("not delivered")] * len(targets)
-    boxes: list[Mailbox | None] = []
-    for i, (user, name) in enumerate(targets):
+    """Deliver one message to several (user, mailbox) targets of one store; see
+    :func:`deliver_to`.  Returns per target the UID or the error."""
+    results: list[int | Exception] = []
+    boxes: list[Mailbox] = []
+    for user, name in targets:
         try:
             um = await store.user(user)
-            box = await um.mailbox(name)
-            if len(raw) > store.settings.max_message_size:
+            boxes.append(await um.mailbox(name))
+            results.append(0)
+        except Exception as exc:  # noqa: BLE001 - reported per recipient
+            results.append(exc)
+    done = iter(await deliver_to(raw, boxes))
+    return [r if isinstance(r, Exception) else next(done) for r in results]
+
+
+async def deliver_to(raw: bytes, boxes: Sequence[Mailbox]) -> list[int | Exception]:
+    """Deliver one message into several opened mailboxes (LMTP), each checked against its
+    user's size limit and quota first.  With mdbox the message is stored once for all the
+    mailboxes of one store, even across users.  Returns per mailbox the UID or the error;
+    a UID means that copy is durable."""
+    raw = objects.normalize_crlf(raw)
+    results: list[int | Exception] = [RuntimeError("not delivered")] * len(boxes)
+    live: list[tuple[int, Mailbox]] = []
+    for i, box in enumerate(boxes):
+        try:
+            if len(raw) > box.mail_store.settings.max_message_size:
                 raise MessageTooLarge(f"message of {len(raw)} bytes is above the limit")
-            await um.check_quota(len(raw), 1)
-            boxes.append(box)
+            await box.user.check_quota(len(raw), 1)
+            live.append((i, box))
         except Exception as exc:  # noqa: BLE001 - reported per recipient
             results[i] = exc
-            boxes.append(None)
-    live = [(i, b) for i, b in enumerate(boxes) if b is not None]
-    if not live:
-        return results
-    if store.settings.layout == "mdbox":
-        from .index import new_guid
-
-        guid = new_guid()
-        idate, tz = _idate(None)
-        meta = objects.StoredMeta(guid, live[0][1].guid, idate, tz, len(raw))
-        try:
-            (loc,) = await _write_mdbox(store.fs, [(b.user.user, b.guid) for _, b in live],
-                                        [(raw, meta)])
-        except Exception as exc:  # noqa: BLE001
-            for i, _ in live:
-                results[i] = exc
-            return results
-        entry = _cache_entry(raw)
-
-        async def link(i: int, box: Mailbox) -> None:
-            try:
-                (uid,) = await box.log.commit(
-                    [["a", guid, loc, len(raw), idate, tz, [], entry]])
-                box._notify()
-                results[i] = int(uid)
-            except Exception as exc:  # noqa: BLE001
-                results[i] = exc
-
-        await asyncio.gather(*(link(i, b) for i, b in live))
-        return results
+    by_store: dict[int, list[tuple[int, Mailbox]]] = {}
+    for i, box in live:
+        by_store.setdefault(id(box.mail_store), []).append((i, box))
 
     async def save(i: int, box: Mailbox) -> None:
         try:
@@ -813,7 +802,36 @@ async def deliver(store: MailStore, raw: bytes,
         except Exception as exc:  # noqa: BLE001
             results[i] = exc
 
-    await asyncio.gather(*(save(i, b) for i, b in live))
+    async def link(i: int, box: Mailbox, guid: str, loc: str, idate: int, tz: int,
+                   entry: dict[str, Any]) -> None:
+        try:
+            (uid,) = await box.log.commit([["a", guid, loc, len(raw), idate, tz, [], entry]])
+            box._notify()
+            results[i] = int(uid)
+        except Exception as exc:  # noqa: BLE001
+            results[i] = exc
+
+    async def one_store(group: list[tuple[int, Mailbox]]) -> None:
+        store = group[0][1].mail_store
+        if store.settings.layout != "mdbox":
+            await asyncio.gather(*(save(i, b) for i, b in group))
+            return
+        from .index import new_guid
+
+        guid = new_guid()
+        idate, tz = _idate(None)
+        meta = objects.StoredMeta(guid, group[0][1].guid, idate, tz, len(raw))
+        try:
+            (loc,) = await _write_mdbox(store.fs, [(b.user.user, b.guid) for _, b in group],
+                                        [(raw, meta)])
+        except Exception as exc:  # noqa: BLE001
+            for i, _ in group:
+                results[i] = exc
+            return
+        entry = _cache_entry(raw)
+        await asyncio.gather(*(link(i, b, guid, loc, idate, tz, entry) for i, b in group))
+
+    await asyncio.gather(*(one_store(g) for g in by_store.values()))
     return results
 
 
