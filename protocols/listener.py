@@ -44,10 +44,17 @@ class Connection:
         """TLS, or a loopback connection: where plaintext auth is allowed (as Dovecot)."""
         return self.tls or self.local_is_loopback
 
-    async def start_tls(self, context: ssl.SSLContext) -> None:
-        """Upgrade in place after STARTTLS/STLS (RFC 3501 6.2.1, RFC 2595 4)."""
+    async def start_tls(self, context: ssl.SSLContext) -> int:
+        """Upgrade in place after STARTTLS/STLS (RFC 3501 6.2.1, RFC 2595 4).  Whatever the
+        client pipelined in plaintext after the command is dropped first, so that nothing
+        sent before the handshake counts as said over TLS (CVE-2011-0411); returns how many
+        bytes that was."""
+        pending = len(getattr(self.reader, "_buffer", b""))
+        if pending:
+            await self.reader.readexactly(pending)
         await self.writer.start_tls(context)
         self.tls = True
+        return pending
 
 
 SessionFactory = Callable[[Connection], Awaitable[None]]

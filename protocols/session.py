@@ -19,6 +19,8 @@ from cloudcote.libfs.chain import open_fs
 
 from .imap.limits import ImapLimits
 from .listener import MAX_LINE, Connection
+from .lmtp.settings import LmtpSettings
+from .pop3.settings import Pop3Settings
 
 if TYPE_CHECKING:
     from cloudcote.core.mail.storage import UserMail
@@ -29,12 +31,16 @@ log = logging.getLogger("cloudcote.session")
 IDLE_TIMEOUT = 30 * 60
 #: Invalid commands tolerated before the server hangs up.
 MAX_BAD_COMMANDS = 20
+#: Characters of a client-supplied user name that go into a log line.
+MAX_LOGGED_USER = 100
 
 
 class PassDb(Protocol):
     async def authenticate(
         self, user: str, password: str, *, remote_ip: str | None = None
     ) -> Any: ...
+
+    async def user_lookup(self, user: str) -> Any: ...
 
 
 @dataclass
@@ -48,6 +54,8 @@ class ServerContext:
     #: Mail storage shared by every session of this process (cloudcote.core.mail).
     mail: MailStore | None = None
     imap_limits: ImapLimits = field(default_factory=ImapLimits)
+    pop3: Pop3Settings = field(default_factory=Pop3Settings)
+    lmtp: LmtpSettings = field(default_factory=LmtpSettings)
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     #: Failed logins per client and the delay they earn (``[auth]`` failure_delay).
     auth_penalty: AuthPenalty = field(default_factory=AuthPenalty)
@@ -130,6 +138,9 @@ class LineSession:
     """Base of IMAP/POP3/LMTP sessions: one ``Connection``, read a line, answer it."""
 
     protocol = "line"
+    #: Seconds a client may stay silent; the longest line (CRLF included).
+    idle_timeout: float = IDLE_TIMEOUT
+    max_line: int = MAX_LINE
 
     def __init__(self, conn: Connection, ctx: ServerContext) -> None:
         self.conn = conn
@@ -153,7 +164,7 @@ class LineSession:
         read = asyncio.ensure_future(self.conn.reader.readuntil(b"\n"))
         stop = asyncio.ensure_future(self.ctx.shutdown.wait())
         try:
-            done, _ = await asyncio.wait({read, stop}, timeout=IDLE_TIMEOUT,
+            done, _ = await asyncio.wait({read, stop}, timeout=self.idle_timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
@@ -169,7 +180,7 @@ class LineSession:
             raise LineTooLong() from None
         except asyncio.IncompleteReadError as exc:
             raise EOFError("connection closed") from exc
-        if len(line) > MAX_LINE:
+        if len(line) > self.max_line:
             raise LineTooLong()
         return line.rstrip(b"\r\n")
 
@@ -199,11 +210,11 @@ class LineSession:
             entry = await self.ctx.passdb.authenticate(user, password, remote_ip=remote_ip)
         except Exception as exc:
             log.error("%s %s: passdb failed for %r: %s", self.conn.session_id, self.conn.peer,
-                      user, exc)
+                      user[:MAX_LOGGED_USER], exc)
             return None
         if entry is None:
             log.info("%s %s: authentication failed for %r", self.conn.session_id,
-                     self.conn.peer, user)
+                     self.conn.peer, user[:MAX_LOGGED_USER])
             delay = self.ctx.auth_penalty.failed(remote_ip, password)
             if delay > 0:
                 await asyncio.sleep(delay)  # slow down guessing, as Dovecot's auth_penalty

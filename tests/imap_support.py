@@ -1,5 +1,6 @@
-"""A real IMAP server for tests: cloudcote's listeners and sessions on a storage backend,
-run in a background thread with its own event loop, reached with stdlib imaplib.
+"""A real server for tests: cloudcote's IMAP, POP3 and LMTP listeners and sessions on a
+storage backend, run in a background thread with its own event loop, reached with stdlib
+imaplib, poplib and smtplib.LMTP.
 
 One server per test module and backend (the ``imap_server`` fixture of a test module
 builds it with :func:`start_server`); tests stay apart by logging in as fresh users (the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import ssl
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -29,6 +31,10 @@ from cloudcote.libfs import open_fs
 from cloudcote.protocols.imap.limits import ImapLimits
 from cloudcote.protocols.imap.session import imap_session
 from cloudcote.protocols.listener import Listener
+from cloudcote.protocols.lmtp.session import lmtp_session
+from cloudcote.protocols.lmtp.settings import LmtpSettings
+from cloudcote.protocols.pop3.session import pop3_session
+from cloudcote.protocols.pop3.settings import Pop3Settings
 from cloudcote.protocols.session import ServerContext
 
 from .conftest import service
@@ -40,7 +46,9 @@ IMAP_BACKENDS = ["posix", "seaweedfs"]
 
 @dataclass
 class ImapServer:
-    """A running server: ``port`` (plain, STARTTLS offered) and ``tls_port`` (imaps)."""
+    """A running server: ``port`` (IMAP, STARTTLS offered), ``tls_port`` (imaps),
+    ``pop3_port`` (STLS offered), ``pop3s_port``, ``lmtp_port`` and ``lmtp_path`` (the
+    LMTP unix socket)."""
 
     loop: asyncio.AbstractEventLoop
     thread: threading.Thread
@@ -51,6 +59,10 @@ class ImapServer:
     client_tls: ssl.SSLContext = field(default_factory=ssl.create_default_context)
     listeners: list[Listener] = field(default_factory=list)
     fs: Any = None
+    pop3_port: int = 0
+    pop3s_port: int = 0
+    lmtp_port: int = 0
+    lmtp_path: str = ""
 
     def call(self, coro: Any, timeout: float = 60) -> Any:
         """Run a coroutine on the server's loop (e.g. to reach the store directly)."""
@@ -87,9 +99,13 @@ def fs_spec_for(backend: str, request: pytest.FixtureRequest, base: Path) -> str
 
 def start_server(spec: str, *, settings: StorageSettings | None = None,
                  limits: ImapLimits | None = None, passdb: Any = None,
-                 disable_plaintext_auth: bool = True, host: str = "127.0.0.1") -> ImapServer:
+                 disable_plaintext_auth: bool = True, host: str = "127.0.0.1",
+                 pop3: Pop3Settings | None = None, lmtp: LmtpSettings | None = None,
+                 socket_dir: Path | None = None) -> ImapServer:
     """``host``: the address to listen on (a non-loopback one to test what the server
-    allows only on secured connections); the test certificate names it."""
+    allows only on secured connections); the test certificate names it.  The LMTP unix
+    socket goes into ``socket_dir`` (a fresh temporary directory if None)."""
+    sock_dir = socket_dir or Path(tempfile.mkdtemp(prefix="cc-lmtp-"))
     ca = trustme.CA()
     cert = ca.issue_cert(*dict.fromkeys(("127.0.0.1", "localhost", host)))
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -107,7 +123,8 @@ def start_server(spec: str, *, settings: StorageSettings | None = None,
                 passdb=passdb or StaticPassDb(PASSWORD), ssl_context=server_tls,
                 disable_plaintext_auth=disable_plaintext_auth,
                 mail=MailStore(fs, settings or StorageSettings(poll_interval=0.3)),
-                imap_limits=limits or ImapLimits())
+                imap_limits=limits or ImapLimits(), pop3=pop3 or Pop3Settings(),
+                lmtp=lmtp or LmtpSettings())
             srv = ImapServer(loop=loop, thread=threading.current_thread(), ctx=ctx,
                              host=host, client_tls=client_tls, fs=fs)
             for tls in (False, True):
@@ -121,6 +138,21 @@ def start_server(spec: str, *, settings: StorageSettings | None = None,
                     srv.tls_port = port
                 else:
                     srv.port = port
+            for name, tls in (("pop3_port", False), ("pop3s_port", True)):
+                lst = Listener("pop3", "test", partial(pop3_session, ctx=ctx), host=host,
+                               port=0, ssl_context=server_tls if tls else None)
+                await lst.start()
+                srv.listeners.append(lst)
+                setattr(srv, name, int(lst.address.rpartition(":")[2]))
+            lst = Listener("lmtp", "test", partial(lmtp_session, ctx=ctx), host=host, port=0)
+            await lst.start()
+            srv.listeners.append(lst)
+            srv.lmtp_port = int(lst.address.rpartition(":")[2])
+            srv.lmtp_path = str(sock_dir / "lmtp.sock")
+            lst = Listener("lmtp", srv.lmtp_path, partial(lmtp_session, ctx=ctx),
+                           path=srv.lmtp_path)
+            await lst.start()
+            srv.listeners.append(lst)
             ready.set_result(srv)
         except BaseException as exc:  # reported to the test thread
             ready.set_exception(exc)

@@ -68,6 +68,10 @@ class PassDb(Protocol):
     async def authenticate(self, user: str, password: str, *,
                            remote_ip: str | None = None) -> UserEntry | None: ...
 
+    async def user_lookup(self, user: str) -> UserEntry | None:
+        """The user's entry without a password check (LMTP's userdb lookup): None if there
+        is no such user; raises (``AuthError``) when the database cannot answer."""
+
     async def close(self) -> None:
         """Release connections; called once when the server stops."""
 
@@ -293,6 +297,9 @@ class PasswdFile:
             verify_password(snapshot.dummy, password)
             return None
         return _login(entry, password, remote_ip)
+
+    async def user_lookup(self, user: str) -> UserEntry | None:
+        return self.lookup(user)
 
     async def close(self) -> None:
         """Nothing to release: the file is read on demand."""
@@ -526,6 +533,9 @@ class StaticPassDb:
     async def authenticate(self, user: str, password: str, *,
                            remote_ip: str | None = None) -> UserEntry | None:
         return await asyncio.to_thread(_login, self._entry(user), password, remote_ip)
+
+    async def user_lookup(self, user: str) -> UserEntry | None:
+        return self._entry(user)
 
     async def close(self) -> None:
         """Nothing to release."""

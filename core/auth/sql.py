@@ -546,6 +546,19 @@ class SqlPassDb:
                 raise AuthConfigError(f"sql passdb: user {user!r}: {exc}") from None
         return UserEntry(user=user, password=stored, extra=extra)
 
+    async def user_lookup(self, user: str) -> UserEntry | None:
+        """The user's entry from ``password_query`` (no password check), or None."""
+        if not user or len(user) > MAX_USER_LENGTH or "\0" in user:
+            return None
+        return await self._lookup(user, None)
+
+    async def _lookup(self, user: str, remote_ip: str | None) -> UserEntry | None:
+        columns, rows = await self._fetch(self.query.values(user, remote_ip))
+        if len(rows) > 1:
+            raise AuthConfigError(f"sql passdb {self.dsn.where()}: user {user!r} exists "
+                                  f"{len(rows)} times in the password_query result")
+        return self._entry(user, columns, rows[0]) if rows else None
+
     async def authenticate(self, user: str, password: str, *,
                            remote_ip: str | None = None) -> UserEntry | None:
         """The user's entry if ``password`` is right and the login allowed, else None.
@@ -556,11 +569,7 @@ class SqlPassDb:
         if not user or len(user) > MAX_USER_LENGTH or "\0" in user:
             await asyncio.to_thread(verify_password, _dummy_hash(), password)
             return None
-        columns, rows = await self._fetch(self.query.values(user, remote_ip))
-        if len(rows) > 1:
-            raise AuthConfigError(f"sql passdb {self.dsn.where()}: user {user!r} exists "
-                                  f"{len(rows)} times in the password_query result")
-        entry = self._entry(user, columns, rows[0]) if rows else None
+        entry = await self._lookup(user, remote_ip)
         if entry is None:
             await asyncio.to_thread(verify_password, _dummy_hash(), password)
             return None

@@ -395,14 +395,6 @@ class ImapSession(LineSession):
                 return
             await self._discard(marker[0])
 
-    async def drop_pending_input(self) -> None:
-        """Forget what the client sent beyond the command being answered: after STARTTLS
-        nothing sent in plaintext may count as said over TLS (CVE-2011-0411)."""
-        pending = len(getattr(self.conn.reader, "_buffer", b""))
-        if pending:
-            self.bytes_in += pending
-            await self.conn.reader.readexactly(pending)
-
     # -- the loop -------------------------------------------------------------------------
 
     def capabilities(self) -> str:
@@ -558,8 +550,7 @@ class ImapSession(LineSession):
             raise Bad("STARTTLS not available")
         self.ok(cmd, "Begin TLS negotiation now")
         await self.flush()
-        await self.drop_pending_input()
-        await self.conn.start_tls(self.ctx.ssl_context)
+        self.bytes_in += await self.conn.start_tls(self.ctx.ssl_context)
 
     async def do_login(self, cmd: Command) -> None:
         if len(cmd.args) != 2:

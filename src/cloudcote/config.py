@@ -23,6 +23,8 @@ from cloudcote.core.auth.userdb import QUOTA_RULE_RE
 from cloudcote.libfs.api import FsInvalidSpec
 from cloudcote.libfs.chain import parse_chain
 from cloudcote.protocols.imap.limits import ImapLimits
+from cloudcote.protocols.lmtp.settings import LmtpSettings
+from cloudcote.protocols.pop3.settings import Pop3Settings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LAYOUTS = ("sdbox", "mdbox")
@@ -117,6 +119,41 @@ IMAP_LIMITS: dict[str, tuple[type, float, float, str]] = {
 }
 
 
+#: Keys of ``[lmtp]`` and ``[pop3]`` besides ``listen`` -> (kind, check, what is allowed).
+PROTOCOL_KEYS: dict[str, dict[str, tuple[type, Any, str]]] = {
+    "lmtp": {
+        "recipient_delimiter": (str, lambda v: len(v) <= 8 and "@" not in v,
+                                "expected up to 8 characters, not '@' (\"\" for none)"),
+        "save_to_detail_mailbox": (bool, None, "expected true or false"),
+        "add_received_header": (bool, None, "expected true or false"),
+        "max_recipients": (int, lambda v: 1 <= v <= 100_000, "expected 1 to 100000"),
+        "max_message_size": (int, lambda v: 0 <= v <= 2 * 1024 ** 3,
+                             "expected bytes, 0 (follows mail.max_message_size) to 2 GiB"),
+        "idle_timeout": (float, lambda v: 1 <= v <= 86400, "expected 1 to 86400 seconds"),
+        "max_bad_commands": (int, lambda v: 1 <= v <= 100_000, "expected 1 to 100000"),
+    },
+    "pop3": {
+        "uidl_format": (str, lambda v: Pop3Settings.check_uidl_format(v) is None,
+                        "expected Dovecot's pop3_uidl_format: %v %u %g %m with optional "
+                        "width and x/X, e.g. '%08Xv%08Xu'"),
+        "idle_timeout": (float, lambda v: 1 <= v <= 86400, "expected 1 to 86400 seconds"),
+        "max_bad_commands": (int, lambda v: 1 <= v <= 100_000, "expected 1 to 100000"),
+    },
+}
+
+
+def _protocol_keys(sec: _Section, name: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, (kind, check, allowed) in PROTOCOL_KEYS.get(name, {}).items():
+        value = sec.get(key, (int, float) if kind is float else kind, None, allowed)
+        if value is None:
+            continue
+        if check is not None and not check(value):
+            raise sec.error(key, value, allowed)
+        values[key] = kind(value)
+    return values
+
+
 @dataclass
 class ImapLimitsConfig:
     """``[imap_limits]``: the bounds of an IMAP session (cloudcote.protocols.imap.limits)."""
@@ -163,6 +200,9 @@ class Config:
     source: Path | None = None
     mail: MailConfig = field(default_factory=MailConfig)
     imap_limits: ImapLimitsConfig = field(default_factory=ImapLimitsConfig)
+    #: ``[lmtp]`` and ``[pop3]`` keys besides ``listen`` (``[pop3]``'s apply to pop3s too).
+    lmtp: LmtpSettings = field(default_factory=LmtpSettings)
+    pop3: Pop3Settings = field(default_factory=Pop3Settings)
 
     def to_toml(self) -> str:
         """The effective configuration as TOML, like ``doveconf -n``."""
@@ -205,6 +245,9 @@ class Config:
             lines.append("")
             lines.append(f"[{section}]")
             lines.append(f"listen = {_toml_value([str(x) for x in self.listen[section]])}")
+            extra = {"lmtp": self.lmtp, "pop3": self.pop3}.get(section)
+            for key in PROTOCOL_KEYS.get(section, {}):
+                lines.append(f"{key} = {_toml_value(getattr(extra, key))}")
         lines.append("")
         lines.append("[imap_limits]")
         limits = self.imap_limits
@@ -386,6 +429,7 @@ def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path 
     auth = _auth_section(origin, top, resolve, data_dir)
 
     listen: dict[str, list[Listen]] = {}
+    protocol_values: dict[str, dict[str, Any]] = {}
     for name in LISTENER_SECTIONS:
         sec = _Section(origin, name, top.get(name, dict, {}, "expected a table"))
         values = sec.get("listen", list, DEFAULT_LISTEN[name], "expected a list of 'host:port'")
@@ -397,6 +441,7 @@ def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path 
             if item.path is not None:
                 item = Listen(path=str(resolve(item.path)))
             parsed.append(item)
+        protocol_values[name] = _protocol_keys(sec, name)
         sec.finish()
         listen[name] = parsed
     seen: dict[str, str] = {}
@@ -441,6 +486,8 @@ def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path 
     return Config(
         data_dir=data_dir, storage=storage, auth=auth, tls=tls, log=log, listen=listen,
         source=source, mail=mail, imap_limits=imap_limits,
+        lmtp=LmtpSettings(**protocol_values["lmtp"]),
+        pop3=Pop3Settings(**protocol_values["pop3"]),
     )
 
 

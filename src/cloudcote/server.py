@@ -143,6 +143,7 @@ class Server:
                                  disable_plaintext_auth=config.tls.disable_plaintext_auth,
                                  hostname=socket.gethostname(), mail=mail,
                                  imap_limits=imap_limits(config),
+                                 pop3=config.pop3, lmtp=config.lmtp,
                                  auth_penalty=AuthPenalty(config.auth.failure_delay,
                                                           config.auth.failure_delay_max))
         # Stores that userdb ``mail`` fields opened: closed after the listeners stop.
