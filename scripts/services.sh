@@ -15,7 +15,8 @@
 # (scripts/bootstrap.sh fills it).  PostgreSQL and MariaDB come from Debian's packages
 # (installed here with apt-get when missing), Cassandra 5.0 from Maven Central
 # (scripts/cassandra/pom.xml, cached in ~/.m2) and runs on Java 17.  `start` also installs
-# Debian's isync when missing: not a server but mbsync, a real IMAP client the tests drive.
+# Debian's isync when missing: not a server but mbsync, a real IMAP client the tests drive;
+# and Debian's swaks, a real LMTP client.
 #
 # Extra knobs (environment, rarely needed; e.g. to run a second set beside another):
 #   CLOUDCOTE_CASSANDRA_STORAGE_PORT (7000), CLOUDCOTE_CASSANDRA_JMX_PORT (7199),
@@ -194,6 +195,11 @@ ensure_packages() {  # the services about to start
   if ! command -v mbsync >/dev/null; then
     if [ "$IS_ROOT" = 1 ]; then pkgs+=(isync)
     else echo "services.sh: mbsync (Debian package isync) is missing; its test will skip"; fi
+  fi
+  # Likewise swaks, a real SMTP/LMTP client (tests/test_lmtp.py).
+  if ! command -v swaks >/dev/null; then
+    if [ "$IS_ROOT" = 1 ]; then pkgs+=(swaks)
+    else echo "services.sh: swaks (Debian package swaks) is missing; its test will skip"; fi
   fi
   [ ${#pkgs[@]} -gt 0 ] || return 0
   [ "$IS_ROOT" = 1 ] || die "missing Debian packages (${pkgs[*]}): install them as root"

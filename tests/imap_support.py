@@ -37,7 +37,7 @@ from cloudcote.protocols.pop3.session import pop3_session
 from cloudcote.protocols.pop3.settings import Pop3Settings
 from cloudcote.protocols.session import ServerContext
 
-from .conftest import service
+from .conftest import driver_spec
 
 PASSWORD = "secret"
 #: Backends every IMAP test runs on.
@@ -86,15 +86,8 @@ class ImapServer:
 
 
 def fs_spec_for(backend: str, request: pytest.FixtureRequest, base: Path) -> str:
-    if backend == "posix":
-        return f"posix:{base / 'fs'}"
-    if backend == "seaweedfs":
-        bucket = request.getfixturevalue("seaweedfs_bucket")
-        return (f"s3:bucket={bucket},prefix=imap{uuid.uuid4().hex[:12]},"
-                f"endpoint={service('CLOUDCOTE_SEAWEEDFS_ENDPOINT')},"
-                f"access_key={service('CLOUDCOTE_SEAWEEDFS_ACCESS_KEY')},"
-                f"secret_key={service('CLOUDCOTE_SEAWEEDFS_SECRET_KEY')},part_size=5MB")
-    raise AssertionError(f"unknown backend {backend}")
+    """The storage chain of ``backend`` (any target of ``conftest.driver_spec``)."""
+    return driver_spec(backend, request, base)
 
 
 def start_server(spec: str, *, settings: StorageSettings | None = None,
