@@ -7,8 +7,9 @@ import base64
 import binascii
 import logging
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from cloudcote.core.auth import AuthError, AuthPenalty, UserEntry, user_fields
 from cloudcote.core.auth.userdb import redact_chain
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from cloudcote.core.mail.storage import UserMail
 
 log = logging.getLogger("cloudcote.session")
+T = TypeVar("T")
 
 #: Seconds a client may stay silent before the session ends (RFC 3501 5.4: >= 30 min).
 IDLE_TIMEOUT = 30 * 60
@@ -134,6 +136,10 @@ class Shutdown(Exception):
     """The server is stopping and the session is between commands."""
 
 
+class IdleTimeout(EOFError):
+    """The client sent nothing for the session's idle timeout."""
+
+
 class LineSession:
     """Base of IMAP/POP3/LMTP sessions: one ``Connection``, read a line, answer it."""
 
@@ -159,9 +165,10 @@ class LineSession:
         self.conn.writer.write(data)
         await self.conn.writer.drain()
 
-    async def read_line(self) -> bytes:
-        """The next line without its CRLF; raises Shutdown, LineTooLong or EOFError."""
-        read = asyncio.ensure_future(self.conn.reader.readuntil(b"\n"))
+    async def wait_or_stop(self, aw: Awaitable[T]) -> T:
+        """``aw``'s result, unless the server stops first (Shutdown) or the client stays
+        silent for ``idle_timeout`` seconds (IdleTimeout); ``aw`` is cancelled then."""
+        read = asyncio.ensure_future(aw)
         stop = asyncio.ensure_future(self.ctx.shutdown.wait())
         try:
             done, _ = await asyncio.wait({read, stop}, timeout=self.idle_timeout,
@@ -172,9 +179,14 @@ class LineSession:
             read.cancel()
             if stop in done:
                 raise Shutdown()
-            raise EOFError("idle timeout")
+            raise IdleTimeout("idle timeout")
+        return read.result()
+
+    async def read_line(self) -> bytes:
+        """The next line without its CRLF; raises Shutdown, LineTooLong or EOFError
+        (IdleTimeout when the client was silent too long)."""
         try:
-            line = read.result()
+            line = await self.wait_or_stop(self.conn.reader.readuntil(b"\n"))
         except asyncio.LimitOverrunError:
             await self._discard_long_line()
             raise LineTooLong() from None

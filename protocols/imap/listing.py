@@ -17,8 +17,19 @@ from .values import astring
 if TYPE_CHECKING:
     from cloudcote.core.mail.storage import UserMail
 
-_STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
-                 "SIZE")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
+                "SIZE")
+
+
+def parse_status_items(arg: Token) -> list[str]:
+    """A STATUS item list (STATUS, LIST RETURN (STATUS ...)): upper-cased, each known."""
+    items = [as_atom(x, "status item").upper() for x in as_list(arg, "STATUS items")]
+    if not items:
+        raise ImapParseError("STATUS needs items")
+    for item in items:
+        if item not in STATUS_ITEMS:
+            raise ImapParseError(f"unknown STATUS item {item[:30]}")
+    return items
 
 
 @dataclass
@@ -92,11 +103,7 @@ def parse_list_command(args: list[Token], lsub: bool) -> ListOptions:
             elif word == "STATUS":
                 if i + 1 >= len(items):
                     raise ImapParseError("STATUS needs items")
-                opts.status_items = [as_atom(x, "status item").upper()
-                                     for x in as_list(items[i + 1], "STATUS items")]
-                for s in opts.status_items:
-                    if s not in _STATUS_ITEMS:
-                        raise ImapParseError(f"unknown STATUS item {s[:30]}")
+                opts.status_items = parse_status_items(items[i + 1])
                 i += 1
             else:
                 raise ImapParseError(f"unknown LIST return option {word[:30]}")

@@ -43,7 +43,7 @@ from cloudcote.core.mail.storage import SaveRequest, search_mailbox
 from . import utf7
 from .fetch import FetchRequest, flags_list, parse_fetch_items, render
 from .limits import ImapLimits
-from .listing import ListOptions, list_responses, parse_list_command
+from .listing import ListOptions, list_responses, parse_list_command, parse_status_items
 from .parser import (
     Command,
     ImapParseError,
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from ..listener import Connection
     from ..session import ServerContext
 
-from ..session import LineSession, decode_sasl_plain
+from ..session import IdleTimeout, LineSession, Shutdown, decode_sasl_plain
 
 log = logging.getLogger("cloudcote.imap")
 
@@ -182,6 +182,7 @@ class ImapSession(LineSession):
     def __init__(self, conn: Connection, ctx: ServerContext) -> None:
         super().__init__(conn, ctx)
         self.limits: ImapLimits = ctx.imap_limits
+        self.idle_timeout = self.limits.idle_timeout
         self.state = "not-authenticated"
         self.mail: UserMail | None = None
         self.sel: Selected | None = None
@@ -274,21 +275,15 @@ class ImapSession(LineSession):
 
     async def read_line(self) -> bytes:
         """The next line without CRLF, within the idle timeout; EOFError at its end."""
-        read = asyncio.ensure_future(self._read_raw_line())
-        stop = asyncio.ensure_future(self.ctx.shutdown.wait())
         try:
-            done, _ = await asyncio.wait({read, stop}, timeout=self.limits.idle_timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if read not in done:
-            read.cancel()
-            if stop in done:
-                self.emit("* BYE Server shutting down.\r\n")
-                await self.flush()
-                raise _Disconnect()
+            line = await self.wait_or_stop(self._read_raw_line())
+        except Shutdown:
+            self.emit("* BYE Server shutting down.\r\n")
+            await self.flush()
+            raise _Disconnect() from None
+        except IdleTimeout:
             await self._inactive()
-        return read.result().rstrip(b"\r\n")
+        return line.rstrip(b"\r\n")
 
     async def _inactive(self) -> NoReturn:
         self.emit("* BYE Disconnected for inactivity.\r\n")
@@ -861,12 +856,7 @@ class ImapSession(LineSession):
         if len(cmd.args) != 2:
             raise ImapParseError("STATUS needs a mailbox name and a list of items")
         name = self._mailbox_name(cmd.args[0])
-        items = [as_atom(t, "status item").upper() for t in as_list(cmd.args[1], "items")]
-        if not items:
-            raise ImapParseError("STATUS needs items")
-        for item in items:
-            if item not in _STATUS_ITEMS:
-                raise ImapParseError(f"unknown STATUS item {item[:30]}")
+        items = parse_status_items(cmd.args[1])
         await self._status_line(self._canon(name), items)
         await self._after_command(cmd)
         self.ok(cmd)
@@ -1501,8 +1491,6 @@ _STATES: dict[str, tuple[str, ...]] = {
     "STORE": ("selected",), "UID STORE": ("selected",), "COPY": ("selected",),
     "UID COPY": ("selected",), "MOVE": ("selected",), "UID MOVE": ("selected",),
 }
-_STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
-                 "SIZE")
 
 
 async def imap_session(conn: Connection, ctx: ServerContext) -> None:
