@@ -79,6 +79,10 @@ class StorageSettings:
     log_limit: int | None = None
     #: How old other mailboxes' sizes may be when a save checks the quota.
     quota_refresh: float = 10.0
+    #: Message reads kept in flight ahead of a consumer (``[storage] prefetch_count``),
+    #: and the bytes they may hold at once (see prefetch.py).
+    prefetch_count: int = 16
+    prefetch_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass

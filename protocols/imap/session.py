@@ -38,6 +38,7 @@ from cloudcote.core.mail.errors import (
 )
 from cloudcote.core.mail.index import ranges_of
 from cloudcote.core.mail.mailbox_list import SEP, normalize_name
+from cloudcote.core.mail.prefetch import Prefetch
 from cloudcote.core.mail.storage import SaveRequest, search_mailbox
 
 from . import utf7
@@ -78,8 +79,6 @@ _DATE_TIME = re.compile(
     r"^ ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)$")
 #: Literals one command may carry.
 MAX_LITERALS = 1000
-#: Messages read at once for a FETCH of bodies (until the prefetch engine takes over).
-FETCH_WINDOW = 16
 #: Bytes of output collected before they are written out.
 FLUSH_AT = 64 * 1024
 #: Octets of a literal read at once (each within the idle timeout).
@@ -1316,14 +1315,15 @@ class ImapSession(LineSession):
             seq = bisect.bisect_left(view, uid) + 1
             jobs.append((seq, m))
         recent = self.sel.recent
-        want_flags_update = set_seen
+        # RFC 3501 6.4.5: FLAGS go out with the data only where this FETCH set \Seen.
+        newly_seen = set(unseen) if set_seen else set()
         needs_io = req.needs_cache or req.needs_message or bool(req.bodies)
 
         async def one(seq: int, m: Message) -> bytes | None:
             try:
                 return await render(box, m, req, seq=seq, recent=m.uid in recent,
                                     with_uid=with_uid, with_modseq=with_modseq,
-                                    flags=m.flags if want_flags_update else None)
+                                    flags=m.flags if m.uid in newly_seen else None)
             except MessageExpunged:
                 return None
 
@@ -1334,27 +1334,18 @@ class ImapSession(LineSession):
                     self.emit(data)
                     await self.maybe_flush()
         else:
-            window: list[asyncio.Task[bytes | None]] = []
-            it = iter(jobs)
-            try:
-                for seq, m in it:
-                    window.append(asyncio.ensure_future(one(seq, m)))
-                    if len(window) >= FETCH_WINDOW:
-                        break
-                while window:
-                    data = await window.pop(0)
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        window.append(asyncio.ensure_future(one(*nxt)))
+            settings = box.mail_store.settings
+            async with Prefetch(jobs, lambda job: one(*job), count=settings.prefetch_count,
+                                max_bytes=settings.prefetch_bytes,
+                                size=lambda job: job[1].size) as ahead:
+                async for done in ahead:
+                    data = done.result()
                     if data is None:
                         missing = True
                         continue
                     self.emit(data)
                     self.fetched += 1 if req.bodies or req.needs_message else 0
                     await self.maybe_flush()
-            finally:
-                for t in window:
-                    t.cancel()
         if set_seen:
             for _, m in jobs:
                 cur = st.messages.get(m.uid)
