@@ -23,7 +23,6 @@ decoded text of the text/* parts (base64 and quoted-printable undone, charsets c
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 import datetime
 import email
@@ -38,6 +37,8 @@ import unicodedata
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeAlias, TypeVar
+
+from .prefetch import DEFAULT_MAX_BYTES, Prefetch
 
 __all__ = [
     "MAX_DEPTH",
@@ -1020,36 +1021,9 @@ def _compile_text(key: Text) -> _Matcher:
     return match
 
 
-async def _each(items: list[_Message], work: Callable[[_Message], Awaitable[None]],
-                concurrency: int) -> None:
-    """Run ``work`` on every item, at most ``concurrency`` at a time, taking items in order
-    (so that a view reading ahead in sequence order guesses right). The first error cancels
-    the rest and propagates unchanged."""
-    if concurrency <= 1 or len(items) <= 1:
-        for item in items:
-            await work(item)
-        return
-    queue = iter(items)
-
-    async def worker() -> None:
-        for item in queue:  # one shared iterator: each item goes to exactly one worker
-            await work(item)
-
-    tasks = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(items)))]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            error = task.exception()
-            if error is not None:
-                raise error
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
 async def _stage(undecided: list[_Message], load: Callable[[_Message], Awaitable[None]],
-                 matcher: _Matcher, matched: list[_Message], concurrency: int) -> list[_Message]:
+                 matcher: _Matcher, matched: list[_Message], concurrency: int,
+                 max_bytes: int) -> list[_Message]:
     """Load one stage's data for each undecided message and decide those it settles: the
     matches go to ``matched``; the rest are returned, in sequence order."""
     still: list[_Message] = []
@@ -1065,11 +1039,17 @@ async def _stage(undecided: list[_Message], load: Callable[[_Message], Awaitable
         m.headers = None
         m.body = None
 
-    await _each(undecided, decide, concurrency)
+    # Reads in sequence order, ``concurrency`` ahead and at most ``max_bytes`` of stored
+    # messages at once; the first error propagates (leaving the block cancels the rest).
+    async with Prefetch(undecided, decide, count=max(1, concurrency), max_bytes=max_bytes,
+                        size=lambda m: m.msg.size) as ahead:
+        async for done in ahead:
+            done.result()
     return sorted(still, key=lambda m: m.seq)
 
 
-async def _matching(key: SearchKey, view: SearchView[M], concurrency: int) -> list[_Message]:
+async def _matching(key: SearchKey, view: SearchView[M], concurrency: int,
+                    max_bytes: int = DEFAULT_MAX_BYTES) -> list[_Message]:
     """The messages matching ``key``, in sequence order, loading data stage by stage."""
     messages = view.messages
     matcher = _compile(key, messages)
@@ -1097,20 +1077,23 @@ async def _matching(key: SearchKey, view: SearchView[M], concurrency: int) -> li
         stages.insert(0, load_headers)
     for load in stages:
         if undecided:
-            undecided = await _stage(undecided, load, matcher, matched, concurrency)
+            undecided = await _stage(undecided, load, matcher, matched, concurrency,
+                                     max_bytes)
     matched.sort(key=lambda m: m.seq)
     return matched
 
 
-async def search(key: SearchKey, view: SearchView[M], *, concurrency: int = 8) -> list[int]:
+async def search(key: SearchKey, view: SearchView[M], *, concurrency: int = 8,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> list[int]:
     """RFC 3501 6.4.4: the ascending sequence numbers of the messages matching ``key``.
 
-    ``concurrency`` bounds the header or body reads awaited at once. Errors from the view
+    ``concurrency`` bounds the header or body reads awaited at once, ``max_bytes`` the
+    stored size of the messages being read at once (prefetch.py). Errors from the view
     propagate unchanged."""
-    return [m.seq for m in await _matching(key, view, concurrency)]
+    return [m.seq for m in await _matching(key, view, concurrency, max_bytes)]
 
 
-async def search_uids(key: SearchKey, view: SearchView[M], *,
-                      concurrency: int = 8) -> list[int]:
+async def search_uids(key: SearchKey, view: SearchView[M], *, concurrency: int = 8,
+                      max_bytes: int = DEFAULT_MAX_BYTES) -> list[int]:
     """RFC 3501 6.4.8 UID SEARCH: the ascending UIDs of the messages matching ``key``."""
-    return [m.msg.uid for m in await _matching(key, view, concurrency)]
+    return [m.msg.uid for m in await _matching(key, view, concurrency, max_bytes)]

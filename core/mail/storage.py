@@ -898,4 +898,7 @@ async def search_mailbox(box: Mailbox, key: Any, messages: Sequence[Message] | N
 
     msgs = list(box.state) if messages is None else list(messages)
     view = _SearchView(box, [_SearchMessage(m, m.uid in recent) for m in msgs])
-    return await search.search(key, view)  # type: ignore[arg-type]
+    settings = box.mail_store.settings
+    return await search.search(key, view,  # type: ignore[arg-type]
+                               concurrency=settings.prefetch_count,
+                               max_bytes=settings.prefetch_bytes)
