@@ -1,0 +1,103 @@
+"""What the latency benchmarks share: realistic test messages, building a large mailbox
+straight through the storage API (fast, no protocol), store chains for the targets, the
+IMAP client, medians and plots."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from imap_mixed import ImapClient  # noqa: E402
+
+from cloudcote.core.mail.storage import MailStore, SaveRequest, StorageSettings  # noqa: E402
+from cloudcote.libfs import open_fs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+USER = "bench"
+WORDS = ("mail server storage latency object bucket request prefetch index cache message "
+         "folder client reply thread subject header body quota delivery cloud").split()
+
+
+def message_sizes(n: int, seed: int = 1, low: int = 2_000, high: int = 200_000) -> list[int]:
+    """Log-normal sizes (median about 12 KB, as in measured mailboxes), clipped to
+    ``low``..``high`` bytes."""
+    rng = random.Random(seed)
+    return [int(min(high, max(low, rng.lognormvariate(math.log(12_000), 1.1))))
+            for _ in range(n)]
+
+
+def make_message(i: int, size: int, rng: random.Random) -> bytes:
+    head = (f"From: Sender {i % 37} <s{i % 37}@example.org>\r\n"
+            f"To: {USER}@example.com\r\n"
+            f"Subject: message {i} about {rng.choice(WORDS)} {rng.choice(WORDS)}\r\n"
+            f"Date: Mon, 2 Nov 2026 10:{i % 60:02d}:00 +0000\r\n"
+            f"Message-ID: <bench-{i}@example.org>\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n").encode()
+    lines = []
+    total = len(head)
+    while total < size:
+        line = " ".join(rng.choice(WORDS) for _ in range(11)) + "\r\n"
+        lines.append(line)
+        total += len(line)
+    return head + "".join(lines).encode()
+
+
+def make_messages(n: int, seed: int = 1, sizes: Sequence[int] | None = None) -> list[bytes]:
+    rng = random.Random(seed)
+    sizes = list(sizes) if sizes is not None else message_sizes(n, seed)
+    return [make_message(i, s, rng) for i, s in enumerate(sizes)]
+
+
+async def build_mailbox(spec: str, messages: Sequence[bytes], batch: int = 200) -> None:
+    """Saves ``messages`` into ``USER``'s INBOX on the chain ``spec``."""
+    fs = await open_fs(spec)
+    try:
+        store = MailStore(fs, StorageSettings())
+        um = await store.user(USER)
+        box = await um.mailbox("INBOX")
+        for start in range(0, len(messages), batch):
+            await box.save_many([SaveRequest(m) for m in messages[start:start + batch]])
+    finally:
+        await fs.close()
+
+
+def services() -> dict[str, str]:
+    env = {}
+    for line in (ROOT / "scripts" / "services.env").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip()
+    return env
+
+
+def s3_spec(prefix: str) -> str:
+    env = services()
+    return (f"s3:bucket=cloudcote-bench,prefix={prefix},create_bucket=yes,"
+            f"endpoint={env['CLOUDCOTE_SEAWEEDFS_ENDPOINT']},"
+            f"access_key={env['CLOUDCOTE_SEAWEEDFS_ACCESS_KEY']},"
+            f"secret_key={env['CLOUDCOTE_SEAWEEDFS_SECRET_KEY']}")
+
+
+def with_latency(spec: str, ms: float) -> str:
+    return f"latency:{ms:g}ms:{spec}" if ms else spec
+
+
+async def imap_login(port: int, password: str, host: str = "127.0.0.1") -> ImapClient:
+    client = await ImapClient.connect(host, port)
+    await client.command(f'LOGIN {USER} "{password}"')
+    return client
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
