@@ -1238,12 +1238,50 @@ def test_fetch_sets_seen(imap: Clients) -> None:
     assert got == {1: ["\\Seen"], 2: ["\\Seen"], 3: ["\\Seen"], 4: ["\\Seen"], 5: []}
     # Already \Seen: a second BODY[] changes nothing (and says nothing about flags).
     f = fetch_one(m, "FETCH 1 BODY[TEXT]")
-    assert f["BODY[TEXT]"] == b"Just a test.\r\n"
+    assert f["BODY[TEXT]"] == b"Just a test.\r\n" and "FLAGS" not in f
     # UID FETCH always has UID; seen by another session at once.
     m2 = imap.login(imap.user_of(m))
     select(m2)
     assert fetches(ok(m2, "UID FETCH 5 BODY[]"))[0][1]["UID"] == "5"
     assert "\\Seen" in fetch_one(m2, "FETCH 5 FLAGS")["FLAGS"]
+
+
+@pytest.fixture(scope="module", params=IMAP_BACKENDS)
+def chunked_server(request: pytest.FixtureRequest,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
+    """A small log limit: the cache of a few hundred messages lives in chunk objects."""
+    settings = StorageSettings(poll_interval=0.3, log_limit=8192, prefetch_count=4)
+    yield from server_fixture(request, tmp_path_factory.mktemp("imapc"), settings=settings)
+
+
+def test_fetch_from_cache_chunks(chunked_server: ImapServer) -> None:
+    """ENVELOPE and header fields of messages whose cache entries went into chunk objects
+    (read ahead chunk by chunk) are the same as straight after APPEND."""
+    c = Clients(chunked_server)
+    try:
+        m = c.login()
+        n = 200
+        subjects = [f"chunked {i}" for i in range(n)]
+        for subject in subjects:
+            append(m, "INBOX", message(subject, f"body {subject}\r\n"))
+        box = chunked_server.call(_inbox_of(chunked_server, c.user_of(m)))
+        assert box.state.cache_chunks, "the log limit made no cache chunk"
+        select(m)
+        got = fetches(ok(m, "FETCH 1:* (UID ENVELOPE BODY.PEEK[HEADER.FIELDS (SUBJECT)])"))
+        assert [seq for seq, _ in got] == list(range(1, n + 1))
+        for (seq, f), subject in zip(got, subjects, strict=True):
+            assert f["ENVELOPE"][1] == subject.encode(), (seq, f["ENVELOPE"])
+            assert f["BODY[HEADER.FIELDS (SUBJECT)]"] == f"Subject: {subject}\r\n\r\n".encode()
+        # The entries came from the chunks (read into memory), not from the messages.
+        assert set(box._chunks) == {name for name, _ in box.state.cache_chunks}
+    finally:
+        c.close()
+
+
+async def _inbox_of(srv: ImapServer, user: str) -> Any:
+    assert srv.ctx.mail is not None
+    um = await srv.ctx.mail.user(user)
+    return await um.mailbox("INBOX")
 
 
 # -- STORE, COPY, MOVE -------------------------------------------------------------------------

@@ -421,6 +421,7 @@ class Mailbox:
         self._changed = asyncio.Event()
         self._seen_generation = 0
         self._chunks: dict[str, dict[str, Any]] = {}
+        self._chunk_loads: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         self._damage_repaired = 0
         self._repairing = False
 
@@ -606,15 +607,31 @@ class Mailbox:
             return entry
         chunk = st.cache_where.get(msg.guid)
         if chunk is not None:
-            data = self._chunks.get(chunk)
-            if data is None:
-                data = await self._load_chunk(chunk)
+            data = await self.cache_chunk(chunk)
             if data is not None and msg.guid in data:
                 return dict(data[msg.guid])
         raw = await self.read_message(msg)
         entry = _cache_entry(raw)
         st.loose_cache[msg.guid] = entry
         return entry
+
+    def cache_chunk_name(self, msg: Message) -> str | None:
+        """The cache chunk object holding ``msg``'s entry, if it is in one (not loose)."""
+        st = self.state
+        return None if msg.guid in st.loose_cache else st.cache_where.get(msg.guid)
+
+    async def cache_chunk(self, name: str) -> dict[str, Any] | None:
+        """A cache chunk's entries: from memory, from a read already in flight, or read
+        now (once, however many messages ask for it at the same time)."""
+        data = self._chunks.get(name)
+        if data is not None:
+            return data
+        loading = self._chunk_loads.get(name)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load_chunk(name))
+            self._chunk_loads[name] = loading
+            loading.add_done_callback(lambda _f: self._chunk_loads.pop(name, None))
+        return await asyncio.shield(loading)
 
     async def _load_chunk(self, name: str) -> dict[str, Any] | None:
         import json
@@ -627,7 +644,8 @@ class Mailbox:
             log.error("user=%s mailbox=%s: cache chunk %s unreadable (%s); rebuilding "
                       "entries from the messages", self.user.user, self.name, name, exc)
             return None
-        if len(self._chunks) > 64:
+        # Room for what a FETCH reads ahead, and then some.
+        if len(self._chunks) > max(64, 2 * self.mail_store.settings.prefetch_count):
             self._chunks.pop(next(iter(self._chunks)))
         self._chunks[name] = data
         return data  # type: ignore[no-any-return]

@@ -1333,6 +1333,32 @@ class ImapSession(LineSession):
                 if data is not None:
                     self.emit(data)
                     await self.maybe_flush()
+        elif not (req.needs_message or req.bodies):
+            # Cached fields only: read the cache chunks ahead (a chunk holds many messages'
+            # entries), and render each message once its chunk is in.
+            runs: list[tuple[str | None, list[tuple[int, Message]]]] = []
+            for job in jobs:
+                name = box.cache_chunk_name(job[1])
+                if runs and runs[-1][0] == name:
+                    runs[-1][1].append(job)
+                else:
+                    runs.append((name, [job]))
+
+            async def load(run: tuple[str | None, list[tuple[int, Message]]]) -> None:
+                if run[0] is not None:
+                    await box.cache_chunk(run[0])
+
+            async with Prefetch(runs, load,
+                                count=box.mail_store.settings.prefetch_count) as chunks:
+                async for loaded in chunks:
+                    loaded.result()
+                    for seq, m in loaded.job[1]:
+                        data = await one(seq, m)
+                        if data is None:
+                            missing = True
+                            continue
+                        self.emit(data)
+                        await self.maybe_flush()
         else:
             settings = box.mail_store.settings
             async with Prefetch(jobs, lambda job: one(*job), count=settings.prefetch_count,
