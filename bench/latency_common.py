@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from imap_mixed import ImapClient  # noqa: E402
+from imap_mixed import ImapClient  # noqa: E402,F401 - re-exported
 
 from cloudcote.core.mail.storage import MailStore, SaveRequest, StorageSettings  # noqa: E402
 from cloudcote.libfs import open_fs  # noqa: E402
