@@ -9,7 +9,8 @@ posix; then for each ``prefetch_count`` a real server process (bench/cc_server.p
 ``latency:<ms>:posix`` and one client logs in, SELECTs INBOX and fetches the metadata of
 every message over a real IMAP connection.  Reported: the wall time of LOGIN, of SELECT
 and of the FETCH, and the store requests each made (every libfs call, counted by a
-``metrics`` stage).  The FETCH must read no message object: its reads are the cache
+``metrics`` stage), each round on a freshly started server, so nothing is in its memory
+yet.  The FETCH must read no message object: its reads are the cache
 chunks (one per 64 messages or more), so a read count far below the message count shows
 that no message was opened.  ``--rounds`` rounds, medians shown.
 """
@@ -81,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'count':>5} {'login s':>8} {'select s':>8} {'fetch s':>8} {'login req':>9} "
           f"{'select req':>10} {'fetch req':>9} {'fetch reads':>11}")
     for count in [int(x) for x in args.counts.split(",")]:
-        with ServerProcess(with_latency(base, args.latency), users=[USER],
-                           prefetch_count=count) as srv:
-            runs = [asyncio.run(session(srv, n)) for _ in range(args.rounds)]
+        runs = []
+        for _ in range(args.rounds):  # a fresh server each round: nothing in memory yet
+            with ServerProcess(with_latency(base, args.latency), users=[USER],
+                               prefetch_count=count) as srv:
+                runs.append(asyncio.run(session(srv, n)))
         med = {k: median([r[k] for r in runs]) for k in runs[0]}
         print(f"{count:5d} {med['login_s']:8.3f} {med['select_s']:8.3f} {med['fetch_s']:8.3f} "
               f"{med['login_req']:9.0f} {med['select_req']:10.0f} {med['fetch_req']:9.0f} "

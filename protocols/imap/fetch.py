@@ -16,7 +16,7 @@ from cloudcote.core.mail import mime
 from cloudcote.core.mail.storage import internal_datetime
 
 from .parser import ImapParseError, Section, Token, as_string
-from .values import Atom, astring, serialize
+from .values import Atom, astring, serialize, serialize_envelope
 
 if TYPE_CHECKING:
     from cloudcote.core.mail.index import Message
@@ -197,7 +197,7 @@ async def render(box: Mailbox, msg: Message, req: FetchRequest, *, seq: int,
             out.append(b"MODSEQ (%d)" % msg.modseq)
         elif name == "ENVELOPE":
             assert entry is not None
-            out.append(b"ENVELOPE " + serialize(entry["env"]))
+            out.append(b"ENVELOPE " + serialize_envelope(entry["env"]))
         elif name == "BODYSTRUCTURE":
             assert entry is not None
             out.append(b"BODYSTRUCTURE " + serialize(entry["bs"]))
