@@ -267,38 +267,51 @@ class TransactionLog(Generic[S]):
         if not snaps and not logs:
             raise FsNotFound(f"{self.what}: no log", path=self.base)
         async with self._mutex:
-            for j in reversed(snaps):
-                try:
-                    data = await self._io(self.fs.read(self.snap_path(j)))
-                    state = self.decode(data)
-                except FsNotFound:
-                    continue
-                except (ValueError, KeyError, TypeError, zlib.error) as exc:
-                    self._report(f"snapshot {self.snap_path(j)} unreadable ({exc}); "
-                                 "using an older one")
-                    continue
-                if j != snaps[-1]:
-                    self._report(f"newest snapshot snap.{snaps[-1]:08d} unusable; "
-                                 f"opened from snap.{j:08d}")
-                self.state, self.k, self.offset = state, j, 0
-                # A log without its snapshot (its closer crashed, or the snapshot was
-                # lost): write it on the way, from the state at that boundary.
-                lacking = [k for k in logs if k > j and k not in snaps]
-                if lacking:
-                    log.warning("%s: snapshots %s missing; writing them", self.what,
-                                ", ".join(f"snap.{k:08d}" for k in lacking))
-                    self._snapshot_duty.update(lacking)
-                await self._read_forward()
-                if logs and self.k < logs[-1]:
-                    raise CorruptMailbox(f"{self.what}: stopped at log.{self.k:08d} but "
-                                         f"log.{logs[-1]:08d} exists (a log is missing)")
-                break
-            else:
-                raise CorruptMailbox(f"{self.what}: no usable snapshot "
-                                     f"(snapshots {snaps}, logs {logs})")
+            # The newest log is read while its snapshot is: one round trip, not two.
+            ahead: asyncio.Future[bytes] | None = asyncio.ensure_future(
+                self.fs.read_range(self.log_path(snaps[-1]), 0)) if snaps else None
+            try:
+                await self._open_from(snaps, logs, ahead)
+            finally:
+                if ahead is not None and not ahead.done():
+                    ahead.cancel()
+                if ahead is not None:
+                    with contextlib.suppress(BaseException):
+                        await ahead  # retrieved, whatever became of it
         await self._write_captured()
         assert self.state is not None
         return self.state
+
+    async def _open_from(self, snaps: list[int], logs: list[int],
+                         ahead: asyncio.Future[bytes] | None) -> None:
+        for j in reversed(snaps):
+            try:
+                data = await self._io(self.fs.read(self.snap_path(j)))
+                state = self.decode(data)
+            except FsNotFound:
+                continue
+            except (ValueError, KeyError, TypeError, zlib.error) as exc:
+                self._report(f"snapshot {self.snap_path(j)} unreadable ({exc}); "
+                             "using an older one")
+                continue
+            if j != snaps[-1]:
+                self._report(f"newest snapshot snap.{snaps[-1]:08d} unusable; "
+                             f"opened from snap.{j:08d}")
+            self.state, self.k, self.offset = state, j, 0
+            # A log without its snapshot (its closer crashed, or the snapshot was
+            # lost): write it on the way, from the state at that boundary.
+            lacking = [k for k in logs if k > j and k not in snaps]
+            if lacking:
+                log.warning("%s: snapshots %s missing; writing them", self.what,
+                            ", ".join(f"snap.{k:08d}" for k in lacking))
+                self._snapshot_duty.update(lacking)
+            await self._read_forward(ahead=ahead if j == snaps[-1] else None)
+            if logs and self.k < logs[-1]:
+                raise CorruptMailbox(f"{self.what}: stopped at log.{self.k:08d} but "
+                                     f"log.{logs[-1]:08d} exists (a log is missing)")
+            return
+        raise CorruptMailbox(f"{self.what}: no usable snapshot "
+                             f"(snapshots {snaps}, logs {logs})")
 
     # -- reading --------------------------------------------------------------------------
 
@@ -311,14 +324,21 @@ class TransactionLog(Generic[S]):
         await self._write_captured()
         return changed
 
-    async def _read_forward(self, until: tuple[int, int] | None = None) -> None:
+    async def _read_forward(self, until: tuple[int, int] | None = None,
+                            ahead: asyncio.Future[bytes] | None = None) -> None:
         """Apply frames from (k, offset) on, crossing into later logs as they close.
+        ``ahead``: a read of the current log from the current offset, already started.
         Caller holds the mutex."""
         while True:
             if until is not None and (self.k, self.offset) > until:
                 return
             try:
-                data = await self._io(self.fs.read_range(self.log_path(self.k), self.offset))
+                if ahead is not None:
+                    first, ahead = ahead, None
+                    data = await self._io(first)
+                else:
+                    data = await self._io(self.fs.read_range(self.log_path(self.k),
+                                                             self.offset))
             except FsNotFound:
                 if self.offset == 0:
                     return  # not created yet
