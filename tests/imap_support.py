@@ -15,7 +15,7 @@ import ssl
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -94,10 +94,12 @@ def start_server(spec: str, *, settings: StorageSettings | None = None,
                  limits: ImapLimits | None = None, passdb: Any = None,
                  disable_plaintext_auth: bool = True, host: str = "127.0.0.1",
                  pop3: Pop3Settings | None = None, lmtp: LmtpSettings | None = None,
-                 socket_dir: Path | None = None) -> ImapServer:
+                 socket_dir: Path | None = None,
+                 fs_wrap: Callable[[Any], Any] | None = None) -> ImapServer:
     """``host``: the address to listen on (a non-loopback one to test what the server
     allows only on secured connections); the test certificate names it.  The LMTP unix
-    socket goes into ``socket_dir`` (a fresh temporary directory if None)."""
+    socket goes into ``socket_dir`` (a fresh temporary directory if None).  ``fs_wrap``
+    puts a stage of the test's own on top of the opened chain (e.g. to observe calls)."""
     sock_dir = socket_dir or Path(tempfile.mkdtemp(prefix="cc-lmtp-"))
     ca = trustme.CA()
     cert = ca.issue_cert(*dict.fromkeys(("127.0.0.1", "localhost", host)))
@@ -112,6 +114,8 @@ def start_server(spec: str, *, settings: StorageSettings | None = None,
     async def main() -> None:
         try:
             fs = await open_fs(spec)
+            if fs_wrap is not None:
+                fs = fs_wrap(fs)
             ctx = ServerContext(
                 passdb=passdb or StaticPassDb(PASSWORD), ssl_context=server_tls,
                 disable_plaintext_auth=disable_plaintext_auth,

@@ -135,7 +135,7 @@ PROTOCOL_KEYS: dict[str, dict[str, tuple[type, Any, str]]] = {
     "pop3": {
         "uidl_format": (str, lambda v: Pop3Settings.check_uidl_format(v) is None,
                         "expected Dovecot's pop3_uidl_format: %v %u %g %m with optional "
-                        "width and x/X, e.g. '%08Xv%08Xu'"),
+                        "width and x/X, e.g. '%08Xu%08Xv'"),
         "idle_timeout": (float, lambda v: 1 <= v <= 86400, "expected 1 to 86400 seconds"),
         "max_bad_commands": (int, lambda v: 1 <= v <= 100_000, "expected 1 to 100000"),
     },
