@@ -21,7 +21,7 @@ def test_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     cfg = load_config(None)
     assert cfg.data_dir == tmp_path / "cloudcote-data"
     assert cfg.storage.fs == f"posix:{tmp_path / 'cloudcote-data' / 'mail'}"
-    assert cfg.storage.layout == "sdbox" and cfg.storage.prefetch_count == 16
+    assert cfg.storage.layout == "sdbox" and cfg.storage.prefetch_count == 64
     assert cfg.auth.passdb == f"passwd-file:{tmp_path / 'cloudcote-data' / 'passwd'}"
     assert [str(x) for x in cfg.listen["imap"]] == ["127.0.0.1:1143"]
     assert [str(x) for x in cfg.listen["pop3"]] == ["127.0.0.1:1110"]
@@ -38,7 +38,7 @@ data_dir = "data"
 [storage]
 fs = "latency:20ms:s3:bucket=mail,endpoint=http://127.0.0.1:8333"
 layout = "mdbox"
-prefetch_count = 64
+prefetch_count = 32
 [auth]
 passdb = "passwd-file:users"
 [imap]
@@ -58,7 +58,7 @@ level = "DEBUG"
 path = "cloudcote.log"
 """))
     assert cfg.data_dir == tmp_path / "data"
-    assert cfg.storage.layout == "mdbox" and cfg.storage.prefetch_count == 64
+    assert cfg.storage.layout == "mdbox" and cfg.storage.prefetch_count == 32
     assert cfg.auth.passdb == f"passwd-file:{tmp_path / 'users'}"
     assert [str(x) for x in cfg.listen["imap"]] == ["0.0.0.0:143", "[::1]:1143"]
     assert not cfg.listen["imap"][0].is_loopback and cfg.listen["imap"][1].is_loopback

@@ -37,7 +37,9 @@ from typing import Generic, TypeVar
 K = TypeVar("K")
 V = TypeVar("V")
 
-DEFAULT_COUNT = 16
+#: [storage] prefetch_count by default: enough to hide 20-50 ms of store latency behind
+#: the transfer of typical messages (bench/fetch_latency.py).
+DEFAULT_COUNT = 64
 #: Bytes of jobs in flight by default: a few large messages, many small ones.
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 

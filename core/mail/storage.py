@@ -47,6 +47,7 @@ from .mailbox_list import (
     normalize_name,
     normalize_special_use,
 )
+from .prefetch import DEFAULT_COUNT as DEFAULT_PREFETCH_COUNT
 from .txlog import TransactionLog
 
 log = logging.getLogger("cloudcote.core.mail")
@@ -81,7 +82,7 @@ class StorageSettings:
     quota_refresh: float = 10.0
     #: Message reads kept in flight ahead of a consumer (``[storage] prefetch_count``),
     #: and the bytes they may hold at once (see prefetch.py).
-    prefetch_count: int = 16
+    prefetch_count: int = DEFAULT_PREFETCH_COUNT
     prefetch_bytes: int = 64 * 1024 * 1024
 
 

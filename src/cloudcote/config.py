@@ -20,6 +20,7 @@ from cloudcote.core.auth.errors import SqlSettingError
 from cloudcote.core.auth.penalty import FAILURE_DELAY, FAILURE_DELAY_MAX
 from cloudcote.core.auth.sql import SqlPassDb, SqlSettings, redact_dsn
 from cloudcote.core.auth.userdb import QUOTA_RULE_RE
+from cloudcote.core.mail.prefetch import DEFAULT_COUNT as DEFAULT_PREFETCH_COUNT
 from cloudcote.libfs.api import FsInvalidSpec
 from cloudcote.libfs.chain import parse_chain
 from cloudcote.protocols.imap.limits import ImapLimits
@@ -73,7 +74,8 @@ class StorageConfig:
     #: A chain string, or a list of stage tables (see cloudcote.libfs.chain).
     fs: str | list[dict[str, Any]]
     layout: str = "sdbox"
-    prefetch_count: int = 16
+    #: Reads kept in flight ahead of a FETCH, SEARCH or pipelined RETR (docs/storage.md).
+    prefetch_count: int = DEFAULT_PREFETCH_COUNT
 
 
 @dataclass
@@ -402,7 +404,7 @@ def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path 
     layout = st.get("layout", str, "sdbox", f"expected one of {', '.join(LAYOUTS)}")
     if layout not in LAYOUTS:
         raise st.error("layout", layout, f"expected one of {', '.join(LAYOUTS)}")
-    prefetch = st.get("prefetch_count", int, 16, "expected an integer 1-4096")
+    prefetch = st.get("prefetch_count", int, DEFAULT_PREFETCH_COUNT, "expected an integer 1-4096")
     if not 1 <= prefetch <= 4096:
         raise st.error("prefetch_count", prefetch, "expected an integer 1-4096")
     st.finish()
