@@ -29,6 +29,7 @@ from cc_server import PASSWORD, ServerProcess  # noqa: E402
 from latency_common import (  # noqa: E402
     USER,
     ImapClient,
+    bar_plot,
     build_mailbox,
     make_messages,
     median,
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency", type=float, default=20.0, help="ms")
     ap.add_argument("--counts", default="1,16,64", help="prefetch_count values")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--plot", default=str(Path(__file__).with_name("metadata_latency.png")))
     args = ap.parse_args(argv)
     n = args.messages
     tmp = Path(tempfile.mkdtemp(prefix="cc-metalat-"))
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.latency:g} ms per request")
     print(f"{'count':>5} {'login s':>8} {'select s':>8} {'fetch s':>8} {'login req':>9} "
           f"{'select req':>10} {'fetch req':>9} {'fetch reads':>11}")
+    rows: list[tuple[int, dict[str, float]]] = []
     for count in [int(x) for x in args.counts.split(",")]:
         runs = []
         for _ in range(args.rounds):  # a fresh server each round: nothing in memory yet
@@ -91,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{count:5d} {med['login_s']:8.3f} {med['select_s']:8.3f} {med['fetch_s']:8.3f} "
               f"{med['login_req']:9.0f} {med['select_req']:10.0f} {med['fetch_req']:9.0f} "
               f"{med['fetch_reads']:11.0f}", flush=True)
+        rows.append((count, med))
+    bar_plot(args.plot, f"LOGIN, SELECT and FETCH 1:* metadata of {n} messages at "
+             f"{args.latency:g} ms", [f"prefetch_count {c}" for c, _ in rows],
+             {step: [m[f"{step}_s"] for _, m in rows] for step in ("login", "select", "fetch")},
+             "wall time, s")
     print("\ntarget: at 20 ms, SELECT + FETCH of 10,000 messages under 1 s, reading no "
           "message object")
     return 0

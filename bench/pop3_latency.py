@@ -24,7 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cc_server import PASSWORD, ServerProcess  # noqa: E402
-from latency_common import USER, build_mailbox, make_messages, median, with_latency  # noqa: E402
+from latency_common import (  # noqa: E402
+    USER,
+    bar_plot,
+    build_mailbox,
+    make_messages,
+    median,
+    with_latency,
+)
 
 
 async def read_multiline(reader: asyncio.StreamReader) -> int:
@@ -74,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency", type=float, default=20.0, help="ms")
     ap.add_argument("--counts", default="16,64", help="prefetch_count values")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--plot", default=str(Path(__file__).with_name("pop3_latency.png")))
     args = ap.parse_args(argv)
     n = args.messages
     tmp = Path(tempfile.mkdtemp(prefix="cc-pop3lat-"))
@@ -83,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n} messages, {sum(map(len, messages)) / 1e6:.1f} MB; store latency "
           f"{args.latency:g} ms per request")
     print(f"{'count':>5} {'one at a time s':>15} {'pipelined s':>11} {'speedup':>7}")
+    rows: list[tuple[int, float, float]] = []
     for count in [int(x) for x in args.counts.split(",")]:
         with ServerProcess(with_latency(base, args.latency), users=[USER],
                            protocols=("pop3",), prefetch_count=count) as srv:
@@ -92,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             piped = [asyncio.run(retr_all(port, n, True))[0] for _ in range(args.rounds)]
         s, p = median(serial), median(piped)
         print(f"{count:5d} {s:15.3f} {p:11.3f} {s / p:6.1f}x", flush=True)
+        rows.append((count, s, p))
+    bar_plot(args.plot, f"POP3 RETR of {n} messages at {args.latency:g} ms store latency",
+             [f"prefetch_count {c}" for c, _, _ in rows],
+             {"one at a time": [s for _, s, _ in rows], "pipelined": [p for _, _, p in rows]},
+             "wall time, s", log=True)
     print("\ntarget: pipelined RETR of 500 messages at 20 ms at least 20x faster")
     return 0
 
