@@ -140,6 +140,10 @@ class IdleTimeout(EOFError):
     """The client sent nothing for the session's idle timeout."""
 
 
+class Disconnect(Exception):
+    """End the session now: what had to be said was said, or the client went away."""
+
+
 class LineSession:
     """Base of IMAP/POP3/LMTP sessions: one ``Connection``, read a line, answer it."""
 
@@ -155,15 +159,56 @@ class LineSession:
         #: What the passdb returned for ``self.user`` (userdb fields in ``extra``).
         self.user_entry: UserEntry | None = None
         self.bad_commands = 0
+        #: Replies not written yet, and their size; octets written in all.
+        self.out: list[bytes] = []
+        self.out_size = 0
+        self.bytes_out = 0
 
     @property
     def plaintext_allowed(self) -> bool:
         return self.conn.secured or not self.ctx.disable_plaintext_auth
 
+    # -- output: replies are buffered and written in one go ------------------------------
+
+    def emit(self, data: bytes | str) -> None:
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+        self.out.append(raw)
+        self.out_size += len(raw)
+
+    async def flush(self) -> None:
+        """Write what is buffered; wait while the client reads it, but not for a client
+        that stopped reading (idle timeout: Disconnect)."""
+        if not self.out:
+            return
+        data = b"".join(self.out)
+        self.out.clear()
+        self.out_size = 0
+        self.bytes_out += len(data)
+        writer = self.conn.writer
+        writer.write(data)
+        if not writer.transport.get_write_buffer_size():
+            return
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                await writer.drain()
+        except TimeoutError:
+            self.stalled()
+            writer.transport.abort()  # a close would wait for the unread data to go out
+            raise Disconnect() from None
+
+    def stalled(self) -> None:
+        """The client stopped reading replies for the idle timeout (logged here)."""
+        log.info("%s %s: client stopped reading for %.0f seconds", self.conn.session_id,
+                 self.conn.peer, self.idle_timeout)
+
     async def send(self, text: str | bytes) -> None:
-        data = text.encode("utf-8") if isinstance(text, str) else text
-        self.conn.writer.write(data)
-        await self.conn.writer.drain()
+        self.emit(text)
+        await self.flush()
+
+    def input_waiting(self) -> bool:
+        """A complete line is already received (so a pipelining client gets one write
+        per batch: RFC 2920, RFC 2449).  StreamReader keeps it in ``_buffer``."""
+        return b"\n" in getattr(self.conn.reader, "_buffer", b"")
 
     async def wait_or_stop(self, aw: Awaitable[T]) -> T:
         """``aw``'s result, unless the server stops first (Shutdown) or the client stays

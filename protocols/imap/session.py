@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from ..listener import Connection
     from ..session import ServerContext
 
-from ..session import IdleTimeout, LineSession, Shutdown, decode_sasl_plain
+from ..session import Disconnect, IdleTimeout, LineSession, Shutdown, decode_sasl_plain
 
 log = logging.getLogger("cloudcote.imap")
 
@@ -99,8 +99,7 @@ class Bad(Exception):
     """A command that is not valid here: tagged BAD."""
 
 
-class _Disconnect(Exception):
-    """The session ends (BYE already sent, or the client went away)."""
+_Disconnect = Disconnect
 
 
 class _LineTooLong(ImapParseError):
@@ -187,50 +186,16 @@ class ImapSession(LineSession):
         self.sel: Selected | None = None
         self.condstore = False
         self.qresync = False
-        self.out: list[bytes] = []
-        self.out_size = 0
         self.bytes_in = 0
-        self.bytes_out = 0
         self.fetched = 0
         self.deleted = 0
         self.started = time.monotonic()
 
     # -- output ---------------------------------------------------------------------------
 
-    def emit(self, data: bytes | str) -> None:
-        raw = data.encode("utf-8") if isinstance(data, str) else data
-        self.out.append(raw)
-        self.out_size += len(raw)
-
-    async def flush(self) -> None:
-        if not self.out:
-            return
-        data = b"".join(self.out)
-        self.out.clear()
-        self.out_size = 0
-        self.bytes_out += len(data)
-        writer = self.conn.writer
-        writer.write(data)
-        if not writer.transport.get_write_buffer_size():
-            await writer.drain()
-            return
-        # The client is behind: wait while it reads, but not for one that stopped reading.
-        try:
-            async with asyncio.timeout(self.limits.idle_timeout):
-                await writer.drain()
-        except TimeoutError:
-            log.info("%s %s: client stopped reading for %.0f seconds", self.conn.session_id,
-                     self.conn.peer, self.limits.idle_timeout)
-            writer.transport.abort()  # a close would wait for the unread data to go out
-            raise _Disconnect() from None
-
     async def maybe_flush(self) -> None:
         if self.out_size >= FLUSH_AT:
             await self.flush()
-
-    async def send(self, text: str | bytes) -> None:
-        self.emit(text)
-        await self.flush()
 
     # -- input ----------------------------------------------------------------------------
 

@@ -33,7 +33,14 @@ from cloudcote.core.mail.errors import (
 from cloudcote.core.mail.storage import StorageSettings, deliver_to
 
 from ..listener import Connection
-from ..session import IdleTimeout, LineSession, LineTooLong, ServerContext, Shutdown
+from ..session import (
+    Disconnect,
+    IdleTimeout,
+    LineSession,
+    LineTooLong,
+    ServerContext,
+    Shutdown,
+)
 
 if TYPE_CHECKING:
     from cloudcote.core.mail.storage import Mailbox, UserMail
@@ -68,8 +75,7 @@ _MSGID_RE = re.compile(rb"^message-id:[ \t]*([^\r\n]*)", re.I | re.M)
 _CTL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class _Disconnect(Exception):
-    """End the session now (what had to be said was said)."""
+_Disconnect = Disconnect
 
 
 class _Reply(Exception):
@@ -188,37 +194,13 @@ class LmtpSession(LineSession):
         self.lhlo_name: str | None = None
         self.txn: _Transaction | None = None
         self.done = False
-        self.out: list[bytes] = []
         self.deliveries = 0
 
     # -- output ---------------------------------------------------------------------------
 
-    def emit(self, text: str) -> None:
-        self.out.append(text.encode("utf-8") + b"\r\n")
-
-    async def flush(self) -> None:
-        """Write what is buffered; wait while the client reads it, but not for a client
-        that stopped reading (idle timeout)."""
-        if not self.out:
-            return
-        data = b"".join(self.out)
-        self.out.clear()
-        writer = self.conn.writer
-        writer.write(data)
-        if not writer.transport.get_write_buffer_size():
-            return
-        try:
-            async with asyncio.timeout(self.idle_timeout):
-                await writer.drain()
-        except TimeoutError:
-            log.info("%s %s: client stopped reading for %.0f seconds", self.conn.session_id,
-                     self.conn.peer, self.idle_timeout)
-            writer.transport.abort()
-            raise _Disconnect() from None
-
-    async def send(self, text: str | bytes) -> None:
-        self.out.append(text.encode("utf-8") if isinstance(text, str) else text)
-        await self.flush()
+    def reply(self, text: str) -> None:
+        """Buffer one reply line (CRLF added)."""
+        self.emit(text + "\r\n")
 
     # -- input ----------------------------------------------------------------------------
 
@@ -231,7 +213,7 @@ class LmtpSession(LineSession):
     async def read_line(self) -> bytes:
         """The next command line; the buffered replies go out first unless another complete
         command is already waiting (RFC 2920: one write per pipelined batch)."""
-        if b"\n" not in self._buffered():
+        if not self.input_waiting():
             await self.flush()
         return await super().read_line()
 
@@ -260,7 +242,7 @@ class LmtpSession(LineSession):
     # -- the session ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.emit(f"220 {self.ctx.hostname} cloudcote LMTP ready")
+        self.reply(f"220 {self.ctx.hostname} cloudcote LMTP ready")
         try:
             while not self.done:
                 try:
@@ -271,10 +253,10 @@ class LmtpSession(LineSession):
                 await self.execute(line)
             await self.flush()
         except Shutdown:
-            self.emit("421 4.3.2 Server shutting down")
+            self.reply("421 4.3.2 Server shutting down")
             await self._final_flush()
         except IdleTimeout:
-            self.emit("421 4.4.2 Disconnected for inactivity")
+            self.reply("421 4.4.2 Disconnected for inactivity")
             await self._final_flush()
         except _Disconnect:
             await self._final_flush()
@@ -293,9 +275,9 @@ class LmtpSession(LineSession):
     def _bad(self, reply: str) -> None:
         """An invalid command: the reply, and 421 once the budget is spent."""
         self.bad_commands += 1
-        self.emit(reply)
+        self.reply(reply)
         if self.bad_commands >= self.settings.max_bad_commands:
-            self.emit("421 4.7.0 Too many invalid commands, closing the connection")
+            self.reply("421 4.7.0 Too many invalid commands, closing the connection")
             raise _Disconnect()
 
     async def execute(self, line: bytes) -> None:
@@ -320,14 +302,14 @@ class LmtpSession(LineSession):
             if exc.bad:
                 self._bad(exc.text)
             else:
-                self.emit(exc.text)
+                self.reply(exc.text)
         except (_Disconnect, Shutdown, EOFError, OSError):
             raise
         except Exception:
             # A bug: logged with its traceback.  The input may be out of step (in DATA),
             # so the session ends with a temporary error; the MTA retries.
             log.exception("%s %s: %s failed", self.conn.session_id, self.conn.peer, name)
-            self.emit("421 4.3.0 Internal error occurred, closing the connection")
+            self.reply("421 4.3.0 Internal error occurred, closing the connection")
             raise _Disconnect() from None
 
     # -- commands -------------------------------------------------------------------------
@@ -345,7 +327,7 @@ class LmtpSession(LineSession):
             ext.append("STARTTLS")
         lines = [self.ctx.hostname, *ext]
         for i, item in enumerate(lines):
-            self.emit(f"250{'-' if i < len(lines) - 1 else ' '}{item}")
+            self.reply(f"250{'-' if i < len(lines) - 1 else ' '}{item}")
 
     async def lmtp_STARTTLS(self, arg: str) -> None:
         """RFC 3207: 220, the handshake, and a fresh session that needs LHLO again;
@@ -355,7 +337,7 @@ class LmtpSession(LineSession):
         if self.ctx.ssl_context is None or self.conn.tls:
             raise _Reply("502 5.5.1 TLS is not available" if self.ctx.ssl_context is None
                          else "503 5.5.1 TLS is already active")
-        self.emit("220 2.0.0 Ready to start TLS")
+        self.reply("220 2.0.0 Ready to start TLS")
         await self.flush()
         dropped = await self.conn.start_tls(self.ctx.ssl_context)
         if dropped:
@@ -397,7 +379,7 @@ class LmtpSession(LineSession):
             raise _Reply(f"552 5.3.4 Message size exceeds the limit of {self.size_limit} "
                          "bytes")
         self.txn = _Transaction(sender=sender, size=size, body_type=body_type, utf8=utf8)
-        self.emit("250 2.1.0 OK")
+        self.reply("250 2.1.0 OK")
 
     async def lmtp_RCPT(self, arg: str) -> None:
         """RFC 2033 4.2 / RFC 5321 4.1.1.3: the user is looked up and the mail opened now,
@@ -443,7 +425,7 @@ class LmtpSession(LineSession):
                      self.conn.peer, name, full)
             raise _Reply(f"552 5.2.2 <{addr.text}> Quota exceeded (mailbox for user is full)")
         txn.recipients.append(_Recipient(addr, name, mail, box))
-        self.emit(f"250 2.1.5 <{addr.text}> OK")
+        self.reply(f"250 2.1.5 <{addr.text}> OK")
 
     async def _target_box(self, mail: UserMail, detail: str | None) -> Mailbox:
         """INBOX, or the detail's mailbox when save_to_detail_mailbox and it exists."""
@@ -472,20 +454,20 @@ class LmtpSession(LineSession):
         if arg.strip(" "):
             raise _Reply("501 5.5.4 RSET takes no parameters", bad=True)
         self.txn = None
-        self.emit("250 2.0.0 OK")
+        self.reply("250 2.0.0 OK")
 
     async def lmtp_NOOP(self, arg: str) -> None:
-        self.emit("250 2.0.0 OK")
+        self.reply("250 2.0.0 OK")
 
     async def lmtp_QUIT(self, arg: str) -> None:
         self.done = True
-        self.emit(f"221 2.0.0 {self.ctx.hostname} closing connection")
+        self.reply(f"221 2.0.0 {self.ctx.hostname} closing connection")
 
     async def lmtp_VRFY(self, arg: str) -> None:
-        self.emit("252 2.3.3 Try RCPT instead")
+        self.reply("252 2.3.3 Try RCPT instead")
 
     async def lmtp_HELP(self, arg: str) -> None:
-        self.emit(f"214 2.0.0 {HELP_TEXT}")
+        self.reply(f"214 2.0.0 {HELP_TEXT}")
 
     async def lmtp_DATA(self, arg: str) -> None:
         """RFC 5321 4.1.1.4 with RFC 2033 4.2's reply per recipient.  The data is read to
@@ -501,7 +483,7 @@ class LmtpSession(LineSession):
             raise _Reply("503 5.5.1 BODY=BINARYMIME needs BDAT")
         if not txn.recipients:
             raise _Reply("503 5.5.1 No valid recipients")
-        self.emit("354 2.0.0 Start mail input; end with <CRLF>.<CRLF>")
+        self.reply("354 2.0.0 Start mail input; end with <CRLF>.<CRLF>")
         body, size = await self._read_data()
         if body is None:
             self._refuse_all(txn, "552 5.3.4", f"Message size exceeds the limit of "
@@ -563,7 +545,7 @@ class LmtpSession(LineSession):
         m = _BDAT_RE.fullmatch(arg)
         if m is None:
             # The chunk's length is unknown: the rest of the stream cannot be parsed.
-            self.emit("501 5.5.4 Syntax: BDAT <size> [LAST]")
+            self.reply("501 5.5.4 Syntax: BDAT <size> [LAST]")
             raise _Disconnect()
         n, last = int(m.group(1)), m.group(2) is not None
         txn = self.txn
@@ -575,7 +557,7 @@ class LmtpSession(LineSession):
         fits = txn is not None and txn.chunked + n <= self.size_limit
         data = await self._read_chunk(n, keep=refusal is None and fits)
         if refusal is not None:
-            self.emit(refusal)
+            self.reply(refusal)
             return
         assert txn is not None
         chunks = txn.chunks if txn.chunks is not None else []
@@ -590,11 +572,11 @@ class LmtpSession(LineSession):
                 log.info("%s %s: message of %d+ octets refused: %s", self.conn.session_id,
                          self.conn.peer, txn.chunked, too_big)
                 self.txn = None
-                self.emit(f"552 5.3.4 {too_big}")
+                self.reply(f"552 5.3.4 {too_big}")
             return
         chunks.append(data)
         if not last:
-            self.emit(f"250 2.0.0 {n} octets received")
+            self.reply(f"250 2.0.0 {n} octets received")
             return
         body = b"".join(chunks)
         chunks.clear()
@@ -619,7 +601,7 @@ class LmtpSession(LineSession):
         log.info("%s %s: message of %d octets refused: %s", self.conn.session_id,
                  self.conn.peer, size, text)
         for rcpt in txn.recipients:
-            self.emit(f"{code} <{rcpt.address.text}> {text}")
+            self.reply(f"{code} <{rcpt.address.text}> {text}")
         self.txn = None
 
     def trace_headers(self, txn: _Transaction, txn_id: str) -> bytes:
@@ -666,7 +648,7 @@ class LmtpSession(LineSession):
         self.deliveries += 1
         for rcpt in txn.recipients:
             result = results[index[id(rcpt.box)]]
-            self.emit(self._result_reply(rcpt, result, msgid, txn_id))
+            self.reply(self._result_reply(rcpt, result, msgid, txn_id))
 
     def _result_reply(self, rcpt: _Recipient, result: int | Exception, msgid: str,
                       txn_id: str) -> str:

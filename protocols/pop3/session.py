@@ -30,6 +30,7 @@ from cloudcote.core.mail.errors import MailError, MessageExpunged, StorageUnavai
 
 from ..listener import Connection
 from ..session import (
+    Disconnect,
     IdleTimeout,
     LineSession,
     LineTooLong,
@@ -58,8 +59,7 @@ _CTL = re.compile(r"[\x00-\x1f\x7f]")
 _NUMBER = re.compile(r"[0-9]{1,10}")
 
 
-class _Disconnect(Exception):
-    """End the session now (what had to be said was said)."""
+_Disconnect = Disconnect
 
 
 class _BadCommand(Exception):
@@ -163,8 +163,6 @@ class Pop3Session(LineSession):
         self.idle_timeout = ctx.pop3.idle_timeout
         self.state = "authorization"  # then "transaction"; "done" ends the session
         self.pending_user: str | None = None
-        self.out: list[bytes] = []
-        self.out_size = 0
         self.mail: UserMail | None = None
         self.box: Mailbox | None = None
         self.msgs: list[_Entry] = []
@@ -184,36 +182,10 @@ class Pop3Session(LineSession):
 
     # -- output ---------------------------------------------------------------------------
 
-    def emit(self, data: bytes | str) -> None:
-        raw = data.encode("utf-8") if isinstance(data, str) else data
-        self.out.append(raw)
-        self.out_size += len(raw)
-
-    async def flush(self) -> None:
-        """Write what is buffered; wait while the client reads it, but not for a client
-        that stopped reading (idle timeout)."""
-        if not self.out:
-            return
-        data = b"".join(self.out)
-        self.out.clear()
-        self.out_size = 0
-        writer = self.conn.writer
-        writer.write(data)
-        if not writer.transport.get_write_buffer_size():
-            return
-        try:
-            async with asyncio.timeout(self.idle_timeout):
-                await writer.drain()
-        except TimeoutError:
-            log.info("%s user=%s ip=%s: client stopped reading for %.0f seconds",
-                     self.conn.session_id, self.user, self._ip(), self.idle_timeout)
-            self.end_reason = "Client stopped reading"
-            writer.transport.abort()  # a close would wait for the unread data to go out
-            raise _Disconnect() from None
-
-    async def send(self, text: str | bytes) -> None:
-        self.emit(text)
-        await self.flush()
+    def stalled(self) -> None:
+        log.info("%s user=%s ip=%s: client stopped reading for %.0f seconds",
+                 self.conn.session_id, self.user, self._ip(), self.idle_timeout)
+        self.end_reason = "Client stopped reading"
 
     def ok(self, text: str = "") -> None:
         self.emit(f"+OK {text}\r\n" if text else "+OK\r\n")
@@ -223,14 +195,10 @@ class Pop3Session(LineSession):
 
     # -- input ----------------------------------------------------------------------------
 
-    def _complete_line_buffered(self) -> bool:
-        # StreamReader keeps what it has received in _buffer (used by start_tls too).
-        return b"\n" in getattr(self.conn.reader, "_buffer", b"")
-
     async def read_line(self) -> bytes:
         """The next line; the buffered replies go out first unless another complete
         command is already waiting (RFC 2449 PIPELINING: one write per batch)."""
-        if not self._complete_line_buffered():
+        if not self.input_waiting():
             await self.flush()
         return await super().read_line()
 
