@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
+import re
+import socket
 import ssl
+import subprocess
 import tempfile
 import threading
 import uuid
@@ -176,6 +179,40 @@ def stop_server(srv: ImapServer) -> None:
         srv.loop.call_soon_threadsafe(srv.loop.stop)
         srv.thread.join(10)
         srv.loop.close()
+
+
+def non_loopback_address() -> str | None:
+    """An IPv4 address of this machine that is not loopback (every CI runner has one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.254", 9))  # no packet is sent: this only picks a route
+            addr = s.getsockname()[0]
+            if not addr.startswith("127.") and addr != "0.0.0.0":
+                return str(addr)
+        except OSError:
+            pass
+    try:
+        out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out)
+    return m.group(1) if m else None
+
+
+def remote_server_fixture(request: pytest.FixtureRequest, tmp: Path,
+                          **kw: Any) -> Iterator[ImapServer]:
+    """A server on this machine's non-loopback address with plaintext auth disabled (the
+    default off loopback); skipped on a machine without such an address."""
+    host = non_loopback_address()
+    if host is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    srv = start_server(fs_spec_for(request.param, request, tmp), host=host,
+                       disable_plaintext_auth=True, **kw)
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
 
 
 def server_fixture(request: pytest.FixtureRequest, tmp: Path, **kw: Any) -> Iterator[ImapServer]:

@@ -17,7 +17,6 @@ import logging
 import re
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,10 +34,8 @@ from .imap_support import (
     IMAP_BACKENDS,
     PASSWORD,
     ImapServer,
-    fs_spec_for,
+    remote_server_fixture,
     server_fixture,
-    start_server,
-    stop_server,
 )
 
 #: Seconds a reply may take before the server counts as hung.
@@ -72,38 +69,11 @@ def strict(request: pytest.FixtureRequest,
     yield from server_fixture(request, tmp_path_factory.mktemp("imaps"), limits=STRICT)
 
 
-def non_loopback_address() -> str | None:
-    """An IPv4 address of this machine that is not loopback (every CI runner has one)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.254", 9))  # no packet is sent: this only picks a route
-            addr = s.getsockname()[0]
-            if not addr.startswith("127.") and addr != "0.0.0.0":
-                return str(addr)
-        except OSError:
-            pass
-    try:
-        out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
-                             capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out)
-    return m.group(1) if m else None
-
-
 @pytest.fixture(scope="module", params=IMAP_BACKENDS)
 def remote(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
     """A server on a non-loopback address with plaintext auth disabled (as by default)."""
-    host = non_loopback_address()
-    if host is None:
-        pytest.skip("this machine has no non-loopback IPv4 address")
-    srv = start_server(fs_spec_for(request.param, request, tmp_path_factory.mktemp("imapn")),
-                       host=host, disable_plaintext_auth=True)
-    try:
-        yield srv
-    finally:
-        stop_server(srv)
+    yield from remote_server_fixture(request, tmp_path_factory.mktemp("imapn"))
 
 
 class _Collect(logging.Handler):

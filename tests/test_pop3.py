@@ -40,11 +40,11 @@ from .imap_support import (
     PASSWORD,
     ImapServer,
     fs_spec_for,
+    remote_server_fixture,
     server_fixture,
     start_server,
     stop_server,
 )
-from .test_imap_robust import non_loopback_address
 
 # -- fixtures -------------------------------------------------------------------------------
 
@@ -66,16 +66,9 @@ def pop_server(request: pytest.FixtureRequest,
 def remote(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
     """A server on a non-loopback address with plaintext auth disabled (the default)."""
-    host = non_loopback_address()
-    if host is None:
-        pytest.skip("this machine has no non-loopback IPv4 address")
-    srv = start_server(fs_spec_for(request.param, request, tmp_path_factory.mktemp("pop3n")),
-                       host=host, disable_plaintext_auth=True)
-    _no_penalty(srv)
-    try:
+    for srv in remote_server_fixture(request, tmp_path_factory.mktemp("pop3n")):
+        _no_penalty(srv)
         yield srv
-    finally:
-        stop_server(srv)
 
 
 class Pop:
