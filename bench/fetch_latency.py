@@ -32,6 +32,7 @@ from latency_common import (  # noqa: E402
     imap_login,
     make_messages,
     median,
+    pyplot,
     s3_spec,
     with_latency,
 )
@@ -127,13 +128,8 @@ def summary(results: list[dict[str, object]], n: int) -> None:
 
 
 def plot(results: list[dict[str, object]], path: str, n: int) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is missing (pip install cloudcote[bench]): no plot")
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(8, 5))
     series: dict[tuple[str, float], list[dict[str, object]]] = {}

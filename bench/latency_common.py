@@ -11,6 +11,7 @@ import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -103,9 +104,8 @@ def run(coro: object) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
-def bar_plot(path: str, title: str, groups: Sequence[str], series: dict[str, list[float]],
-             ylabel: str, log: bool = False) -> None:
-    """Grouped bars: one group per entry of ``groups``, one bar per series; a PNG."""
+def pyplot() -> Any:
+    """matplotlib.pyplot drawing to files, or None (said once) without matplotlib."""
     try:
         import matplotlib
 
@@ -113,6 +113,15 @@ def bar_plot(path: str, title: str, groups: Sequence[str], series: dict[str, lis
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is missing (pip install cloudcote[bench]): no plot")
+        return None
+    return plt
+
+
+def bar_plot(path: str, title: str, groups: Sequence[str], series: dict[str, list[float]],
+             ylabel: str, log: bool = False) -> None:
+    """Grouped bars: one group per entry of ``groups``, one bar per series; a PNG."""
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(8, 4.5))
     width = 0.8 / max(1, len(series))
