@@ -20,9 +20,9 @@ import datetime as dt
 import logging
 import time
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cloudcote.libfs.api import Fs, FsError, FsExists, FsNotFound, FsUnavailable
 
@@ -48,9 +48,11 @@ from .mailbox_list import (
     normalize_special_use,
 )
 from .prefetch import DEFAULT_COUNT as DEFAULT_PREFETCH_COUNT
+from .prefetch import Prefetch
 from .txlog import TransactionLog
 
 log = logging.getLogger("cloudcote.core.mail")
+T = TypeVar("T")
 
 LAYOUTS = ("sdbox", "mdbox")
 DEFAULT_AUTOCREATE = {
@@ -727,20 +729,44 @@ class Mailbox:
         if not msgs:
             return []
         await dest.user.check_quota(sum(m.size for m in msgs), len(msgs))
-        entries = [await self.cache_entry(m) for m in msgs]
+        settings = self.mail_store.settings
+        entries = [e async for _, e in self._each_ahead(msgs, self.cache_entry, lambda m: 0)]
+        locs: list[str] = []
         if dest.mail_store.settings.layout == "mdbox":
-            datas = [await self.read_message(m) for m in msgs]
-            metas = [objects.StoredMeta(m.guid, dest.guid, m.internaldate, m.tz, m.size)
-                     for m in msgs]
-            locs = await _write_mdbox(self.fs, [(dest.user.user, dest.guid)],
-                                      list(zip(datas, metas, strict=True)))
+            # Read ahead, and pack into objects of at most about prefetch_bytes each.
+            batch: list[tuple[bytes, objects.StoredMeta]] = []
+            held = 0
+            async for m, data in self._each_ahead(msgs, self.read_message, lambda m: m.size):
+                batch.append((data, objects.StoredMeta(m.guid, dest.guid, m.internaldate,
+                                                       m.tz, m.size)))
+                held += len(data)
+                if held >= settings.prefetch_bytes // 2:
+                    locs += await _write_mdbox(self.fs, [(dest.user.user, dest.guid)], batch)
+                    batch, held = [], 0
+            if batch:
+                locs += await _write_mdbox(self.fs, [(dest.user.user, dest.guid)], batch)
         else:
-            locs = list(await asyncio.gather(*(self._copy_sdbox(m, dest) for m in msgs)))
+            # Server-side copies where the store has them (no bytes through this process),
+            # else read and written here: prefetch_count at a time either way.
+            locs = [loc async for _, loc in self._each_ahead(
+                msgs, lambda m: self._copy_sdbox(m, dest),
+                lambda m: m.size if m.loc.startswith("@") else 0)]
         records = [["a", m.guid, loc, m.size, m.internaldate, m.tz, sorted(m.flags), e]
                    for m, loc, e in zip(msgs, locs, entries, strict=True)]
         new = await dest.log.commit(records)
         dest._notify()
         return [(m.uid, int(u)) for m, u in zip(msgs, new, strict=True)]
+
+    async def _each_ahead(self, msgs: Sequence[Message],
+                          work: Callable[[Message], Awaitable[T]],
+                          size: Callable[[Message], int]) -> AsyncIterator[tuple[Message, T]]:
+        """``work(m)`` for each message in order, prefetch_count ahead, the bytes held
+        bounded by prefetch_bytes (``size`` says what one costs); the first error raises."""
+        settings = self.mail_store.settings
+        async with Prefetch(msgs, work, count=settings.prefetch_count,
+                            max_bytes=settings.prefetch_bytes, size=size) as ahead:
+            async for done in ahead:
+                yield done.job, done.result()
 
     async def _copy_sdbox(self, msg: Message, dest: Mailbox) -> str:
         oid = objects.new_object_id()
