@@ -185,6 +185,8 @@ class LineSession:
         self.out_size = 0
         self.bytes_out += len(data)
         writer = self.conn.writer
+        if writer.transport.is_closing():
+            raise Disconnect()  # the client went away: stop what this session was doing
         writer.write(data)
         if not writer.transport.get_write_buffer_size():
             return

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cloudcote.core.mail.prefetch import Prefetch, ReadCancelled
+from cloudcote.core.mail.storage import SaveRequest, StorageSettings
+from cloudcote.libfs.api import ForwardingFs, Fs
+
+from .imap_support import PASSWORD, start_server, stop_server
 
 
 class Reads:
@@ -234,3 +241,122 @@ def test_jobs_are_taken_lazily() -> None:
 
     run(main())
     assert len(pulled) <= 4 + 2 + 1
+
+
+# -- through a real IMAP server -------------------------------------------------------------
+
+class InFlight(ForwardingFs):
+    """A stage on top of the store: reads (and their bytes) in flight, and their peaks."""
+
+    name = "in-flight"
+
+    def __init__(self, parent: Fs) -> None:
+        super().__init__(parent)
+        self.reads = 0
+        self.bytes = 0
+        self.peak_bytes = 0
+        #: Seconds each read waits first (a slow store, switched on by a test).
+        self.delay = 0.0
+
+    async def read_range(self, path: str, start: int, end: int | None = None) -> bytes:
+        size = (end - start) if end is not None else 0
+        self.reads += 1
+        self.bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            return await self.parent.read_range(path, start, end)
+        finally:
+            self.reads -= 1
+            self.bytes -= size
+
+
+def _big(i: int, size: int) -> bytes:
+    head = f"From: a@example.com\r\nSubject: big {i}\r\n\r\n".encode()
+    line = b"x" * 998 + b"\r\n"
+    return head + line * ((size - len(head)) // len(line))
+
+
+def test_fetch_memory_bound_with_50mb_messages(tmp_path: Path) -> None:
+    """A FETCH of every body of a mailbox with two 50 MB messages among small ones never
+    has both large ones in flight: the store reads in flight stay within prefetch_bytes."""
+    budget = 64 * 1024 * 1024
+    settings = StorageSettings(max_message_size=60 * 1024 * 1024, prefetch_count=16,
+                               prefetch_bytes=budget)
+    srv = start_server(f"posix:{tmp_path / 'fs'}", settings=settings, fs_wrap=InFlight)
+    try:
+        user = srv.new_user()
+        big = 50 * 1024 * 1024
+        raws = [_big(i, big) if i in (1, 3) else _big(i, 20_000) for i in range(8)]
+
+        async def fill() -> None:
+            assert srv.ctx.mail is not None
+            um = await srv.ctx.mail.user(user)
+            box = await um.mailbox("INBOX")
+            for raw in raws:
+                await box.save(raw)
+
+        srv.call(fill(), timeout=300)
+        watch = srv.fs
+        assert isinstance(watch, InFlight)
+        watch.peak_bytes = 0
+        m = srv.login(user)
+        try:
+            m.select("INBOX", readonly=True)
+            typ, data = m.fetch("1:*", "(BODY.PEEK[])")
+            assert typ == "OK"
+            bodies = [part[1] for part in data if isinstance(part, tuple)]
+            assert [len(b) for b in bodies] == [len(r) for r in raws]
+            assert bodies == raws
+        finally:
+            m.logout()
+        assert big < watch.peak_bytes <= budget, watch.peak_bytes
+    finally:
+        stop_server(srv)
+
+
+def test_client_gone_mid_fetch_leaves_no_read_behind(tmp_path: Path) -> None:
+    """A client that disconnects during a long FETCH: by the time its session has ended,
+    the reads it had in flight ahead were cancelled, not left running."""
+    srv = start_server(f"posix:{tmp_path / 'fs'}",
+                       settings=StorageSettings(prefetch_count=32), fs_wrap=InFlight)
+    try:
+        user = srv.new_user()
+
+        async def fill() -> None:
+            assert srv.ctx.mail is not None
+            um = await srv.ctx.mail.user(user)
+            box = await um.mailbox("INBOX")
+            await box.save_many([SaveRequest(_big(i, 30_000)) for i in range(200)])
+
+        srv.call(fill(), timeout=120)
+        watch = srv.fs
+        assert isinstance(watch, InFlight)
+        sock = socket.create_connection((srv.host, srv.port), timeout=30)
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(f"a LOGIN {user} {PASSWORD}\r\nb SELECT INBOX\r\n".encode())
+        while not f.readline().startswith(b"b OK"):
+            pass
+        watch.delay = 2.0  # every read now takes 2 s: reads ahead are surely in flight
+        sock.sendall(b"c FETCH 1:* BODY.PEEK[]\r\n")
+        f.readline()  # the first messages are on their way; the window refills behind
+        deadline = time.monotonic() + 10
+        while watch.reads <= 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert watch.reads > 1
+        f.close()
+        sock.close()
+
+        def sessions() -> int:
+            return sum(len(lst.sessions) for lst in srv.listeners)
+
+        deadline = time.monotonic() + 30
+        while sessions() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sessions() == 0
+        # Had the reads been left running, they would still be in their 2 s wait.
+        assert watch.reads == 0
+    finally:
+        stop_server(srv)
