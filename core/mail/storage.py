@@ -158,15 +158,30 @@ class MailStore:
         """The user's mail, opened (and set up on first use: INBOX and the autocreated
         special-use mailboxes)."""
         um = self._users.get(name)
-        if um is not None:
-            if quota is not None:
-                um.quota_limits = quota
-            return um
+        if um is None:
+            # Sessions and deliveries reaching a user at once share one opening (a new
+            # user's first opening also creates the mailbox list and INBOX).
+            opening = self._opening.get(name)
+            if opening is None:
+                opening = asyncio.ensure_future(self._open_user(name, quota))
+                self._opening[name] = opening
+                opening.add_done_callback(lambda f: self._opened(name, f))
+            um = await asyncio.shield(opening)
+        if quota is not None:
+            um.quota_limits = quota
+        return um
+
+    async def _open_user(self, name: str, quota: QuotaLimits | None) -> UserMail:
         um = UserMail(self, name, quota or QuotaLimits(self.settings.quota_bytes,
                                                          self.settings.quota_messages))
         await um.open()
         self._users.setdefault(name, um)
         return self._users[name]
+
+    def _opened(self, name: str, opening: asyncio.Task[UserMail]) -> None:
+        self._opening.pop(name, None)
+        if not opening.cancelled():
+            opening.exception()  # retrieved: whoever awaited it got it already
 
     def cached_user(self, name: str) -> UserMail | None:
         return self._users.get(name)

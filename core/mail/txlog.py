@@ -64,6 +64,13 @@ LIMIT_BATCH_READ = 1024 * 1024
 LIMIT_SEGMENTED = 12 * 1024
 
 _NAME = re.compile(r"^(log|snap)\.(\d{8})$")
+#: Times an opener lists and reads again a log whose snapshots are listed but not yet
+#: readable (it is being created this moment).
+OPEN_RETRIES = 5
+
+
+class _StillCreating(Exception):
+    """Snapshots are listed, none can be read yet, and there is no log."""
 
 
 def default_limit(fs: Fs) -> int:
@@ -262,10 +269,28 @@ class TransactionLog(Generic[S]):
     async def open(self) -> S:
         """Load the newest snapshot that loads and read the logs after it.  Raises
         CorruptMailbox when no snapshot loads (force-resync rebuilds), FsNotFound when
-        there is nothing at all."""
-        snaps, logs = await self._io(self.list_objects())
-        if not snaps and not logs:
-            raise FsNotFound(f"{self.what}: no log", path=self.base)
+        there is nothing at all.
+
+        A store may list an object a moment before it can be read (the Cassandra driver
+        writes the listing entry first): a log that shows only snapshots, none of them
+        readable yet, is being created right now, so it is listed and read again."""
+        for attempt in range(OPEN_RETRIES + 1):
+            snaps, logs = await self._io(self.list_objects())
+            if not snaps and not logs:
+                raise FsNotFound(f"{self.what}: no log", path=self.base)
+            try:
+                await self._open_listed(snaps, logs)
+                break
+            except _StillCreating:
+                if attempt == OPEN_RETRIES:
+                    raise CorruptMailbox(f"{self.what}: snapshots {snaps} are listed but "
+                                         "none can be read") from None
+                await asyncio.sleep(0.02 * (attempt + 1))
+        await self._write_captured()
+        assert self.state is not None
+        return self.state
+
+    async def _open_listed(self, snaps: list[int], logs: list[int]) -> None:
         async with self._mutex:
             # The newest log is read while its snapshot is: one round trip, not two.
             ahead: asyncio.Future[bytes] | None = asyncio.ensure_future(
@@ -278,17 +303,16 @@ class TransactionLog(Generic[S]):
                 if ahead is not None:
                     with contextlib.suppress(BaseException):
                         await ahead  # retrieved, whatever became of it
-        await self._write_captured()
-        assert self.state is not None
-        return self.state
 
     async def _open_from(self, snaps: list[int], logs: list[int],
                          ahead: asyncio.Future[bytes] | None) -> None:
+        missing = 0
         for j in reversed(snaps):
             try:
                 data = await self._io(self.fs.read(self.snap_path(j)))
                 state = self.decode(data)
             except FsNotFound:
+                missing += 1
                 continue
             except (ValueError, KeyError, TypeError, zlib.error) as exc:
                 self._report(f"snapshot {self.snap_path(j)} unreadable ({exc}); "
@@ -310,6 +334,8 @@ class TransactionLog(Generic[S]):
                 raise CorruptMailbox(f"{self.what}: stopped at log.{self.k:08d} but "
                                      f"log.{logs[-1]:08d} exists (a log is missing)")
             return
+        if not logs and missing == len(snaps):
+            raise _StillCreating()
         raise CorruptMailbox(f"{self.what}: no usable snapshot "
                              f"(snapshots {snaps}, logs {logs})")
 
