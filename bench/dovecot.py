@@ -1,12 +1,15 @@
 """Debian's Dovecot on a loopback port, configured from scratch in a temporary directory,
-as the baseline the IMAP benchmarks compare cloudcote with.
+as the baseline the IMAP and LMTP benchmarks compare cloudcote with.
 
     from dovecot import Dovecot, ensure_dovecot
     ensure_dovecot()                        # apt-get install dovecot-imapd when missing
     with Dovecot({"alice": "secret"}, mail_format="maildir") as dc:
         imaplib.IMAP4("127.0.0.1", dc.port).login("alice", "secret")
+    with Dovecot({"alice": "secret"}, lmtp=True) as dc:     # also LMTP (dovecot-lmtpd)
+        smtplib.LMTP("127.0.0.1", dc.lmtp_port).sendmail("s@example.org", ["alice@x"], msg)
 
     .venv/bin/python bench/dovecot.py       # start one, print its address, stop on Ctrl-C
+    .venv/bin/python bench/dovecot.py --lmtp   # with an LMTP listener too
 
 Nothing of the machine's own Dovecot is read or touched: the configuration is one file
 with its own ``base_dir``, ``state_dir``, ``instance_name`` and log, a passwd-file passdb
@@ -25,6 +28,12 @@ back: ``imap-login`` serves many connections per process (``service_count = 0``)
 process per core kept ready, and ``imap`` processes are reused across sessions
 (``service_count`` ``--imap-service-count``, default 0 = unlimited) instead of a fork per
 login; ``mail_max_userip_connections`` is raised for many clients of one user.
+
+With ``lmtp=True`` (Debian's ``dovecot-lmtpd``, installed when missing) an LMTP listener
+runs on 127.0.0.1 too (``lmtp_port``), with one ``lmtp`` process per core kept ready and
+reused for many connections.  A recipient ``user@domain`` is delivered to ``user`` of
+the passwd-file (userdb ``username_format=%n``), with ``recipient_delimiter = +`` and
+Dovecot's default trace headers (Return-Path, Delivered-To, Received).
 """
 
 from __future__ import annotations
@@ -44,14 +53,17 @@ from types import TracebackType
 
 DOVECOT = "/usr/sbin/dovecot"
 PACKAGE = "dovecot-imapd"
+LMTP_PACKAGE = "dovecot-lmtpd"
 MAIL_FORMATS = ("maildir", "sdbox", "mdbox")
+#: LMTP processes at most (each serves one connection at a time, and many in turn).
+LMTP_PROCESS_LIMIT = 256
 
 
 class DovecotError(Exception):
     """Dovecot could not be installed, configured or started; the message says why."""
 
 
-def dovecot_binary() -> str | None:
+def dovecot_binary(lmtp: bool = False) -> str | None:
     found = shutil.which("dovecot") or (DOVECOT if os.access(DOVECOT, os.X_OK) else None)
     if found is None:
         return None
@@ -59,20 +71,25 @@ def dovecot_binary() -> str | None:
     libexec = Path("/usr/lib/dovecot")
     if not (libexec / "imap").exists() or not (libexec / "imap-login").exists():
         return None
+    if lmtp and not (libexec / "lmtp").exists():
+        return None
     return found
 
 
-def ensure_dovecot(quiet: bool = False) -> str:
-    """The path of ``dovecot``; installs Debian's ``dovecot-imapd`` first when missing."""
-    found = dovecot_binary()
+def ensure_dovecot(quiet: bool = False, lmtp: bool = False) -> str:
+    """The path of ``dovecot``; installs Debian's ``dovecot-imapd`` (and with ``lmtp``
+    ``dovecot-lmtpd``) first when missing."""
+    found = dovecot_binary(lmtp)
     if found:
         return found
+    packages = [PACKAGE, LMTP_PACKAGE] if lmtp else [PACKAGE]
+    names = " ".join(packages)
     if os.geteuid() != 0:
-        raise DovecotError(f"Dovecot is not installed; as root: apt-get install -y {PACKAGE}")
+        raise DovecotError(f"Dovecot is not installed; as root: apt-get install -y {names}")
     if not quiet:
-        print(f"dovecot.py: {PACKAGE} is missing; installing it with apt-get", flush=True)
+        print(f"dovecot.py: installing {names} with apt-get", flush=True)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = ["apt-get", "install", "-y", "-q", PACKAGE]
+    cmd = ["apt-get", "install", "-y", "-q", *packages]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if run.returncode != 0:
         # A fresh machine may have no package lists yet.
@@ -80,12 +97,12 @@ def ensure_dovecot(quiet: bool = False) -> str:
         run = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if run.returncode != 0:
         tail = "\n".join((run.stdout + run.stderr).splitlines()[-10:])
-        raise DovecotError(f"apt-get install {PACKAGE} failed:\n{tail}")
+        raise DovecotError(f"apt-get install {names} failed:\n{tail}")
     # Debian's postinst may start the machine's own Dovecot on port 143 (a policy-rc.d
     # usually forbids it in containers); it does not disturb ours on another port.
-    found = dovecot_binary()
+    found = dovecot_binary(lmtp)
     if not found:
-        raise DovecotError(f"{PACKAGE} is installed but dovecot or its imap binaries are "
+        raise DovecotError(f"{names} installed but dovecot or its imap/lmtp binaries are "
                            "not found under /usr/sbin and /usr/lib/dovecot")
     return found
 
@@ -114,7 +131,8 @@ class Dovecot:
     def __init__(self, users: dict[str, str] | None = None, *, port: int = 0,
                  mail_format: str = "maildir", directory: str | Path | None = None,
                  imap_service_count: int = 0, fsync: str = "optimized",
-                 log_debug: bool = False, start_timeout: float = 30.0) -> None:
+                 log_debug: bool = False, start_timeout: float = 30.0,
+                 lmtp: bool = False, lmtp_port: int = 0) -> None:
         if mail_format not in MAIL_FORMATS:
             raise ValueError(f"mail_format {mail_format!r}: one of {', '.join(MAIL_FORMATS)}")
         self.users = dict(users or {})
@@ -125,6 +143,8 @@ class Dovecot:
         self.fsync = fsync
         self.log_debug = log_debug
         self.start_timeout = start_timeout
+        self.lmtp = lmtp
+        self.lmtp_port = lmtp_port
         self._given_dir = directory is not None
         self.dir = Path(directory) if directory is not None else None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -195,6 +215,21 @@ class Dovecot:
         location = {"maildir": "maildir:~/mail:LAYOUT=fs",
                     "sdbox": "sdbox:~/mail", "mdbox": "mdbox:~/mail"}[self.mail_format]
         cores = os.cpu_count() or 1
+        lmtp_service = "" if not self.lmtp else f"""\
+service lmtp {{
+  inet_listener lmtp {{
+    address = {self.host}
+    port = {self.lmtp_port}
+  }}
+  service_count = 0
+  process_min_avail = {cores}
+  process_limit = {LMTP_PROCESS_LIMIT}
+}}
+recipient_delimiter = +
+lmtp_save_to_detail_mailbox = no
+"""
+        # LMTP looks up the recipient address; user@domain is the passwd-file's user.
+        userdb_format = "%n" if self.lmtp else "%u"
         conf = f"""\
 # Written by bench/dovecot.py: a private, throwaway instance on loopback.
 instance_name = cloudcote-bench-{self.port}
@@ -205,7 +240,7 @@ info_log_path = {self.log_path}
 debug_log_path = {self.log_path}
 mail_debug = {'yes' if self.log_debug else 'no'}
 auth_debug = {'yes' if self.log_debug else 'no'}
-protocols = imap
+protocols = imap{' lmtp' if self.lmtp else ''}
 listen = {self.host}
 ssl = no
 disable_plaintext_auth = no
@@ -239,7 +274,7 @@ passdb {{
 }}
 userdb {{
   driver = passwd-file
-  args = username_format=%u {self.dir / 'passwd'}
+  args = username_format={userdb_format} {self.dir / 'passwd'}
   default_fields = uid={uid} gid={gid}
 }}
 service imap-login {{
@@ -261,12 +296,12 @@ service anvil {{{chroot}
 }}
 service auth {{
   user = {'$default_internal_user' if root else login_user}
-  client_limit = {4096 + 300}
+  client_limit = {4096 + 300 + (LMTP_PROCESS_LIMIT if self.lmtp else 0)}
 }}
 service auth-worker {{
   user = {'$default_internal_user' if root else login_user}
 }}
-"""
+{lmtp_service}"""
         self.conf_path.write_text(conf)
         self._uid, self._gid = uid, gid
 
@@ -298,12 +333,14 @@ service auth-worker {{
     def start(self) -> Dovecot:
         if self.proc is not None:
             return self
-        self.binary = ensure_dovecot()
+        self.binary = ensure_dovecot(lmtp=self.lmtp)
         if self.dir is None:
             self.dir = Path(tempfile.mkdtemp(prefix="cc-dovecot-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port(self.host)
+        if self.lmtp and not self.lmtp_port:
+            self.lmtp_port = free_port(self.host)
         self._write_config()
         check = subprocess.run([self.binary, "-c", str(self.conf_path), "-n"],
                                capture_output=True, text=True)
@@ -326,25 +363,29 @@ service auth-worker {{
     def _wait_ready(self) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + self.start_timeout
+        waiting = [(self.port, b"* OK")] + ([(self.lmtp_port, b"220")] if self.lmtp else [])
         last = ""
-        while time.monotonic() < deadline:
+        while waiting and time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 assert self.dir is not None
                 out = (self.dir / "dovecot.out").read_text(errors="replace")
                 raise DovecotError(f"dovecot exited with {self.proc.returncode}: "
                                    f"{out.strip()}\n{self.log_tail()}")
+            port, greeting_start = waiting[0]
             try:
-                with socket.create_connection((self.host, self.port), timeout=2) as s:
+                with socket.create_connection((self.host, port), timeout=2) as s:
                     s.settimeout(5)
                     greeting = s.recv(1024)
-                    if greeting.startswith(b"* OK"):
-                        return
+                    if greeting.startswith(greeting_start):
+                        waiting.pop(0)
+                        continue
                     last = greeting.decode(errors="replace")
             except OSError as exc:
                 last = str(exc)
             time.sleep(0.1)
-        raise DovecotError(f"dovecot did not greet on {self.host}:{self.port} within "
-                           f"{self.start_timeout:.0f} s ({last})\n{self.log_tail()}")
+        if waiting:
+            raise DovecotError(f"dovecot did not greet on {self.host}:{waiting[0][0]} within "
+                               f"{self.start_timeout:.0f} s ({last})\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -406,16 +447,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mail-format", choices=MAIL_FORMATS, default="maildir")
     ap.add_argument("--dir", help="keep configuration, mail and log here")
     ap.add_argument("--debug", action="store_true", help="mail_debug and auth_debug")
+    ap.add_argument("--lmtp", action="store_true", help="an LMTP listener too")
     args = ap.parse_args(argv)
     users = dict(u.split(":", 1) for u in (args.user or ["alice:secret"]))
     try:
         dc = Dovecot(users, port=args.port, mail_format=args.mail_format, directory=args.dir,
-                     log_debug=args.debug).start()
+                     log_debug=args.debug, lmtp=args.lmtp).start()
     except DovecotError as exc:
         print(f"dovecot.py: {exc}", file=sys.stderr)
         return 1
-    print(f"Dovecot on {dc.host}:{dc.port} ({dc.mail_format} in {dc.dir}); log {dc.log_path}",
-          flush=True)
+    lmtp = f", LMTP on {dc.host}:{dc.lmtp_port}" if dc.lmtp else ""
+    print(f"Dovecot on {dc.host}:{dc.port}{lmtp} ({dc.mail_format} in {dc.dir}); "
+          f"log {dc.log_path}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while dc.proc is not None and dc.proc.poll() is None:
