@@ -25,7 +25,7 @@ import uuid
 from typing import Any
 
 from cloudcote.libfs import Fs, open_fs
-from cloudcote.tests.conftest import S3_TEST_BUCKET, SERVICES, _ensure_bucket
+from cloudcote.tests.conftest import S3_TEST_BUCKET, SERVICES, ensure_test_buckets
 
 TARGETS = ["posix", "seaweedfs", "moto", "cassandra", "postgresql", "mysql"]
 OPS = ["create", "read", "append", "list"]
@@ -112,10 +112,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    _ensure_bucket(SERVICES["CLOUDCOTE_SEAWEEDFS_ENDPOINT"],
-                   SERVICES["CLOUDCOTE_SEAWEEDFS_ACCESS_KEY"],
-                   SERVICES["CLOUDCOTE_SEAWEEDFS_SECRET_KEY"])
-    _ensure_bucket(SERVICES["CLOUDCOTE_MOTO_ENDPOINT"], "testing", "testing")
+    ensure_test_buckets(("seaweedfs", "moto"))
     latencies = [x.strip() for x in args.latency.split(",")]
     print(f"# libfs_bench n={args.n} concurrency={args.concurrency} repeat={args.repeat}"
           " (median ops/s; req/op = store requests per op; ratio = ops/s vs 0 ms)")

@@ -55,7 +55,7 @@ from dovecot import Dovecot, DovecotError  # noqa: E402
 from imap_mixed import _proc_cpu, load_messages  # noqa: E402
 from libfs_bench import spec_for  # noqa: E402
 
-from cloudcote.tests.conftest import SERVICES, _ensure_bucket  # noqa: E402
+from cloudcote.tests.conftest import ensure_test_buckets  # noqa: E402
 
 TARGETS = ["posix", "seaweedfs", "cassandra", "postgresql", "mysql"]
 ALL_TARGETS = ["posix", "seaweedfs", "moto", "cassandra", "postgresql", "mysql"]
@@ -330,13 +330,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.clients} clients, {args.users} users, {args.rcpts} recipient(s) per message, "
           f"{args.duration:.0f} s x {args.rounds} rounds", flush=True)
 
-    if any(t in ("seaweedfs", "moto") for t in targets):
-        if "seaweedfs" in targets:
-            _ensure_bucket(SERVICES["CLOUDCOTE_SEAWEEDFS_ENDPOINT"],
-                           SERVICES["CLOUDCOTE_SEAWEEDFS_ACCESS_KEY"],
-                           SERVICES["CLOUDCOTE_SEAWEEDFS_SECRET_KEY"])
-        if "moto" in targets:
-            _ensure_bucket(SERVICES["CLOUDCOTE_MOTO_ENDPOINT"], "testing", "testing")
+    ensure_test_buckets(targets)
 
     subjects: list[Any] = []
     results: dict[int, list[RoundResult]] = {}

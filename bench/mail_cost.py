@@ -57,7 +57,7 @@ from libfs_bench import spec_for
 from cloudcote.core.mail.storage import MailStore, SaveRequest, StorageSettings, deliver
 from cloudcote.libfs.api import DEFAULT_CHUNK_SIZE, ForwardingFs, Fs, Stat, WriteMode
 from cloudcote.libfs.chain import open_fs
-from cloudcote.tests.conftest import SERVICES, _ensure_bucket
+from cloudcote.tests.conftest import ensure_test_buckets
 
 T = TypeVar("T")
 
@@ -596,12 +596,7 @@ def ensure_services(targets: list[str]) -> None:
         note(status.stdout.strip())
         note("starting the servers that are down (scripts/services.sh start)")
         subprocess.run(["bash", script, "start", *names], check=True)
-    if "seaweedfs" in targets:
-        _ensure_bucket(SERVICES["CLOUDCOTE_SEAWEEDFS_ENDPOINT"],
-                       SERVICES["CLOUDCOTE_SEAWEEDFS_ACCESS_KEY"],
-                       SERVICES["CLOUDCOTE_SEAWEEDFS_SECRET_KEY"])
-    if "moto" in targets:
-        _ensure_bucket(SERVICES["CLOUDCOTE_MOTO_ENDPOINT"], "testing", "testing")
+    ensure_test_buckets(targets)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -85,6 +85,17 @@ def moto_bucket() -> str:
     require_server("moto", endpoint)
     _ensure_bucket(endpoint, "testing", "testing")
     return S3_TEST_BUCKET
+
+
+def ensure_test_buckets(targets: Iterable[str]) -> None:
+    """The test bucket on each S3 server among ``targets`` (seaweedfs, moto): for the
+    benchmarks, which share the test servers."""
+    if "seaweedfs" in targets:
+        _ensure_bucket(SERVICES["CLOUDCOTE_SEAWEEDFS_ENDPOINT"],
+                       SERVICES["CLOUDCOTE_SEAWEEDFS_ACCESS_KEY"],
+                       SERVICES["CLOUDCOTE_SEAWEEDFS_SECRET_KEY"])
+    if "moto" in targets:
+        _ensure_bucket(SERVICES["CLOUDCOTE_MOTO_ENDPOINT"], "testing", "testing")
 
 
 def _ensure_bucket(endpoint: str, key: str, secret: str) -> None:
