@@ -119,6 +119,20 @@ def _die_with_parent() -> None:
         pass
 
 
+def group_pids(pgid: int) -> list[int]:
+    """Every process of the process group ``pgid`` (a server and its children)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) == pgid:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -417,19 +431,7 @@ service auth-worker {{
 
     def pids(self) -> list[int]:
         """The master and every process of its group (for CPU accounting)."""
-        if self.proc is None:
-            return []
-        pgid = self.proc.pid
-        found = []
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                if os.getpgid(int(entry.name)) == pgid:
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-        return found
+        return [] if self.proc is None else group_pids(self.proc.pid)
 
     def __enter__(self) -> Dovecot:
         return self.start()

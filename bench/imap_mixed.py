@@ -55,7 +55,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dovecot import Dovecot, DovecotError, ensure_dovecot, free_port  # noqa: E402
+from dovecot import (  # noqa: E402
+    Dovecot,
+    DovecotError,
+    ensure_dovecot,
+    free_port,
+    group_pids,
+)
 
 GEN_MBOX = Path("/work/shared/tools/gen_mbox.py")
 PASSWORD = "bench-secret"
@@ -419,18 +425,7 @@ class CloudcoteServer(Server):
         return False
 
     def pids(self) -> list[int]:
-        if self.proc is None:
-            return []
-        pgid = self.proc.pid
-        found = []
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                try:
-                    if os.getpgid(int(entry.name)) == pgid:
-                        found.append(int(entry.name))
-                except OSError:
-                    pass
-        return found
+        return [] if self.proc is None else group_pids(self.proc.pid)
 
     def describe(self) -> str:
         workers = f", workers={self.workers}" if self.workers is not None else ""

@@ -37,6 +37,7 @@ from .imap_support import (
     remote_server_fixture,
     server_fixture,
 )
+from .test_imap_parser import _mutate as mutate
 
 #: Seconds a reply may take before the server counts as hung.
 TIMEOUT = 20.0
@@ -350,19 +351,6 @@ FILLER_LINE = b"x" * 4000 + b"\r\n"
 _OPS = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 10_000),
                           st.sampled_from(b" ()[]<>{}\"\\+~*%.:,0123456789\r\n\x00\xffaZ")
                           | st.integers(0, 255)), min_size=1, max_size=5)
-
-
-def mutate(data: bytes, ops: list[tuple[int, int, int]]) -> bytes:
-    buf = bytearray(data)
-    for kind, pos, byte in ops:
-        at = pos % (len(buf) + 1)
-        if kind == 0:
-            buf.insert(at, byte)
-        elif kind == 1 and buf:
-            del buf[at % len(buf)]
-        elif buf:
-            buf[at % len(buf)] = byte
-    return bytes(buf)
 
 
 def open_in_state(srv: ImapServer, state: str) -> Raw:
