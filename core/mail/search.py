@@ -1,4 +1,5 @@
-"""SEARCH: the search keys of RFC 3501 6.4.4 and CONDSTORE's MODSEQ (RFC 7162 3.1.5).
+"""SEARCH: the search keys of RFC 3501 6.4.4, CONDSTORE's MODSEQ (RFC 7162 3.1.5) and
+WITHIN's OLDER and YOUNGER (RFC 5032).
 
 Protocol-free: ``parse_search`` turns the tokens of a SEARCH command into an AST of frozen
 dataclasses, ``search`` / ``search_uids`` evaluate an AST against a ``SearchView`` of a mailbox.
@@ -8,7 +9,7 @@ answers NO [BADCHARSET (...)], RFC 3501 6.4.4); neither carries IMAP reply text.
 Evaluation runs in three stages, cheapest first, and each message leaves as soon as its
 answer is known (Kleene three-valued logic: a key whose data is not loaded yet is "unknown"):
 
-1. index data: flags, UID, sequence number, size, internal date, MODSEQ;
+1. index data: flags, UID, sequence number, size, internal date (also OLDER, YOUNGER), MODSEQ;
 2. the header block (``view.header``, answered from the cache);
 3. the whole message (``view.body``), only for messages still undecided.
 
@@ -33,6 +34,7 @@ import email.policy
 import email.utils
 import enum
 import re
+import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -58,6 +60,7 @@ __all__ = [
     "New",
     "Not",
     "Old",
+    "Older",
     "Or",
     "Recent",
     "SearchError",
@@ -72,6 +75,7 @@ __all__ = [
     "Smaller",
     "Text",
     "Uid",
+    "Younger",
     "decode_rfc2047",
     "key_needs",
     "parse_search",
@@ -265,6 +269,22 @@ class SentDate(SearchKey):
 
     op: DateOp
     date: datetime.date
+
+
+@dataclass(frozen=True, slots=True)
+class Older(SearchKey):
+    """OLDER n (RFC 5032): the internal date is at least ``seconds`` before the time the
+    search runs."""
+
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Younger(SearchKey):
+    """YOUNGER n (RFC 5032): the internal date is at most ``seconds`` before the time the
+    search runs."""
+
+    seconds: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,6 +539,11 @@ class _Parser:
             return Smaller(self.number(stream, name, _MAX_NUMBER))
         if name == "UID":
             return Uid(self.seqset(stream, name))
+        if name in ("OLDER", "YOUNGER"):
+            seconds = self.number(stream, name, _MAX_NUMBER)
+            if seconds == 0:
+                raise SearchSyntaxError(f"{name} needs a non-zero number of seconds")
+            return Older(seconds) if name == "OLDER" else Younger(seconds)
         if name == "NOT":
             return Not(self.parse_key(stream, depth + 1))
         if name == "OR":
@@ -955,6 +980,14 @@ def _compile(key: SearchKey, messages: Sequence[SearchMessage]) -> _Matcher:
     if isinstance(key, InternalDate):
         op, wanted = key.op, key.date
         return lambda m: _compare(op, m.msg.internaldate.date(), wanted)
+    if isinstance(key, Older):
+        # RFC 5032 3: relative to the time of the search, to the second; as Dovecot, both
+        # bounds are inclusive (an interval of exactly n seconds is both OLDER and YOUNGER n).
+        older_than = time.time() - key.seconds
+        return lambda m: m.msg.internaldate.timestamp() <= older_than
+    if isinstance(key, Younger):
+        younger_than = time.time() - key.seconds
+        return lambda m: m.msg.internaldate.timestamp() >= younger_than
     if isinstance(key, SentDate):
         return _compile_sent_date(key)
     if isinstance(key, Header):

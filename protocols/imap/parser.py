@@ -51,6 +51,12 @@ class Command:
     tag: str
     name: str
     args: list[Token]
+    #: The literals among the arguments (the same objects): a quoted string and a literal
+    #: are both ``bytes``, and APPEND must tell its date-time from its message.
+    literals: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
+
+    def is_literal(self, tok: Token) -> bool:
+        return any(tok is lit for lit in self.literals)
 
 
 _MARKER = re.compile(rb"~?\{(\d{1,20})(\+?)\}$")
@@ -246,7 +252,7 @@ def parse_command(lines: Sequence[bytes], literals: Sequence[bytes] = (), *,
         args = args[1:]
     if not re.fullmatch(r"[A-Z][A-Z0-9-]*( [A-Z]+)?", name):
         raise ImapParseError("invalid command name")
-    return Command(tag, name, args)
+    return Command(tag, name, args, tuple(literals))
 
 
 def tag_of(line: bytes) -> str | None:

@@ -370,7 +370,7 @@ class ImapSession(LineSession):
             caps += ["NAMESPACE", "UIDPLUS", "MOVE", "SPECIAL-USE", "CREATE-SPECIAL-USE",
                      "CONDSTORE", "QRESYNC", "UNSELECT", "CHILDREN", "LIST-EXTENDED",
                      "LIST-STATUS", "ESEARCH", "QUOTA", "QUOTA=RES-STORAGE",
-                     "QUOTA=RES-MESSAGE", "STATUS=SIZE"]
+                     "QUOTA=RES-MESSAGE", "STATUS=SIZE", "WITHIN", "MULTIAPPEND"]
         return " ".join(caps)
 
     async def run(self) -> None:
@@ -846,33 +846,53 @@ class ImapSession(LineSession):
         self.emit(b"* STATUS " + astring(utf7.encode(name)) + f" ({body})\r\n".encode())
 
     async def do_append(self, cmd: Command) -> None:
+        """APPEND, with MULTIAPPEND (RFC 3502): every message is saved, or none is."""
         args = list(cmd.args)
         if len(args) < 2:
             raise ImapParseError("APPEND needs a mailbox name and a message")
         name = self._mailbox_name(args.pop(0))
-        data = args.pop()
-        if not isinstance(data, bytes):
-            raise ImapParseError("APPEND needs the message as a literal")
-        flags: list[str] = []
-        when: dt.datetime | None = None
-        for tok in args:
-            if isinstance(tok, list) and not flags:
-                flags = self._flags(tok)
-            elif isinstance(tok, bytes) and when is None:
-                when = parse_date_time(tok.decode("ascii", "replace"))
-            else:
-                raise ImapParseError("bad APPEND arguments")
+        requests = self._append_messages(cmd, args)
         assert self.mail is not None
         try:
             box = await self._open_box(name)
         except No:
             raise No("Mailbox doesn't exist: " + utf7.encode(self._canon(name)) + ".",
                      "TRYCREATE") from None
-        if not data:
+        if any(not r.raw for r in requests):
             raise No("Can't save an empty message.")
-        (uid,) = await box.save_many([SaveRequest(data, flags, when)])
+        # One save: a message over the quota or the size limit fails them all (RFC 3502 6).
+        uids = await box.save_many(requests)
         await self._after_command(cmd)
-        self.ok(cmd, "Append completed", f"APPENDUID {box.state.uidvalidity} {uid}")
+        self.ok(cmd, "Append completed",
+                f"APPENDUID {box.state.uidvalidity} {seqset_text(uids)}")
+
+    def _append_messages(self, cmd: Command, args: list[Token]) -> list[SaveRequest]:
+        """The messages of APPEND's arguments after the mailbox name: each is
+        ``[flag-list] [date-time] literal`` (RFC 3502 6.3.11); a date-time is a quoted
+        string (or a literal) followed by the message's literal."""
+        requests: list[SaveRequest] = []
+        i = 0
+        while i < len(args):
+            flags: list[str] = []
+            when: dt.datetime | None = None
+            tok = args[i]
+            if isinstance(tok, list):
+                flags = self._flags(tok)
+                i += 1
+            if i + 1 < len(args):
+                tok = args[i]
+                if isinstance(tok, bytes) and not cmd.is_literal(tok) \
+                        and cmd.is_literal(args[i + 1]):
+                    when = parse_date_time(tok.decode("ascii", "replace"))
+                    i += 1
+            if i >= len(args):
+                raise ImapParseError("APPEND needs the message as a literal")
+            data = args[i]
+            if not isinstance(data, bytes):
+                raise ImapParseError("bad APPEND arguments")
+            requests.append(SaveRequest(data, flags, when))
+            i += 1
+        return requests
 
     def _flags(self, toks: list[Token]) -> list[str]:
         out = []
