@@ -347,3 +347,85 @@ def test_multiappend_literal_total_is_limited(limits_imap: Clients) -> None:
     m.send(part + b" {%d}\r\n" % len(part))
     assert read_response(m).startswith(b"S3 NO [TOOBIG]")
     assert messages_in(m) == 1
+
+
+# -- SORT, ESORT, THREAD (RFC 5256, 5267, 5957) ----------------------------------------------
+
+def _mail(subject: str, frm: str, date: str, msgid: str, refs: str = "",
+          body: str = "text\r\n") -> bytes:
+    extra = f"References: {refs}\r\n" if refs else ""
+    return (f"From: {frm}\r\nTo: Bob <bob@example.org>\r\nSubject: {subject}\r\n"
+            f"Date: {date}\r\nMessage-ID: <{msgid}>\r\n{extra}\r\n{body}").encode()
+
+
+THREAD_MAIL = [
+    _mail("Plans", "Carol <carol@example.com>", "Mon, 01 Jan 2024 10:00:00 +0000", "a@x"),
+    _mail("Re: Plans", "Alice <alice@example.com>", "Mon, 01 Jan 2024 11:00:00 +0000",
+          "b@x", "<a@x>"),
+    _mail("Lunch", "bob@example.com", "Sun, 31 Dec 2023 09:00:00 +0000", "c@x"),
+    _mail("Re: Re: Plans", "Dave <dave@example.com>", "Mon, 01 Jan 2024 12:00:00 +0000",
+          "d@x", "<a@x> <b@x>"),
+    _mail("Fwd: Lunch", "Erin <erin@example.com>", "Tue, 02 Jan 2024 08:00:00 +0000", "e@x"),
+]
+
+
+def _filled(imap: Clients) -> imaplib.IMAP4:
+    m = imap.login()
+    for raw in THREAD_MAIL:
+        ok(m, b"APPEND INBOX " + lit(raw))
+    select(m)
+    return m
+
+
+def _numbers(reply: Reply, word: str) -> list[int]:
+    (rest,) = reply.untagged(word)
+    return [int(x) for x in rest.split()]
+
+
+def test_sort_keys(imap: Clients) -> None:
+    m = _filled(imap)
+    assert _numbers(ok(m, "SORT (SUBJECT) UTF-8 ALL"), "SORT") == [3, 5, 1, 2, 4]
+    assert _numbers(ok(m, "SORT (DATE) UTF-8 ALL"), "SORT") == [3, 1, 2, 4, 5]
+    assert _numbers(ok(m, "SORT (REVERSE DATE) UTF-8 ALL"), "SORT") == [5, 4, 2, 1, 3]
+    assert _numbers(ok(m, "SORT (FROM) UTF-8 ALL"), "SORT") == [2, 3, 1, 4, 5]
+    assert _numbers(ok(m, "SORT (DISPLAYFROM) UTF-8 ALL"), "SORT") == [2, 3, 1, 4, 5]
+    assert _numbers(ok(m, "SORT (ARRIVAL) UTF-8 ALL"), "SORT") == [1, 2, 3, 4, 5]
+    # Search criteria narrow the set; UID SORT answers UIDs.
+    assert _numbers(ok(m, "SORT (SUBJECT DATE) UTF-8 SUBJECT plans"), "SORT") == [1, 2, 4]
+    # Exact ties stay in mailbox order, REVERSE or not (RFC 5256 3).
+    assert _numbers(ok(m, "UID SORT (REVERSE SUBJECT) UTF-8 ALL"), "SORT") == [1, 2, 4, 3, 5]
+    bad(m, "SORT (NOSUCHKEY) UTF-8 ALL")
+    bad(m, "SORT (SUBJECT REVERSE) UTF-8 ALL")
+    bad(m, "SORT SUBJECT")
+
+
+def test_esort(imap: Clients) -> None:
+    m = _filled(imap)
+    r = ok(m, "SORT RETURN (MIN MAX COUNT ALL) (DATE) UTF-8 ALL")
+    (line,) = r.untagged("ESEARCH")
+    assert line.endswith(b"MIN 3 MAX 5 ALL 3,1,2,4,5 COUNT 5")
+    r = ok(m, "UID SORT RETURN (COUNT) (DATE) UTF-8 SUBJECT lunch")
+    (line,) = r.untagged("ESEARCH")
+    assert line.endswith(b"UID COUNT 2")
+
+
+def test_thread(imap: Clients) -> None:
+    m = _filled(imap)
+    (refs,) = ok(m, "THREAD REFERENCES UTF-8 ALL").untagged("THREAD")
+    assert refs == b"(3 5)(1 2 4)"
+    (ordered,) = ok(m, "THREAD ORDEREDSUBJECT UTF-8 ALL").untagged("THREAD")
+    assert ordered == b"(3 5)(1 (2)(4))"
+    (uid_refs,) = ok(m, "UID THREAD REFERENCES UTF-8 SUBJECT plans").untagged("THREAD")
+    assert uid_refs == b"(1 2 4)"
+    bad(m, "THREAD NOSUCH UTF-8 ALL")
+    # Once sequence numbers and UIDs differ, each form answers in its own numbers.
+    ok(m, "STORE 3 +FLAGS (\\Deleted)")
+    ok(m, "EXPUNGE")
+    assert ok(m, "THREAD REFERENCES UTF-8 ALL").untagged("THREAD") == [b"(1 2 3)(4)"]
+    assert ok(m, "UID THREAD REFERENCES UTF-8 ALL").untagged("THREAD") == [b"(1 2 4)(5)"]
+    assert _numbers(ok(m, "SORT (DATE) UTF-8 ALL"), "SORT") == [1, 2, 3, 4]
+    assert _numbers(ok(m, "UID SORT (DATE) UTF-8 ALL"), "SORT") == [1, 2, 4, 5]
+    caps = ok(m, "CAPABILITY").untagged("CAPABILITY")[0].split()
+    for cap in (b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=REFERENCES",
+                b"THREAD=ORDEREDSUBJECT", b"THREAD=REFS"):
+        assert cap in caps

@@ -17,6 +17,8 @@ import base64
 import binascii
 import bisect
 import datetime as dt
+import email.parser
+import email.policy
 import logging
 import re
 import time
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NoReturn
 
 from cloudcote.core.mail import search as searchmod
+from cloudcote.core.mail import sort as sortmod
 from cloudcote.core.mail.errors import (
     InvalidMailboxName,
     MailboxExists,
@@ -39,7 +42,7 @@ from cloudcote.core.mail.errors import (
 from cloudcote.core.mail.index import ranges_of
 from cloudcote.core.mail.mailbox_list import SEP, normalize_name
 from cloudcote.core.mail.prefetch import Prefetch
-from cloudcote.core.mail.storage import SaveRequest, search_mailbox
+from cloudcote.core.mail.storage import SaveRequest, internal_datetime, search_mailbox
 
 from . import utf7
 from .fetch import FetchRequest, flags_list, parse_fetch_items, render
@@ -167,6 +170,31 @@ def parse_date_time(text: str) -> dt.datetime:
                            tzinfo=dt.timezone(off))
     except ValueError:
         raise ImapParseError("bad date-time") from None
+
+
+@dataclass
+class _Sortable:
+    """A message as SORT and THREAD see it (sortmod.SortMessage)."""
+
+    seq: int
+    uid: int
+    size: int
+    internaldate: dt.datetime
+    envelope: list[object]
+    references: str | None = None
+
+
+def _header_value(block: bytes, name: str) -> str | None:
+    """The unfolded value of header ``name`` in a header block, or None."""
+    msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
+    value = msg.get(name)
+    return None if value is None else " ".join(str(value).split())
+
+
+def _renumber(node: sortmod.ThreadNode, to: Callable[[int], int]) -> sortmod.ThreadNode:
+    """A thread tree with its sequence numbers mapped (UID THREAD)."""
+    return sortmod.ThreadNode(None if node.seq is None else to(node.seq),
+                              [_renumber(c, to) for c in node.children])
 
 
 def seqset_text(numbers: list[int]) -> str:
@@ -370,7 +398,9 @@ class ImapSession(LineSession):
             caps += ["NAMESPACE", "UIDPLUS", "MOVE", "SPECIAL-USE", "CREATE-SPECIAL-USE",
                      "CONDSTORE", "QRESYNC", "UNSELECT", "CHILDREN", "LIST-EXTENDED",
                      "LIST-STATUS", "ESEARCH", "QUOTA", "QUOTA=RES-STORAGE",
-                     "QUOTA=RES-MESSAGE", "STATUS=SIZE", "WITHIN", "MULTIAPPEND"]
+                     "QUOTA=RES-MESSAGE", "STATUS=SIZE", "WITHIN", "MULTIAPPEND",
+                     "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT",
+                     "THREAD=REFERENCES", "THREAD=REFS"]
         return " ".join(caps)
 
     async def run(self) -> None:
@@ -462,7 +492,7 @@ class ImapSession(LineSession):
         """Report other sessions' changes before the tagged reply (RFC 3501 7)."""
         if self.sel is None:
             return
-        allow_expunge = cmd.name not in ("FETCH", "STORE", "SEARCH")
+        allow_expunge = cmd.name not in ("FETCH", "STORE", "SEARCH", "SORT", "THREAD")
         await self.sync(allow_expunge=allow_expunge)
 
     def ok(self, cmd: Command, text: str = "", code: str | None = None) -> None:
@@ -1184,22 +1214,7 @@ class ImapSession(LineSession):
         if len(args) >= 2 and isinstance(args[0], str) and args[0].upper() == "CHARSET":
             charset = as_string(args[1], "charset").decode("ascii", "replace")
             args = args[2:]
-        if not args:
-            raise ImapParseError("SEARCH needs criteria")
-        try:
-            key = searchmod.parse_search(args, charset)  # type: ignore[arg-type]
-        except searchmod.BadCharset:
-            raise No("Unsupported charset.", "BADCHARSET (US-ASCII UTF-8)") from None
-        except searchmod.SearchError as exc:
-            raise ImapParseError(str(exc)) from None
-        await self._refresh()
-        box = self.sel.box
-        st = box.state
-        present = [(seq, st.messages[uid]) for seq, uid in enumerate(self.sel.view, 1)
-                   if uid in st.messages]
-        msgs = [m for _, m in present]
-        hits = await search_mailbox(box, key, msgs, frozenset(self.sel.recent))
-        found = [present[i - 1] for i in hits]
+        key, found = await self._matching(args, charset)
         numbers = [m.uid if by_uid else seq for seq, m in found]
         modseq = max((m.modseq for _, m in found), default=0) \
             if searchmod.uses_modseq(key) else None
@@ -1226,6 +1241,124 @@ class ImapSession(LineSession):
             if modseq is not None and numbers:
                 parts.append(f"MODSEQ {modseq}")
             self.emit("* ESEARCH " + " ".join(parts) + "\r\n")
+        await self._after_command(cmd)
+        self.ok(cmd)
+
+    async def _matching(self, args: list[Token], charset: str,
+                        ) -> tuple[searchmod.SearchKey, list[tuple[int, Message]]]:
+        """The search key of ``args`` and the (seq, message) pairs matching it."""
+        assert self.sel is not None
+        if not args:
+            raise ImapParseError("SEARCH needs criteria")
+        try:
+            key = searchmod.parse_search(args, charset)  # type: ignore[arg-type]
+        except searchmod.BadCharset:
+            raise No("Unsupported charset.", "BADCHARSET (US-ASCII UTF-8)") from None
+        except searchmod.SearchError as exc:
+            raise ImapParseError(str(exc)) from None
+        await self._refresh()
+        box = self.sel.box
+        st = box.state
+        present = [(seq, st.messages[uid]) for seq, uid in enumerate(self.sel.view, 1)
+                   if uid in st.messages]
+        msgs = [m for _, m in present]
+        hits = await search_mailbox(box, key, msgs, frozenset(self.sel.recent))
+        return key, [present[i - 1] for i in hits]
+
+    async def _sortable(self, found: list[tuple[int, Message]],
+                        references: bool = False) -> list[_Sortable]:
+        """What SORT and THREAD compare, from the index and the cache (no message is read):
+        the cached ENVELOPE and, for THREAD, the References header of the cached header
+        block; read ahead like FETCH."""
+        assert self.sel is not None
+        box = self.sel.box
+
+        async def load(job: tuple[int, Message]) -> _Sortable:
+            seq, m = job
+            entry = await box.cache_entry(m)
+            refs = None
+            if references:
+                refs = _header_value(await box.header_block(m), "References")
+            return _Sortable(seq, m.uid, m.size, internal_datetime(m), entry["env"], refs)
+
+        out = []
+        async with Prefetch(found, load,
+                            count=box.mail_store.settings.prefetch_count) as ahead:
+            async for done in ahead:
+                out.append(done.result())
+        return out
+
+    async def do_sort(self, cmd: Command) -> None:
+        await self._sort(cmd, by_uid=False)
+
+    async def do_uid_sort(self, cmd: Command) -> None:
+        await self._sort(cmd, by_uid=True)
+
+    async def _sort(self, cmd: Command, by_uid: bool) -> None:
+        """RFC 5256 SORT (with RFC 5957 DISPLAYFROM/DISPLAYTO) and RFC 5267 ESORT
+        (``SORT RETURN (...)``)."""
+        args = list(cmd.args)
+        ret: list[str] | None = None
+        if len(args) >= 2 and isinstance(args[0], str) and args[0].upper() == "RETURN":
+            ret = [as_atom(t, "return option").upper()
+                   for t in as_list(args[1], "RETURN options")]
+            for r in ret:
+                if r not in ("MIN", "MAX", "ALL", "COUNT"):
+                    raise ImapParseError(f"unknown RETURN option {r[:20]}")
+            ret = ret or ["ALL"]
+            args = args[2:]
+        if len(args) < 3:
+            raise ImapParseError("SORT needs sort criteria, a charset and search criteria")
+        try:
+            keys = sortmod.parse_sort_criteria(
+                [as_atom(t, "sort key") for t in as_list(args[0], "sort criteria")])
+        except ValueError as exc:
+            raise ImapParseError(str(exc)) from None
+        charset = as_string(args[1], "charset").decode("ascii", "replace")
+        _, found = await self._matching(args[2:], charset)
+        by_seq = {seq: m for seq, m in found}
+        order = sortmod.sort_messages(await self._sortable(found), keys)
+        numbers = [by_seq[s].uid if by_uid else s for s in order]
+        if ret is None:
+            self.emit("* SORT" + "".join(f" {n}" for n in numbers) + "\r\n")
+        else:
+            parts = [f'(TAG "{cmd.tag}")'] + (["UID"] if by_uid else [])
+            if numbers:
+                if "MIN" in ret:
+                    parts.append(f"MIN {numbers[0]}")
+                if "MAX" in ret:
+                    parts.append(f"MAX {numbers[-1]}")
+                if "ALL" in ret:
+                    parts.append("ALL " + ",".join(str(n) for n in numbers))
+            if "COUNT" in ret:
+                parts.append(f"COUNT {len(numbers)}")
+            self.emit("* ESEARCH " + " ".join(parts) + "\r\n")
+        await self._after_command(cmd)
+        self.ok(cmd)
+
+    async def do_thread(self, cmd: Command) -> None:
+        await self._thread(cmd, by_uid=False)
+
+    async def do_uid_thread(self, cmd: Command) -> None:
+        await self._thread(cmd, by_uid=True)
+
+    async def _thread(self, cmd: Command, by_uid: bool) -> None:
+        """RFC 5256 THREAD: ORDEREDSUBJECT, REFERENCES, and REFS."""
+        if len(cmd.args) < 3:
+            raise ImapParseError("THREAD needs an algorithm, a charset and search criteria")
+        algorithm = as_atom(cmd.args[0], "thread algorithm").upper()
+        if algorithm not in ("ORDEREDSUBJECT", "REFERENCES", "REFS"):
+            raise ImapParseError(f"unknown THREAD algorithm {algorithm[:30]}")
+        charset = as_string(cmd.args[1], "charset").decode("ascii", "replace")
+        _, found = await self._matching(list(cmd.args[2:]), charset)
+        by_seq = {seq: m for seq, m in found}
+        msgs = [sortmod.thread_message(s, s.references)
+                for s in await self._sortable(found, references=algorithm != "ORDEREDSUBJECT")]
+        threads = sortmod.thread_messages(msgs, algorithm)
+        if by_uid:
+            threads = [_renumber(t, lambda s: by_seq[s].uid) for t in threads]
+        text = sortmod.format_threads(threads)
+        self.emit("* THREAD" + (f" {text}" if text else "") + "\r\n")
         await self._after_command(cmd)
         self.ok(cmd)
 
@@ -1490,6 +1623,8 @@ _STATES: dict[str, tuple[str, ...]] = {
     "CHECK": ("selected",), "CLOSE": ("selected",), "UNSELECT": ("selected",),
     "EXPUNGE": ("selected",), "UID EXPUNGE": ("selected",), "SEARCH": ("selected",),
     "UID SEARCH": ("selected",), "FETCH": ("selected",), "UID FETCH": ("selected",),
+    "SORT": ("selected",), "UID SORT": ("selected",), "THREAD": ("selected",),
+    "UID THREAD": ("selected",),
     "STORE": ("selected",), "UID STORE": ("selected",), "COPY": ("selected",),
     "UID COPY": ("selected",), "MOVE": ("selected",), "UID MOVE": ("selected",),
 }
