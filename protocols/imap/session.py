@@ -193,6 +193,18 @@ def _header_value(block: bytes, name: str) -> str | None:
     return " ".join(m.group(1).decode("utf-8", "replace").split())
 
 
+def _return_options(args: list[Token]) -> tuple[list[str] | None, list[Token]]:
+    """ESEARCH/ESORT ``RETURN (MIN MAX ALL COUNT)`` at the head of ``args`` (RFC 4731,
+    RFC 5267): the options (an empty list means ALL; None without RETURN) and the rest."""
+    if not (len(args) >= 2 and isinstance(args[0], str) and args[0].upper() == "RETURN"):
+        return None, args
+    ret = [as_atom(t, "return option").upper() for t in as_list(args[1], "RETURN options")]
+    for r in ret:
+        if r not in ("MIN", "MAX", "ALL", "COUNT"):
+            raise ImapParseError(f"unknown RETURN option {r[:20]}")
+    return ret or ["ALL"], args[2:]
+
+
 def _renumber(node: sortmod.ThreadNode, to: Callable[[int], int]) -> sortmod.ThreadNode:
     """A thread tree with its sequence numbers mapped (UID THREAD)."""
     return sortmod.ThreadNode(None if node.seq is None else to(node.seq),
@@ -1201,17 +1213,7 @@ class ImapSession(LineSession):
 
     async def _search(self, cmd: Command, by_uid: bool) -> None:
         assert self.sel is not None
-        args = list(cmd.args)
-        ret: list[str] | None = None
-        if len(args) >= 2 and isinstance(args[0], str) and args[0].upper() == "RETURN":
-            ret = [as_atom(t, "return option").upper()
-                   for t in as_list(args[1], "RETURN options")]
-            for r in ret:
-                if r not in ("MIN", "MAX", "ALL", "COUNT"):
-                    raise ImapParseError(f"unknown RETURN option {r[:20]}")
-            if not ret:
-                ret = ["ALL"]
-            args = args[2:]
+        ret, args = _return_options(list(cmd.args))
         charset = "UTF-8"
         if len(args) >= 2 and isinstance(args[0], str) and args[0].upper() == "CHARSET":
             charset = as_string(args[1], "charset").decode("ascii", "replace")
@@ -1299,16 +1301,7 @@ class ImapSession(LineSession):
     async def _sort(self, cmd: Command, by_uid: bool) -> None:
         """RFC 5256 SORT (with RFC 5957 DISPLAYFROM/DISPLAYTO) and RFC 5267 ESORT
         (``SORT RETURN (...)``)."""
-        args = list(cmd.args)
-        ret: list[str] | None = None
-        if len(args) >= 2 and isinstance(args[0], str) and args[0].upper() == "RETURN":
-            ret = [as_atom(t, "return option").upper()
-                   for t in as_list(args[1], "RETURN options")]
-            for r in ret:
-                if r not in ("MIN", "MAX", "ALL", "COUNT"):
-                    raise ImapParseError(f"unknown RETURN option {r[:20]}")
-            ret = ret or ["ALL"]
-            args = args[2:]
+        ret, args = _return_options(list(cmd.args))
         if len(args) < 3:
             raise ImapParseError("SORT needs sort criteria, a charset and search criteria")
         try:
