@@ -40,9 +40,9 @@ from cloudcote.core.mail.errors import (
 from cloudcote.core.mail.index import ranges_of
 from cloudcote.core.mail.mailbox_list import SEP, normalize_name
 from cloudcote.core.mail.prefetch import Prefetch
-from cloudcote.core.mail.storage import SaveRequest, internal_datetime, search_mailbox
+from cloudcote.core.mail.storage import SaveRequest, search_mailbox
 
-from . import utf7
+from . import catenate, sorting, utf7
 from .fetch import FetchRequest, flags_list, parse_fetch_items, render
 from .limits import ImapLimits
 from .listing import ListOptions, list_responses, parse_list_command, parse_status_items
@@ -168,29 +168,6 @@ def parse_date_time(text: str) -> dt.datetime:
                            tzinfo=dt.timezone(off))
     except ValueError:
         raise ImapParseError("bad date-time") from None
-
-
-@dataclass
-class _Sortable:
-    """A message as SORT and THREAD see it (sortmod.SortMessage)."""
-
-    seq: int
-    uid: int
-    size: int
-    internaldate: dt.datetime
-    envelope: list[object]
-    references: str | None = None
-
-
-def _header_value(block: bytes, name: str) -> str | None:
-    """The unfolded value of the first header ``name`` in a header block, or None (a
-    regular expression: a full header parse per message would cost THREAD most of its
-    time)."""
-    m = re.search(rb"(?im)^" + re.escape(name.encode()) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)",
-                  block)
-    if m is None:
-        return None
-    return " ".join(m.group(1).decode("utf-8", "replace").split())
 
 
 def _return_options(args: list[Token]) -> tuple[list[str] | None, list[Token]]:
@@ -890,13 +867,24 @@ class ImapSession(LineSession):
         self.emit(b"* STATUS " + astring(utf7.encode(name)) + f" ({body})\r\n".encode())
 
     async def do_append(self, cmd: Command) -> None:
-        """APPEND, with MULTIAPPEND (RFC 3502): every message is saved, or none is."""
+        """APPEND, with MULTIAPPEND (RFC 3502: every message is saved, or none is) and
+        CATENATE (RFC 4469: a message put together from text and IMAP URLs)."""
         args = list(cmd.args)
         if len(args) < 2:
             raise ImapParseError("APPEND needs a mailbox name and a message")
         name = self._mailbox_name(args.pop(0))
-        requests = self._append_messages(cmd, args)
-        assert self.mail is not None
+        assert self.mail is not None and self.user is not None
+        requests = []
+        for flags, when, data in self._append_messages(cmd, args):
+            if isinstance(data, list):
+                try:
+                    data = await catenate.assemble(
+                        self.mail, self.user, data, cmd,
+                        selected=self.sel.box.name if self.sel is not None else None,
+                        limit=self.limits.max_append_literal)
+                except catenate.CatenateError as exc:
+                    raise No(str(exc), exc.code) from None
+            requests.append(SaveRequest(data, flags, when))
         try:
             box = await self._open_box(name)
         except No:
@@ -910,12 +898,19 @@ class ImapSession(LineSession):
         self.ok(cmd, "Append completed",
                 f"APPENDUID {box.state.uidvalidity} {seqset_text(uids)}")
 
-    def _append_messages(self, cmd: Command, args: list[Token]) -> list[SaveRequest]:
+    def _append_messages(self, cmd: Command, args: list[Token],
+                         ) -> list[tuple[list[str], dt.datetime | None, bytes | list[Token]]]:
         """The messages of APPEND's arguments after the mailbox name: each is
-        ``[flag-list] [date-time] literal`` (RFC 3502 6.3.11); a date-time is a quoted
-        string (or a literal) followed by the message's literal."""
-        requests: list[SaveRequest] = []
+        ``[flag-list] [date-time] (literal / CATENATE (parts))`` (RFC 3502 6.3.11, RFC 4469
+        5); a date-time is a quoted string (or a literal) followed by the message's literal
+        or by CATENATE."""
+        out: list[tuple[list[str], dt.datetime | None, bytes | list[Token]]] = []
         i = 0
+
+        def catenate_at(j: int) -> bool:
+            return j + 1 < len(args) and isinstance(args[j], str) \
+                and str(args[j]).upper() == "CATENATE" and isinstance(args[j + 1], list)
+
         while i < len(args):
             flags: list[str] = []
             when: dt.datetime | None = None
@@ -926,17 +921,23 @@ class ImapSession(LineSession):
             if i + 1 < len(args):
                 tok = args[i]
                 if isinstance(tok, bytes) and not cmd.is_literal(tok) \
-                        and cmd.is_literal(args[i + 1]):
+                        and (cmd.is_literal(args[i + 1]) or catenate_at(i + 1)):
                     when = parse_date_time(tok.decode("ascii", "replace"))
                     i += 1
+            if catenate_at(i):
+                parts = args[i + 1]
+                assert isinstance(parts, list)
+                out.append((flags, when, parts))
+                i += 2
+                continue
             if i >= len(args):
                 raise ImapParseError("APPEND needs the message as a literal")
             data = args[i]
             if not isinstance(data, bytes):
                 raise ImapParseError("bad APPEND arguments")
-            requests.append(SaveRequest(data, flags, when))
+            out.append((flags, when, data))
             i += 1
-        return requests
+        return out
 
     def _flags(self, toks: list[Token]) -> list[str]:
         out = []
@@ -1269,29 +1270,6 @@ class ImapSession(LineSession):
         hits = await search_mailbox(box, key, msgs, frozenset(self.sel.recent))
         return key, [present[i - 1] for i in hits]
 
-    async def _sortable(self, found: list[tuple[int, Message]],
-                        references: bool = False) -> list[_Sortable]:
-        """What SORT and THREAD compare, from the index and the cache (no message is read):
-        the cached ENVELOPE and, for THREAD, the References header of the cached header
-        block; read ahead like FETCH."""
-        assert self.sel is not None
-        box = self.sel.box
-
-        async def load(job: tuple[int, Message]) -> _Sortable:
-            seq, m = job
-            entry = await box.cache_entry(m)
-            refs = None
-            if references:
-                refs = _header_value(await box.header_block(m), "References")
-            return _Sortable(seq, m.uid, m.size, internal_datetime(m), entry["env"], refs)
-
-        out = []
-        async with Prefetch(found, load,
-                            count=box.mail_store.settings.prefetch_count) as ahead:
-            async for done in ahead:
-                out.append(done.result())
-        return out
-
     async def do_sort(self, cmd: Command) -> None:
         await self._sort(cmd, by_uid=False)
 
@@ -1312,7 +1290,8 @@ class ImapSession(LineSession):
         charset = as_string(args[1], "charset").decode("ascii", "replace")
         _, found = await self._matching(args[2:], charset)
         by_seq = {seq: m for seq, m in found}
-        order = sortmod.sort_messages(await self._sortable(found), keys)
+        assert self.sel is not None
+        order = await sorting.sort_order(self.sel.box, found, keys)
         numbers = [by_seq[s].uid if by_uid else s for s in order]
         if ret is None:
             self.emit("* SORT" + "".join(f" {n}" for n in numbers) + "\r\n")
@@ -1347,9 +1326,8 @@ class ImapSession(LineSession):
         charset = as_string(cmd.args[1], "charset").decode("ascii", "replace")
         _, found = await self._matching(list(cmd.args[2:]), charset)
         by_seq = {seq: m for seq, m in found}
-        msgs = [sortmod.thread_message(s, s.references)
-                for s in await self._sortable(found, references=algorithm != "ORDEREDSUBJECT")]
-        threads = sortmod.thread_messages(msgs, algorithm)
+        assert self.sel is not None
+        threads = await sorting.threads(self.sel.box, found, algorithm)
         if by_uid:
             threads = [_renumber(t, lambda s: by_seq[s].uid) for t in threads]
         text = sortmod.format_threads(threads)
