@@ -12,13 +12,13 @@ from cloudcote.core.mail.mailbox_list import SEP
 
 from . import utf7
 from .parser import ImapParseError, Token, as_atom, as_list, as_string
-from .values import astring
+from .values import astring, utf8_astring
 
 if TYPE_CHECKING:
     from cloudcote.core.mail.storage import UserMail
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
-                "SIZE")
+                "SIZE", "DELETED")
 
 
 def parse_status_items(arg: Token) -> list[str]:
@@ -45,17 +45,20 @@ class ListOptions:
     return_special_use: bool = True
     status_items: list[str] = field(default_factory=list)
     extended: bool = False
+    #: Names in UTF-8 rather than modified UTF-7 (IMAP4rev2, RFC 9051 5.1).
+    utf8: bool = False
 
 
-def _decode(raw: bytes) -> str:
+def _decode(raw: bytes, utf8: bool) -> str:
     try:
-        return utf7.decode(raw.decode("ascii"))
+        return raw.decode("utf-8") if utf8 else utf7.decode(raw.decode("ascii"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ImapParseError(f"mailbox pattern is not modified UTF-7: {exc}") from None
+        raise ImapParseError(f"mailbox pattern is not {'UTF-8' if utf8 else 'modified UTF-7'}"
+                             f": {exc}") from None
 
 
-def parse_list_command(args: list[Token], lsub: bool) -> ListOptions:
-    opts = ListOptions(lsub=lsub)
+def parse_list_command(args: list[Token], lsub: bool, utf8: bool = False) -> ListOptions:
+    opts = ListOptions(lsub=lsub, utf8=utf8)
     args = list(args)
     if not lsub and args and isinstance(args[0], list):
         opts.extended = True
@@ -75,15 +78,15 @@ def parse_list_command(args: list[Token], lsub: bool) -> ListOptions:
             raise ImapParseError("RECURSIVEMATCH needs another selection option")
     if len(args) < 2:
         raise ImapParseError(f"{'LSUB' if lsub else 'LIST'} needs a reference and a pattern")
-    opts.reference = _decode(as_string(args[0], "reference"))
+    opts.reference = _decode(as_string(args[0], "reference"), utf8)
     pat = args[1]
     if isinstance(pat, list) and not lsub:
         opts.extended = True
-        opts.patterns = [_decode(as_string(p, "pattern")) for p in pat]
+        opts.patterns = [_decode(as_string(p, "pattern"), utf8) for p in pat]
         if not opts.patterns:
             raise ImapParseError("empty pattern list")
     else:
-        opts.patterns = [_decode(as_string(pat, "pattern"))]
+        opts.patterns = [_decode(as_string(pat, "pattern"), utf8)]
     rest = args[2:]
     if rest:
         if lsub or len(rest) != 2 or not isinstance(rest[0], str) \
@@ -207,7 +210,7 @@ def list_responses(mail: UserMail, opts: ListOptions) -> Iterator[tuple[bytes, s
         if entry is not None and (opts.return_special_use or opts.select_special_use):
             attrs.extend(entry.special_use)
         line = (f"* {verb} ({' '.join(attrs)}) \"{SEP}\" ".encode()
-                + astring(utf7.encode(name)))
+                + (utf8_astring(name) if opts.utf8 else astring(utf7.encode(name))))
         if childinfo:
             line += b' ("CHILDINFO" ("SUBSCRIBED"))'
         yield line + b"\r\n", (name if entry is not None and not opts.lsub

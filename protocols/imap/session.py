@@ -59,7 +59,7 @@ from .parser import (
     strip_marker,
     tag_of,
 )
-from .values import astring, string
+from .values import astring, string, utf8_astring
 
 if TYPE_CHECKING:
     from cloudcote.core.mail.index import Message
@@ -80,6 +80,8 @@ _DATE_TIME = re.compile(
     r"^ ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)$")
 #: Literals one command may carry.
 MAX_LITERALS = 1000
+#: Searches one session keeps up to date (RFC 5267 UPDATE); NOUPDATE beyond.
+MAX_CONTEXTS = 16
 #: Bytes of output collected before they are written out.
 FLUSH_AT = 64 * 1024
 #: Octets of a literal read at once (each within the idle timeout).
@@ -126,6 +128,32 @@ class Selected:
     reported: dict[int, int] = field(default_factory=dict)
     keywords: frozenset[str] = frozenset()
     version: tuple[int, int, int] = (0, 0, 0)
+    #: The saved search result ``$`` (RFC 5182), as UIDs.
+    saved: list[int] = field(default_factory=list)
+    #: Searches the client asked to keep up to date (RFC 5267 UPDATE), by tag.
+    contexts: dict[str, SearchContext] = field(default_factory=dict)
+
+
+@dataclass
+class SearchContext:
+    """A SEARCH or SORT with ``RETURN (UPDATE)``: what it found (UIDs, in result order)
+    and what it needs to be run again when the mailbox changes."""
+
+    key: searchmod.SearchKey
+    by_uid: bool
+    sort_keys: list[tuple[str, bool]] | None
+    found: list[int]
+    version: tuple[int, int, int]
+
+
+@dataclass
+class ReturnOptions:
+    """``RETURN (...)`` of SEARCH and SORT (RFC 4731, RFC 5182, RFC 5267)."""
+
+    items: set[str] = field(default_factory=set)  # MIN MAX ALL COUNT
+    save: bool = False
+    update: bool = False
+    partial: tuple[int, int] | None = None
 
 
 def _resp_code(code: str | None) -> str:
@@ -170,16 +198,110 @@ def parse_date_time(text: str) -> dt.datetime:
         raise ImapParseError("bad date-time") from None
 
 
-def _return_options(args: list[Token]) -> tuple[list[str] | None, list[Token]]:
-    """ESEARCH/ESORT ``RETURN (MIN MAX ALL COUNT)`` at the head of ``args`` (RFC 4731,
-    RFC 5267): the options (an empty list means ALL; None without RETURN) and the rest."""
+def _return_options(args: list[Token]) -> tuple[ReturnOptions | None, list[Token]]:
+    """``RETURN (...)`` at the head of SEARCH or SORT arguments: MIN MAX ALL COUNT (RFC 4731,
+    RFC 5267), SAVE (RFC 5182), CONTEXT, UPDATE and ``PARTIAL lo:hi`` (RFC 5267); None
+    without RETURN.  With no result option but SAVE, UPDATE or CONTEXT, ALL is meant
+    (``RETURN ()`` too), except that SAVE alone returns nothing."""
     if not (len(args) >= 2 and isinstance(args[0], str) and args[0].upper() == "RETURN"):
         return None, args
-    ret = [as_atom(t, "return option").upper() for t in as_list(args[1], "RETURN options")]
-    for r in ret:
-        if r not in ("MIN", "MAX", "ALL", "COUNT"):
+    opts = ReturnOptions()
+    toks = as_list(args[1], "RETURN options")
+    i = 0
+    while i < len(toks):
+        r = as_atom(toks[i], "return option").upper()
+        if r in ("MIN", "MAX", "ALL", "COUNT"):
+            opts.items.add(r)
+        elif r == "SAVE":
+            opts.save = True
+        elif r == "UPDATE":
+            opts.update = True
+        elif r == "CONTEXT":
+            pass  # a hint that updates or partial results may follow: nothing to keep
+        elif r == "PARTIAL" and i + 1 < len(toks) and opts.partial is None:
+            i += 1
+            m = re.fullmatch(r"([1-9]\d{0,9}):([1-9]\d{0,9})", as_atom(toks[i], "partial range"))
+            if m is None:
+                raise ImapParseError("PARTIAL needs a range lo:hi")
+            lo, hi = sorted((int(m.group(1)), int(m.group(2))))
+            opts.partial = (lo, hi)
+        else:
             raise ImapParseError(f"unknown RETURN option {r[:20]}")
-    return ret or ["ALL"], args[2:]
+        i += 1
+    if opts.partial is not None and "ALL" in opts.items:
+        raise ImapParseError("PARTIAL and ALL exclude each other")
+    if not opts.items and opts.partial is None and not opts.save:
+        opts.items.add("ALL")
+    return opts, args[2:]
+
+
+_SEARCH_ARG_KEYS = frozenset((
+    "BCC", "BEFORE", "BODY", "CC", "FROM", "KEYWORD", "LARGER", "ON", "SENTBEFORE", "SENTON",
+    "SENTSINCE", "SINCE", "SMALLER", "SUBJECT", "TEXT", "TO", "UNKEYWORD", "OLDER",
+    "YOUNGER", "HEADER", "MODSEQ", "CHARSET"))
+
+
+def _expand_saved(args: list[Token], saved: list[int]) -> list[Token]:
+    """Search criteria with ``$`` (RFC 5182) replaced by the UIDs of the saved result:
+    ``$`` and ``UID $`` become ``UID <set>`` (``NOT ALL`` when the result is empty)."""
+    out: list[Token] = []
+    for tok in args:
+        if isinstance(tok, list):
+            out.append(_expand_saved(tok, saved))
+            continue
+        prev = out[-1] if out else None
+        if tok != "$" or (isinstance(prev, str) and prev.upper() in _SEARCH_ARG_KEYS):
+            out.append(tok)
+            continue
+        if isinstance(prev, str) and prev.upper() == "UID":
+            out.pop()
+        out.append(["UID", seqset_text(saved)] if saved else ["NOT", "ALL"])
+    return out
+
+
+def esearch_line(tag: str, by_uid: bool, numbers: list[int], opts: ReturnOptions,
+                 ordered: bool, modseq: int | None = None) -> str | None:
+    """The ESEARCH response of SEARCH (``ordered`` False: ``numbers`` ascending) or SORT
+    (``ordered``: numbers in sort order, MIN and MAX the first and the last); None when
+    nothing was asked but SAVE."""
+    if not opts.items and opts.partial is None:
+        return None
+
+    def as_set(nums: list[int]) -> str:
+        return ",".join(str(n) for n in nums) if ordered else seqset_text(nums)
+
+    parts = [f'(TAG "{tag}")'] + (["UID"] if by_uid else [])
+    if numbers:
+        if "MIN" in opts.items:
+            parts.append(f"MIN {numbers[0] if ordered else min(numbers)}")
+        if "MAX" in opts.items:
+            parts.append(f"MAX {numbers[-1] if ordered else max(numbers)}")
+        if "ALL" in opts.items:
+            parts.append(f"ALL {as_set(numbers)}")
+    if "COUNT" in opts.items:
+        parts.append(f"COUNT {len(numbers)}")
+    if opts.partial is not None:
+        lo, hi = opts.partial
+        window = numbers[lo - 1:hi]
+        parts.append(f"PARTIAL ({lo}:{hi} {as_set(window) if window else 'NIL'})")
+    if modseq is not None and numbers:
+        parts.append(f"MODSEQ {modseq}")
+    return "* ESEARCH " + " ".join(parts)
+
+
+def saved_of(opts: ReturnOptions, uids: list[int], ordered: bool) -> list[int]:
+    """What SAVE keeps (RFC 5182 2.1): the MIN and/or MAX message when only those were
+    asked for, else every one found."""
+    if not uids or opts.items - {"MIN", "MAX"} or opts.partial is not None \
+            or not opts.items:
+        return sorted(uids)
+    first, last = (uids[0], uids[-1]) if ordered else (min(uids), max(uids))
+    keep = set()
+    if "MIN" in opts.items:
+        keep.add(first)
+    if "MAX" in opts.items:
+        keep.add(last)
+    return sorted(keep)
 
 
 def _renumber(node: sortmod.ThreadNode, to: Callable[[int], int]) -> sortmod.ThreadNode:
@@ -205,6 +327,8 @@ class ImapSession(LineSession):
         self.sel: Selected | None = None
         self.condstore = False
         self.qresync = False
+        #: ENABLE IMAP4rev2 (RFC 9051): UTF-8 names, ESEARCH, no \Recent.
+        self.rev2 = False
         self.bytes_in = 0
         self.fetched = 0
         self.deleted = 0
@@ -376,7 +500,7 @@ class ImapSession(LineSession):
     # -- the loop -------------------------------------------------------------------------
 
     def capabilities(self) -> str:
-        caps = ["IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
+        caps = ["IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
         if self.ctx.ssl_context is not None and not self.conn.tls \
                 and self.state == "not-authenticated":
             caps.append("STARTTLS")
@@ -391,7 +515,8 @@ class ImapSession(LineSession):
                      "LIST-STATUS", "ESEARCH", "QUOTA", "QUOTA=RES-STORAGE",
                      "QUOTA=RES-MESSAGE", "STATUS=SIZE", "WITHIN", "MULTIAPPEND",
                      "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT",
-                     "THREAD=REFERENCES", "THREAD=REFS"]
+                     "THREAD=REFERENCES", "THREAD=REFS", "SEARCHRES", "CONTEXT=SEARCH",
+                     "CONTEXT=SORT", "UNAUTHENTICATE"]
         return " ".join(caps)
 
     async def run(self) -> None:
@@ -614,13 +739,24 @@ class ImapSession(LineSession):
     def _mailbox_name(self, tok: Token) -> str:
         raw = as_string(tok, "mailbox name")
         try:
-            text = raw.decode("ascii")
-            name = utf7.decode(text)
+            if self.rev2:  # RFC 9051 5.1: UTF-8 names
+                name = raw.decode("utf-8")
+            else:
+                name = utf7.decode(raw.decode("ascii"))
         except (UnicodeDecodeError, ValueError) as exc:
-            raise No(f"Mailbox name is not valid modified UTF-7: {exc}", "CANNOT") from None
+            raise No(f"Mailbox name is not valid {'UTF-8' if self.rev2 else 'modified UTF-7'}"
+                     f": {exc}", "CANNOT") from None
         if name.upper() == "INBOX":
             return "INBOX"
         return name
+
+    def _wire_name(self, name: str) -> bytes:
+        """A mailbox name as the client reads it: modified UTF-7, or UTF-8 under IMAP4rev2."""
+        return utf8_astring(name) if self.rev2 else astring(utf7.encode(name))
+
+    def _text_name(self, name: str) -> str:
+        """A mailbox name inside response text."""
+        return name if self.rev2 else utf7.encode(name)
 
     def _canon(self, name: str) -> str:
         try:
@@ -643,7 +779,26 @@ class ImapSession(LineSession):
                 if not self.condstore:
                     self.condstore = True
                 enabled.append(name)
+            elif name == "IMAP4REV2" and not self.rev2:
+                self.rev2 = True
+                if self.sel is not None:
+                    self.sel.recent.clear()
+                enabled.append("IMAP4rev2")
         self.emit("* ENABLED" + "".join(" " + e for e in enabled) + "\r\n")
+        self.ok(cmd)
+
+    async def do_unauthenticate(self, cmd: Command) -> None:
+        """RFC 8437: back to the not-authenticated state, as on a new connection (TLS
+        stays)."""
+        log.info("%s %s: user %s unauthenticated", self.conn.session_id, self.conn.peer,
+                 self.user)
+        self._log_logout()
+        self.user = None
+        self.user_entry = None
+        self.mail = None
+        self.sel = None
+        self.condstore = self.qresync = self.rev2 = False
+        self.state = "not-authenticated"
         self.ok(cmd)
 
     async def do_namespace(self, cmd: Command) -> None:
@@ -697,11 +852,17 @@ class ImapSession(LineSession):
         else:
             self.emit(f"* OK [PERMANENTFLAGS ({' '.join(self._all_flags(sel.keywords))} \\*)] "
                       "Flags permitted.\r\n")
-        self.emit(f"* {len(view)} EXISTS\r\n* 0 RECENT\r\n")
-        first_unseen = next((i for i, uid in enumerate(view, 1)
-                             if "\\Seen" not in st.messages[uid].flags), None)
-        if first_unseen is not None:
-            self.emit(f"* OK [UNSEEN {first_unseen}] First unseen.\r\n")
+        self.emit(f"* {len(view)} EXISTS\r\n")
+        if self.rev2:
+            # RFC 9051 6.3.2: no RECENT nor UNSEEN; the mailbox's name as the server has it.
+            self.emit(b'* LIST () "' + SEP.encode() + b'" ' + self._wire_name(box.name)
+                      + b"\r\n")
+        else:
+            self.emit("* 0 RECENT\r\n")
+            first_unseen = next((i for i, uid in enumerate(view, 1)
+                                 if "\\Seen" not in st.messages[uid].flags), None)
+            if first_unseen is not None:
+                self.emit(f"* OK [UNSEEN {first_unseen}] First unseen.\r\n")
         self.emit(f"* OK [UIDVALIDITY {st.uidvalidity}] UIDs valid\r\n"
                   f"* OK [UIDNEXT {st.next_uid}] Predicted next UID\r\n")
         self.emit(f"* OK [HIGHESTMODSEQ {st.highest_modseq}] Highest\r\n")
@@ -748,7 +909,7 @@ class ImapSession(LineSession):
         try:
             return await self.mail.mailbox(canon)
         except MailboxNotFound:
-            raise No("Mailbox doesn't exist: " + utf7.encode(canon) + ".",
+            raise No("Mailbox doesn't exist: " + self._text_name(canon) + ".",
                      "NONEXISTENT") from None
 
     async def do_create(self, cmd: Command) -> None:
@@ -816,11 +977,11 @@ class ImapSession(LineSession):
         self.ok(cmd)
 
     async def do_list(self, cmd: Command) -> None:
-        opts = parse_list_command(cmd.args, lsub=False)
+        opts = parse_list_command(cmd.args, lsub=False, utf8=self.rev2)
         await self._list(cmd, opts)
 
     async def do_lsub(self, cmd: Command) -> None:
-        opts = parse_list_command(cmd.args, lsub=True)
+        opts = parse_list_command(cmd.args, lsub=True, utf8=self.rev2)
         await self._list(cmd, opts)
 
     async def _list(self, cmd: Command, opts: ListOptions) -> None:
@@ -861,10 +1022,12 @@ class ImapSession(LineSession):
             "HIGHESTMODSEQ": st.highest_modseq,
             "SIZE": st.total_size,
         }
+        if "DELETED" in items:  # RFC 9051 6.3.11
+            values["DELETED"] = sum(1 for m in st if "\\Deleted" in m.flags)
         if "HIGHESTMODSEQ" in items:
             self.condstore = True
         body = " ".join(f"{i} {values[i]}" for i in items)
-        self.emit(b"* STATUS " + astring(utf7.encode(name)) + f" ({body})\r\n".encode())
+        self.emit(b"* STATUS " + self._wire_name(name) + f" ({body})\r\n".encode())
 
     async def do_append(self, cmd: Command) -> None:
         """APPEND, with MULTIAPPEND (RFC 3502: every message is saved, or none is) and
@@ -888,7 +1051,7 @@ class ImapSession(LineSession):
         try:
             box = await self._open_box(name)
         except No:
-            raise No("Mailbox doesn't exist: " + utf7.encode(self._canon(name)) + ".",
+            raise No("Mailbox doesn't exist: " + self._text_name(self._canon(name)) + ".",
                      "TRYCREATE") from None
         if any(not r.raw for r in requests):
             raise No("Can't save an empty message.")
@@ -1011,7 +1174,7 @@ class ImapSession(LineSession):
         await self._open_box(name)
         assert self.mail is not None
         limits = self.mail.quota_limits
-        enc = astring(utf7.encode(name)).decode()
+        enc = self._wire_name(name).decode("utf-8")
         if not limits.bytes and not limits.messages:
             self.emit(f"* QUOTAROOT {enc}\r\n")
         else:
@@ -1067,6 +1230,8 @@ class ImapSession(LineSession):
         st = sel.box.state
         version = (st.highest_modseq, st.next_uid, st.exists)
         if version == sel.version:
+            if allow_expunge and sel.contexts:
+                await self._update_contexts()
             return
         view = sel.view
         if allow_expunge:
@@ -1105,10 +1270,14 @@ class ImapSession(LineSession):
             sel.reported.clear()
         if new:
             view.extend(new)
-            sel.recent.update(new)
-            self.emit(f"* {len(view)} EXISTS\r\n* {len(sel.recent)} RECENT\r\n")
+            self.emit(f"* {len(view)} EXISTS\r\n")
+            if not self.rev2:  # IMAP4rev2 has no \Recent (RFC 9051 E.4)
+                sel.recent.update(new)
+                self.emit(f"* {len(sel.recent)} RECENT\r\n")
         if allow_expunge or len(view) == st.exists:
             sel.version = version
+        if allow_expunge:
+            await self._update_contexts()
         await self.maybe_flush()
 
     def _flag_update(self, seq: int, m: Message) -> str:
@@ -1122,8 +1291,11 @@ class ImapSession(LineSession):
         return f"* {seq} FETCH ({' '.join(parts)})\r\n"
 
     def _seq_set(self, text: str) -> list[int]:
-        """Sequence numbers of a sequence set, as UIDs of the view (RFC 3501 6.4.8)."""
+        """Sequence numbers of a sequence set, as UIDs of the view (RFC 3501 6.4.8); ``$``
+        is the saved search result (RFC 5182)."""
         assert self.sel is not None
+        if text == "$":
+            return self._saved_uids()
         view = self.sel.view
         try:
             sset = searchmod.parse_sequence_set(text)
@@ -1139,8 +1311,11 @@ class ImapSession(LineSession):
         return sorted(set(out))
 
     def _uid_set(self, text: str, allow_all: bool = True) -> list[int]:
-        """UIDs of the view that a UID set names (missing UIDs are ignored)."""
+        """UIDs of the view that a UID set names (missing UIDs are ignored); ``$`` is the
+        saved search result (RFC 5182)."""
         assert self.sel is not None
+        if text == "$":
+            return self._saved_uids()
         view = self.sel.view
         try:
             sset = searchmod.parse_sequence_set(text)
@@ -1213,12 +1388,20 @@ class ImapSession(LineSession):
         await self._search(cmd, by_uid=True)
 
     async def _search(self, cmd: Command, by_uid: bool) -> None:
-        assert self.sel is not None
+        """SEARCH with ESEARCH (RFC 4731), SEARCHRES (RFC 5182) and CONTEXT=SEARCH
+        (RFC 5267); under IMAP4rev2 the answer is always ESEARCH (RFC 9051 6.4.4)."""
+        sel = self.sel
+        assert sel is not None
         ret, args = _return_options(list(cmd.args))
+        if ret is None and self.rev2:
+            ret = ReturnOptions(items={"ALL"})
         charset = "UTF-8"
         if len(args) >= 2 and isinstance(args[0], str) and args[0].upper() == "CHARSET":
             charset = as_string(args[1], "charset").decode("ascii", "replace")
             args = args[2:]
+        args = _expand_saved(args, self._saved_uids())
+        if ret is not None and ret.save:
+            sel.saved = []  # a SEARCH that fails leaves $ empty (RFC 5182 2.1)
         key, found = await self._matching(args, charset)
         numbers = [m.uid if by_uid else seq for seq, m in found]
         modseq = max((m.modseq for _, m in found), default=0) \
@@ -1231,22 +1414,109 @@ class ImapSession(LineSession):
                 line += f" (MODSEQ {modseq})"
             self.emit(line + "\r\n")
         else:
-            parts = [f'(TAG "{cmd.tag}")']
-            if by_uid:
-                parts.append("UID")
-            if numbers:
-                if "MIN" in ret:
-                    parts.append(f"MIN {min(numbers)}")
-                if "MAX" in ret:
-                    parts.append(f"MAX {max(numbers)}")
-                if "ALL" in ret:
-                    parts.append(f"ALL {seqset_text(numbers)}")
-            if "COUNT" in ret:
-                parts.append(f"COUNT {len(numbers)}")
-            if modseq is not None and numbers:
-                parts.append(f"MODSEQ {modseq}")
-            self.emit("* ESEARCH " + " ".join(parts) + "\r\n")
+            text = esearch_line(cmd.tag, by_uid, numbers, ret, ordered=False, modseq=modseq)
+            if text is not None:
+                self.emit(text + "\r\n")
+            if ret.save:
+                sel.saved = saved_of(ret, [m.uid for _, m in found], ordered=False)
+            if ret.update:
+                self._keep_context(cmd.tag, SearchContext(
+                    key, by_uid, None, [m.uid for _, m in found], self._version()))
         await self._after_command(cmd)
+        self.ok(cmd)
+
+    def _saved_uids(self) -> list[int]:
+        """``$``: the saved result's messages that are still in the view."""
+        assert self.sel is not None
+        view = self.sel.view
+        out = []
+        for uid in self.sel.saved:
+            i = bisect.bisect_left(view, uid)
+            if i < len(view) and view[i] == uid:
+                out.append(uid)
+        return out
+
+    def _version(self) -> tuple[int, int, int]:
+        assert self.sel is not None
+        st = self.sel.box.state
+        return (st.highest_modseq, st.next_uid, st.exists)
+
+    def _keep_context(self, tag: str, ctx: SearchContext) -> None:
+        """RFC 5267 4.2: a search kept up to date; NOUPDATE past the limit."""
+        assert self.sel is not None
+        contexts = self.sel.contexts
+        if tag not in contexts and len(contexts) >= MAX_CONTEXTS:
+            self.emit(f'* NO [NOUPDATE "{tag}"] Too many search contexts.\r\n')
+            return
+        contexts[tag] = ctx
+
+    async def _update_contexts(self) -> None:
+        """ADDTO and REMOVEFROM (RFC 5267 4.3) for the searches kept up to date, once the
+        view has taken in new and expunged messages.  An expunged message leaves every
+        result through its EXPUNGE (or VANISHED) alone."""
+        sel = self.sel
+        assert sel is not None
+        if not sel.contexts:
+            return
+        version = self._version()
+        st = sel.box.state
+        present = [(seq, st.messages[uid]) for seq, uid in enumerate(sel.view, 1)
+                   if uid in st.messages]
+        recent = frozenset(sel.recent)
+        for tag, ctx in list(sel.contexts.items()):
+            if ctx.version == version:
+                continue
+            ctx.version = version
+            hits = await search_mailbox(sel.box, ctx.key, [m for _, m in present], recent)
+            found = [present[i - 1] for i in hits]
+            if ctx.sort_keys is not None:
+                by_seq = {seq: m.uid for seq, m in found}
+                new = [by_seq[seq] for seq in
+                       await sorting.sort_order(sel.box, found, ctx.sort_keys)]
+            else:
+                new = [m.uid for _, m in found]
+            old = [u for u in ctx.found if u in st.messages]
+            ctx.found = new
+            self._emit_context_changes(tag, ctx, old, new)
+
+    def _emit_context_changes(self, tag: str, ctx: SearchContext, old: list[int],
+                              new: list[int]) -> None:
+        """REMOVEFROM the messages that left, from the end, then ADDTO those that came, in
+        result order; a SEARCH result gives position 0 (RFC 5267 4.3), a SORT result the
+        message's place at that moment."""
+        assert self.sel is not None
+        view = self.sel.view
+        new_set = set(new)
+        old_set = set(old)
+
+        def number(uid: int) -> int:
+            return uid if ctx.by_uid else bisect.bisect_left(view, uid) + 1
+
+        prefix = f'* ESEARCH (TAG "{tag}"){" UID" if ctx.by_uid else ""}'
+        removed = [(i + 1, u) for i, u in enumerate(old) if u not in new_set]
+        added = [(i + 1, u) for i, u in enumerate(new) if u not in old_set]
+        if ctx.sort_keys is None:
+            if removed:
+                nums = sorted(number(u) for _, u in removed)
+                self.emit(f"{prefix} REMOVEFROM (0 {seqset_text(nums)})\r\n")
+            if added:
+                nums = sorted(number(u) for _, u in added)
+                self.emit(f"{prefix} ADDTO (0 {seqset_text(nums)})\r\n")
+            return
+        if removed:
+            pairs = " ".join(f"{pos} {number(u)}" for pos, u in reversed(removed))
+            self.emit(f"{prefix} REMOVEFROM ({pairs})\r\n")
+        if added:
+            pairs = " ".join(f"{pos} {number(u)}" for pos, u in added)
+            self.emit(f"{prefix} ADDTO ({pairs})\r\n")
+
+    async def do_cancelupdate(self, cmd: Command) -> None:
+        """RFC 5267 4.3: stop updating the searches with these tags."""
+        assert self.sel is not None
+        if not cmd.args:
+            raise ImapParseError("CANCELUPDATE needs tags")
+        for tok in cmd.args:
+            self.sel.contexts.pop(as_string(tok, "tag").decode("ascii", "replace"), None)
         self.ok(cmd)
 
     async def _matching(self, args: list[Token], charset: str,
@@ -1277,8 +1547,10 @@ class ImapSession(LineSession):
         await self._sort(cmd, by_uid=True)
 
     async def _sort(self, cmd: Command, by_uid: bool) -> None:
-        """RFC 5256 SORT (with RFC 5957 DISPLAYFROM/DISPLAYTO) and RFC 5267 ESORT
-        (``SORT RETURN (...)``)."""
+        """RFC 5256 SORT (with RFC 5957 DISPLAYFROM/DISPLAYTO), RFC 5267 ESORT
+        (``SORT RETURN (...)``) with CONTEXT=SORT, and SAVE (RFC 5182)."""
+        sel = self.sel
+        assert sel is not None
         ret, args = _return_options(list(cmd.args))
         if len(args) < 3:
             raise ImapParseError("SORT needs sort criteria, a charset and search criteria")
@@ -1288,25 +1560,25 @@ class ImapSession(LineSession):
         except ValueError as exc:
             raise ImapParseError(str(exc)) from None
         charset = as_string(args[1], "charset").decode("ascii", "replace")
-        _, found = await self._matching(args[2:], charset)
+        criteria = _expand_saved(list(args[2:]), self._saved_uids())
+        if ret is not None and ret.save:
+            sel.saved = []
+        key, found = await self._matching(criteria, charset)
         by_seq = {seq: m for seq, m in found}
-        assert self.sel is not None
-        order = await sorting.sort_order(self.sel.box, found, keys)
+        order = await sorting.sort_order(sel.box, found, keys)
         numbers = [by_seq[s].uid if by_uid else s for s in order]
         if ret is None:
             self.emit("* SORT" + "".join(f" {n}" for n in numbers) + "\r\n")
         else:
-            parts = [f'(TAG "{cmd.tag}")'] + (["UID"] if by_uid else [])
-            if numbers:
-                if "MIN" in ret:
-                    parts.append(f"MIN {numbers[0]}")
-                if "MAX" in ret:
-                    parts.append(f"MAX {numbers[-1]}")
-                if "ALL" in ret:
-                    parts.append("ALL " + ",".join(str(n) for n in numbers))
-            if "COUNT" in ret:
-                parts.append(f"COUNT {len(numbers)}")
-            self.emit("* ESEARCH " + " ".join(parts) + "\r\n")
+            uids = [by_seq[s].uid for s in order]
+            text = esearch_line(cmd.tag, by_uid, numbers, ret, ordered=True)
+            if text is not None:
+                self.emit(text + "\r\n")
+            if ret.save:
+                sel.saved = saved_of(ret, uids, ordered=True)
+            if ret.update:
+                self._keep_context(cmd.tag, SearchContext(key, by_uid, keys, uids,
+                                                          self._version()))
         await self._after_command(cmd)
         self.ok(cmd)
 
@@ -1377,8 +1649,11 @@ class ImapSession(LineSession):
             gone = [u for u in st.expunged_since(changedsince)
                     if u <= (self.sel.view[-1] if self.sel.view else 0)]
             text = as_atom(cmd.args[0], "UID set")
-            sset = searchmod.parse_sequence_set(text)
-            ranges = sset.resolve(self.sel.view[-1] if self.sel.view else 0)
+            if text == "$":
+                ranges = [(u, u) for u in self._saved_uids()]
+            else:
+                sset = searchmod.parse_sequence_set(text)
+                ranges = sset.resolve(self.sel.view[-1] if self.sel.view else 0)
             gone = [u for u in gone if any(lo <= u <= hi for lo, hi in ranges)]
             if gone:
                 self.emit(f"* VANISHED (EARLIER) {seqset_text(gone)}\r\n")
@@ -1558,7 +1833,7 @@ class ImapSession(LineSession):
         try:
             dest = await self._open_box(name)
         except No:
-            raise No("Mailbox doesn't exist: " + utf7.encode(self._canon(name)) + ".",
+            raise No("Mailbox doesn't exist: " + self._text_name(self._canon(name)) + ".",
                      "TRYCREATE") from None
         if move and self.sel.readonly:
             raise No("Mailbox is read-only.", "READ-ONLY")
@@ -1588,7 +1863,8 @@ _STATES: dict[str, tuple[str, ...]] = {
     "CAPABILITY": _ANY, "NOOP": _ANY, "LOGOUT": _ANY, "ID": _ANY,
     "STARTTLS": ("not-authenticated",), "LOGIN": ("not-authenticated",),
     "AUTHENTICATE": ("not-authenticated",),
-    "ENABLE": _AUTHED, "NAMESPACE": _AUTHED, "SELECT": _AUTHED, "EXAMINE": _AUTHED,
+    "ENABLE": _AUTHED, "UNAUTHENTICATE": _AUTHED, "NAMESPACE": _AUTHED, "SELECT": _AUTHED,
+    "EXAMINE": _AUTHED,
     "CREATE": _AUTHED, "DELETE": _AUTHED, "RENAME": _AUTHED, "SUBSCRIBE": _AUTHED,
     "UNSUBSCRIBE": _AUTHED, "LIST": _AUTHED, "LSUB": _AUTHED, "STATUS": _AUTHED,
     "APPEND": _AUTHED, "IDLE": _AUTHED, "GETQUOTAROOT": _AUTHED, "GETQUOTA": _AUTHED,
@@ -1598,6 +1874,7 @@ _STATES: dict[str, tuple[str, ...]] = {
     "UID SEARCH": ("selected",), "FETCH": ("selected",), "UID FETCH": ("selected",),
     "SORT": ("selected",), "UID SORT": ("selected",), "THREAD": ("selected",),
     "UID THREAD": ("selected",),
+    "CANCELUPDATE": ("selected",),
     "STORE": ("selected",), "UID STORE": ("selected",), "COPY": ("selected",),
     "UID COPY": ("selected",), "MOVE": ("selected",), "UID MOVE": ("selected",),
 }

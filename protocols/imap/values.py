@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["Atom", "astring", "literal", "nstring", "quoted", "serialize", "serialize_envelope"]
+__all__ = ["Atom", "astring", "literal", "nstring", "quoted", "serialize", "serialize_envelope",
+           "utf8_astring"]
 
 
 class Atom(str):
@@ -65,6 +66,15 @@ def astring(text: str | bytes) -> bytes:
     if data and data.upper() != b"NIL" and _NOT_ASTRING.search(data) is None:
         return data
     return string(data)
+
+
+def utf8_astring(text: str) -> bytes:
+    """An astring that may carry UTF-8 in a quoted string (RFC 9051 9 QUOTED-CHAR, for
+    IMAP4rev2 clients): a literal only for CR, LF or NUL."""
+    data = text.encode("utf-8")
+    if data and data.upper() != b"NIL" and _NOT_ASTRING.search(data) is None:
+        return data
+    return quoted(data) if re.search(rb"[\x00\r\n]", data) is None else literal(data)
 
 
 def serialize(value: object) -> bytes:
