@@ -43,6 +43,7 @@ from cloudcote.core.mail.prefetch import Prefetch
 from cloudcote.core.mail.storage import SaveRequest, search_mailbox
 
 from . import catenate, sorting, utf7
+from . import notify as notifymod
 from .fetch import FetchRequest, flags_list, parse_fetch_items, render
 from .limits import ImapLimits
 from .listing import ListOptions, list_responses, parse_list_command, parse_status_items
@@ -144,6 +145,16 @@ class SearchContext:
     sort_keys: list[tuple[str, bool]] | None
     found: list[int]
     version: tuple[int, int, int]
+
+
+@dataclass
+class _Notified:
+    """What a NOTIFY client was last told: the list (GUID -> name), the subscriptions, and
+    the status of each watched mailbox that is not selected."""
+
+    names: dict[str, str]
+    subscriptions: set[str]
+    status: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -329,6 +340,11 @@ class ImapSession(LineSession):
         self.qresync = False
         #: ENABLE IMAP4rev2 (RFC 9051): UTF-8 names, ESEARCH, no \Recent.
         self.rev2 = False
+        #: NOTIFY (RFC 5465): what the client wants to hear of, and what it has heard.
+        self.notify: notifymod.NotifySpec | None = None
+        self.notified: _Notified | None = None
+        #: A command's first line has been read (no unsolicited responses until it ends).
+        self.command_started = False
         self.bytes_in = 0
         self.fetched = 0
         self.deleted = 0
@@ -403,11 +419,14 @@ class ImapSession(LineSession):
         lines: list[bytes] = []
         literals: list[bytes] = []
         total = 0  # octets of the command so far: one holds at most a message's worth
+        self.command_started = False
         try:
             line = await self.read_line()
         except _LineTooLong as exc:
             await self._refuse_long_line(exc, exc.tag)
             return None
+        finally:
+            self.command_started = True
         while True:
             marker = literal_marker(line)
             if marker is None:
@@ -516,7 +535,7 @@ class ImapSession(LineSession):
                      "QUOTA=RES-MESSAGE", "STATUS=SIZE", "WITHIN", "MULTIAPPEND",
                      "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT",
                      "THREAD=REFERENCES", "THREAD=REFS", "SEARCHRES", "CONTEXT=SEARCH",
-                     "CONTEXT=SORT", "UNAUTHENTICATE"]
+                     "CONTEXT=SORT", "UNAUTHENTICATE", "NOTIFY"]
         return " ".join(caps)
 
     async def run(self) -> None:
@@ -525,7 +544,10 @@ class ImapSession(LineSession):
         try:
             while self.state != "logout":
                 try:
-                    got = await self.read_command()
+                    if self.notify is not None:
+                        got = await self._read_command_notifying()
+                    else:
+                        got = await self.read_command()
                 except ImapParseError as exc:
                     await self._bad(None, str(exc))
                     continue
@@ -1128,10 +1150,13 @@ class ImapSession(LineSession):
         try:
             while True:
                 waits: set[asyncio.Future[object]] = {read, stop}  # type: ignore[arg-type]
-                change: asyncio.Future[bool] | None = None
-                if self.sel is not None:
+                change: asyncio.Future[object] | None = None
+                if self.notify is not None:
+                    change = asyncio.ensure_future(self._notify_wait())  # type: ignore[assignment]
+                elif self.sel is not None:
                     change = asyncio.ensure_future(self.sel.box.wait_for_change(60.0))
-                    waits.add(change)  # type: ignore[arg-type]
+                if change is not None:
+                    waits.add(change)
                 left = deadline - time.monotonic()
                 done, _ = await asyncio.wait(waits, timeout=max(left, 0),
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -1148,7 +1173,10 @@ class ImapSession(LineSession):
                 if change is not None and change in done:
                     try:
                         change.result()
-                        await self.sync(allow_expunge=True)
+                        if self.notify is not None:
+                            await self._notify_changes()
+                        if self.sel is not None:
+                            await self.sync(allow_expunge=True)
                     except MailError as exc:
                         log.warning("%s user=%s: IDLE refresh failed: %s",
                                     self.conn.session_id, self.user, exc)
@@ -1165,6 +1193,187 @@ class ImapSession(LineSession):
             stop.cancel()
             if not read.done():
                 read.cancel()
+
+    # -- NOTIFY (RFC 5465) ------------------------------------------------------------------
+
+    async def do_notify(self, cmd: Command) -> None:
+        try:
+            spec = notifymod.parse_notify(list(cmd.args), self._mailbox_name)
+        except notifymod.BadEvent:
+            raise No("Unsupported event.",
+                     f"BADEVENT ({' '.join(notifymod.SUPPORTED_EVENTS)})") from None
+        self.notify = spec
+        self.notified = None
+        if spec is not None:
+            assert self.mail is not None
+            await self.mail.refresh_list()
+            self.notified = _Notified(
+                {e.guid: e.name for e in self.mail.list_mailboxes()},
+                set(self.mail.subscriptions()))
+            for name, events in self._notify_watched():
+                box = await self._open_box(name)
+                self.notified.status[box.guid] = self._box_status(box)
+                if spec.status and events & {"MessageNew", "MessageExpunge", "FlagChange"}:
+                    self._notify_status_line(box, events, full=True)
+        await self._after_command(cmd)
+        self.ok(cmd)
+
+    def _notify_watched(self) -> list[tuple[str, frozenset[str]]]:
+        """The mailboxes (not the selected one) NOTIFY watches, with their events."""
+        assert self.mail is not None and self.notify is not None
+        subscribed = self.mail.subscriptions()
+        selected = self.sel.box.name if self.sel is not None else None
+        out = []
+        for entry in self.mail.list_mailboxes():
+            if entry.name == selected:
+                continue
+            events = self.notify.events_for(entry.name, subscribed)
+            if events & {"MessageNew", "MessageExpunge", "FlagChange"}:
+                out.append((entry.name, events))
+                if len(out) >= notifymod.MAX_WATCHED:
+                    break
+        return out
+
+    def _box_status(self, box: Mailbox) -> tuple[int, ...]:
+        st = box.state
+        return (st.uidvalidity, st.exists, st.next_uid, st.unseen, st.highest_modseq)
+
+    def _notify_status_line(self, box: Mailbox, events: frozenset[str], full: bool) -> None:
+        """RFC 5465 5.1-5.3: STATUS of a watched mailbox that changed."""
+        st = box.state
+        items = [("MESSAGES", st.exists), ("UIDNEXT", st.next_uid),
+                 ("UIDVALIDITY", st.uidvalidity), ("UNSEEN", st.unseen)]
+        if not full and "MessageNew" not in events:
+            items = [("UIDVALIDITY", st.uidvalidity), ("UNSEEN", st.unseen)]
+        if self.condstore:
+            items.append(("HIGHESTMODSEQ", st.highest_modseq))
+        body = " ".join(f"{k} {v}" for k, v in items)
+        self.emit(b"* STATUS " + self._wire_name(box.name) + f" ({body})\r\n".encode())
+
+    async def _notify_wait(self) -> None:
+        """Until something NOTIFY watches may have changed: a change of the selected or a
+        watched mailbox (at once in this process, else within the poll interval), or a poll
+        interval for the mailbox list."""
+        assert self.mail is not None
+        poll = self.mail.store.settings.poll_interval
+        boxes: list[Mailbox] = []
+        if self.sel is not None:
+            boxes.append(self.sel.box)
+        for name, _ in self._notify_watched():
+            try:
+                boxes.append(await self.mail.mailbox(name))
+            except MailboxNotFound:
+                continue
+        waits = [asyncio.ensure_future(b.wait_for_change(poll)) for b in boxes]
+        waits.append(asyncio.ensure_future(asyncio.sleep(poll)))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _notify_changes(self) -> None:
+        """Untagged responses for what changed since the client last heard (RFC 5465 5):
+        LIST for created, deleted and renamed mailboxes and for subscriptions, STATUS for
+        the watched mailboxes, and the selected mailbox's EXISTS, EXPUNGE and FETCH."""
+        spec, told = self.notify, self.notified
+        if spec is None or told is None or self.mail is None:
+            return
+        mail = self.mail
+        if spec.watches_list or spec.groups:
+            await mail.refresh_list()
+        subscribed = mail.subscriptions()
+        names = {e.guid: e.name for e in mail.list_mailboxes()}
+        selected = self.sel.box.name if self.sel is not None else None
+
+        def events(name: str) -> frozenset[str]:
+            if name == selected and spec.selected is not None:
+                return spec.selected
+            return spec.events_for(name, subscribed)
+
+        sep = f' "{SEP}" '.encode()
+        for guid, name in names.items():
+            old = told.names.get(guid)
+            if old == name or "MailboxName" not in events(name):
+                continue
+            if old is None:
+                self.emit(b"* LIST ()" + sep + self._wire_name(name) + b"\r\n")
+            else:
+                self.emit(b"* LIST ()" + sep + self._wire_name(name) + b' ("OLDNAME" ('
+                          + self._wire_name(old) + b"))\r\n")
+        for guid, name in told.names.items():
+            if guid not in names and "MailboxName" in events(name):
+                self.emit(b"* LIST (\\NonExistent)" + sep + self._wire_name(name) + b"\r\n")
+        for name in sorted(subscribed ^ told.subscriptions):
+            if "SubscriptionChange" in events(name):
+                attrs = b"(\\Subscribed)" if name in subscribed else b"()"
+                self.emit(b"* LIST " + attrs + sep + self._wire_name(name) + b"\r\n")
+        told.names, told.subscriptions = names, set(subscribed)
+        for name, evs in self._notify_watched():
+            try:
+                box = await mail.mailbox(name)
+            except MailboxNotFound:
+                continue
+            now = self._box_status(box)
+            before = told.status.get(box.guid)
+            told.status[box.guid] = now
+            if before is None or before == now:
+                continue
+            counts_changed = before[:3] != now[:3]
+            if counts_changed and evs & {"MessageNew", "MessageExpunge"}:
+                self._notify_status_line(box, evs, full=True)
+            elif not counts_changed and "FlagChange" in evs:
+                self._notify_status_line(box, evs, full=False)
+        if self.sel is not None and spec.selected:
+            before_view = len(self.sel.view)
+            await self.sync(allow_expunge=not spec.delayed)
+            new = self.sel.view[before_view:]
+            if new and spec.fetch is not None and "MessageNew" in spec.selected:
+                await self._notify_fetch(new, spec.fetch)
+
+    async def _notify_fetch(self, uids: list[int], req: FetchRequest) -> None:
+        """MessageNew's fetch attributes for new messages of the selected mailbox."""
+        assert self.sel is not None
+        box = self.sel.box
+        st = box.state
+        for uid in uids:
+            m = st.messages.get(uid)
+            if m is None:
+                continue
+            seq = bisect.bisect_left(self.sel.view, uid) + 1
+            try:
+                self.emit(await render(box, m, req, seq=seq, recent=uid in self.sel.recent,
+                                       with_uid=True, with_modseq=self.condstore))
+            except MessageExpunged:
+                continue
+            await self.maybe_flush()
+
+    async def _read_command_notifying(self) -> tuple[list[bytes], list[bytes]] | None:
+        """The next command, while reporting NOTIFY's changes as they come, up to the
+        moment its first line is read."""
+        read = asyncio.ensure_future(self.read_command())
+        try:
+            while True:
+                wake = asyncio.ensure_future(self._notify_wait())
+                done, _ = await asyncio.wait({read, wake},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if read in done:
+                    wake.cancel()
+                    await asyncio.gather(wake, return_exceptions=True)
+                    return read.result()
+                if self.command_started or self.notify is None:
+                    continue
+                try:
+                    await self._notify_changes()
+                except MailError as exc:
+                    log.warning("%s user=%s: NOTIFY refresh failed: %s",
+                                self.conn.session_id, self.user, exc)
+                await self.flush()
+        finally:
+            if not read.done():
+                read.cancel()
+                await asyncio.gather(read, return_exceptions=True)
 
     async def do_getquotaroot(self, cmd: Command) -> None:
         """RFC 9208: one quota root, "", for all of a user's mailboxes."""
@@ -1868,7 +2077,7 @@ _STATES: dict[str, tuple[str, ...]] = {
     "CREATE": _AUTHED, "DELETE": _AUTHED, "RENAME": _AUTHED, "SUBSCRIBE": _AUTHED,
     "UNSUBSCRIBE": _AUTHED, "LIST": _AUTHED, "LSUB": _AUTHED, "STATUS": _AUTHED,
     "APPEND": _AUTHED, "IDLE": _AUTHED, "GETQUOTAROOT": _AUTHED, "GETQUOTA": _AUTHED,
-    "SETQUOTA": _AUTHED,
+    "SETQUOTA": _AUTHED, "NOTIFY": _AUTHED,
     "CHECK": ("selected",), "CLOSE": ("selected",), "UNSELECT": ("selected",),
     "EXPUNGE": ("selected",), "UID EXPUNGE": ("selected",), "SEARCH": ("selected",),
     "UID SEARCH": ("selected",), "FETCH": ("selected",), "UID FETCH": ("selected",),
