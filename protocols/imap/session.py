@@ -535,7 +535,7 @@ class ImapSession(LineSession):
                      "QUOTA=RES-MESSAGE", "STATUS=SIZE", "WITHIN", "MULTIAPPEND",
                      "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT",
                      "THREAD=REFERENCES", "THREAD=REFS", "SEARCHRES", "CONTEXT=SEARCH",
-                     "CONTEXT=SORT", "UNAUTHENTICATE", "NOTIFY"]
+                     "CONTEXT=SORT", "UNAUTHENTICATE", "NOTIFY", "CATENATE"]
         return " ".join(caps)
 
     async def run(self) -> None:
