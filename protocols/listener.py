@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 import os
+import socket
 import ssl
 import stat
 from collections.abc import Awaitable, Callable
@@ -59,6 +60,39 @@ class Connection:
 
 SessionFactory = Callable[[Connection], Awaitable[None]]
 
+#: What a client hears when the server holds all the connections it may: the protocol's
+#: own way of saying "not now" (RFC 3501 7.1.5, RFC 2449 8.1.2 SYS/TEMP, RFC 5321 421).
+REFUSALS = {
+    "imap": b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n",
+    "imaps": b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n",
+    "pop3": b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n",
+    "pop3s": b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n",
+    "lmtp": b"421 4.3.2 Too many connections, try again later\r\n",
+}
+
+
+class ConnectionGate:
+    """The connections a process holds at once, across all its listeners: beyond
+    ``limit`` a new one is refused with its protocol's refusal and closed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.refused = 0
+
+    def enter(self) -> bool:
+        if self.count >= self.limit:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warning("connection limit %d reached: refused %d connection(s) so far",
+                            self.limit, self.refused)
+            return False
+        self.count += 1
+        return True
+
+    def leave(self) -> None:
+        self.count -= 1
+
 
 class Listener:
     """One bound address of one protocol."""
@@ -73,18 +107,32 @@ class Listener:
         port: int | None = None,
         path: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        sock: socket.socket | None = None,
+        gate: ConnectionGate | None = None,
+        id_prefix: str = "",
     ) -> None:
         self.protocol = protocol
         self.address = address
         self.handler = handler
         self.host, self.port, self.path = host, port, path
         self.ssl_context = ssl_context
+        #: A socket bound (and listening) already: by the master, shared by the workers.
+        self.sock = sock
+        self.gate = gate
+        self.id_prefix = id_prefix
         self.server: asyncio.AbstractServer | None = None
         self.sessions: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         try:
-            if self.path is not None:
+            if self.sock is not None:
+                if self.sock.family == socket.AF_UNIX:
+                    self.server = await asyncio.start_unix_server(
+                        self._accept, sock=self.sock, ssl=self.ssl_context, limit=MAX_LINE * 2)
+                else:
+                    self.server = await asyncio.start_server(
+                        self._accept, sock=self.sock, ssl=self.ssl_context, limit=MAX_LINE * 2)
+            elif self.path is not None:
                 _remove_stale_socket(self.path)
                 self.server = await asyncio.start_unix_server(
                     self._accept, path=self.path, ssl=self.ssl_context, limit=MAX_LINE * 2)
@@ -104,13 +152,22 @@ class Listener:
                  " (TLS)" if self.ssl_context else "")
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.gate is not None and not self.gate.enter():
+            with contextlib.suppress(Exception):
+                writer.write(REFUSALS.get(self.protocol, b""))
+                await asyncio.wait_for(writer.drain(), 5)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 5)
+            return
         task = asyncio.current_task()
         assert task is not None
         self.sessions.add(task)
         peer = writer.get_extra_info("peername")
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
         conn = Connection(
-            reader=reader, writer=writer, session_id=f"{self.protocol}-{next(_session_ids)}",
+            reader=reader, writer=writer,
+            session_id=f"{self.protocol}-{self.id_prefix}{next(_session_ids)}",
             peer=peer_text, local_is_loopback=_is_loopback(writer),
             tls=self.ssl_context is not None,
         )
@@ -123,6 +180,8 @@ class Listener:
         except Exception:
             log.exception("%s %s: session failed", conn.session_id, peer_text)
         finally:
+            if self.gate is not None:
+                self.gate.leave()
             self.sessions.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
@@ -141,7 +200,7 @@ class Listener:
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await self.server.wait_closed()
-        if self.path is not None:
+        if self.path is not None and self.sock is None:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
 

@@ -93,15 +93,20 @@ def setup_logging(config: Config) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import StartupError, banner, run_server
+    from .server import Server, StartupError, banner, run_server
+    from .workers import Master, MasterView
 
     config = _load(args)
     setup_logging(config)
+    workers = config.server.worker_count()
 
-    def ready(server) -> None:  # type: ignore[no-untyped-def]
-        print(banner(server), flush=True)
+    def ready(server: Server | MasterView) -> None:
+        listeners = [(x.protocol, x.address) for x in server.listeners]
+        print(banner(config, listeners, workers), flush=True)
 
     try:
+        if workers > 1:
+            return Master(config, workers).run(ready)
         asyncio.run(run_server(config, ready))
     except StartupError as exc:
         raise CliError(f"cloudcote: {exc}", exc.exit_code) from exc

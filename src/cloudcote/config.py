@@ -186,6 +186,19 @@ class TlsConfig:
 
 
 @dataclass
+class ServerConfig:
+    #: Worker processes serving the listeners; 0 is one per core.  With 1 the server is a
+    #: single process (no master).
+    workers: int = 0
+    #: Connections the server holds at most, all workers together (each takes its share);
+    #: 0 is as many as the file descriptor limit allows.  Beyond: a BYE-style refusal.
+    max_connections: int = 0
+
+    def worker_count(self) -> int:
+        return self.workers or max(1, os.cpu_count() or 1)
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
     path: Path | None = None
@@ -205,11 +218,19 @@ class Config:
     #: ``[lmtp]`` and ``[pop3]`` keys besides ``listen`` (``[pop3]``'s apply to pop3s too).
     lmtp: LmtpSettings = field(default_factory=LmtpSettings)
     pop3: Pop3Settings = field(default_factory=Pop3Settings)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
     def to_toml(self) -> str:
         """The effective configuration as TOML, like ``doveconf -n``."""
         lines = [f"# cloudcote effective configuration (from {self.source or 'embedded default'})"]
         lines.append(f"data_dir = {_toml_value(str(self.data_dir))}")
+        lines.append("")
+        lines.append("[server]")
+        lines.append(f"workers = {self.server.workers}"
+                     + ("  # one per core" if not self.server.workers else ""))
+        lines.append(f"max_connections = {self.server.max_connections}"
+                     + ("  # as file descriptors allow" if not self.server.max_connections
+                        else ""))
         lines.append("")
         lines.append("[storage]")
         if isinstance(self.storage.fs, str):
@@ -476,6 +497,18 @@ def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path 
         if p is not None and not p.is_file():
             raise ConfigError(f"{origin}: tls file {str(p)!r} does not exist or is not a file")
 
+    sv = _Section(origin, "server", top.get("server", dict, {}, "expected a table"))
+    workers = sv.get("workers", int, 0, "expected 0 (one per core) or 1-256")
+    if isinstance(workers, bool) or not 0 <= workers <= 256:
+        raise sv.error("workers", workers, "expected 0 (one per core) or 1-256")
+    max_conn = sv.get("max_connections", int, 0,
+                      "expected 0 (as descriptors allow) or 1-10000000")
+    if isinstance(max_conn, bool) or not 0 <= max_conn <= 10_000_000:
+        raise sv.error("max_connections", max_conn,
+                       "expected 0 (as descriptors allow) or 1-10000000")
+    sv.finish()
+    server = ServerConfig(workers=workers, max_connections=max_conn)
+
     lg = _Section(origin, "log", top.get("log", dict, {}, "expected a table"))
     level = lg.get("level", str, "info", f"expected one of {', '.join(LOG_LEVELS)}")
     if level.lower() not in LOG_LEVELS:
@@ -490,6 +523,7 @@ def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path 
         source=source, mail=mail, imap_limits=imap_limits,
         lmtp=LmtpSettings(**protocol_values["lmtp"]),
         pop3=Pop3Settings(**protocol_values["pop3"]),
+        server=server,
     )
 
 

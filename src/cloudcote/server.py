@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -28,7 +30,7 @@ from cloudcote.core.mail.storage import (
 from cloudcote.libfs import FsError, open_fs
 from cloudcote.protocols.imap.limits import ImapLimits
 from cloudcote.protocols.imap.session import imap_session
-from cloudcote.protocols.listener import Connection, Listener, ListenError
+from cloudcote.protocols.listener import Connection, ConnectionGate, Listener, ListenError
 from cloudcote.protocols.lmtp.session import lmtp_session
 from cloudcote.protocols.pop3.session import pop3_session
 from cloudcote.protocols.session import ServerContext
@@ -112,18 +114,52 @@ def make_ssl_context(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
-class Server:
-    """The running server: storage, auth and listeners, opened and closed in one place."""
+def raise_nofile() -> tuple[int, int]:
+    """Raise the soft limit of open files to the hard limit (as Dovecot's master does);
+    returns (soft, hard) as they are then."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open file limit from %d to %d: %s", soft, want, exc)
+    return soft, hard
 
-    def __init__(self, config: Config) -> None:
+
+def connection_limit(config: Config, workers: int, nofile: int) -> int:
+    """Connections one process may hold: its share of ``[server] max_connections``, and
+    never so many that its descriptors run out (an eighth of them, at least 64, stay for
+    storage, logs and the listeners)."""
+    by_fds = max(1, nofile - max(64, nofile // 8))
+    if config.server.max_connections:
+        return min(by_fds, math.ceil(config.server.max_connections / workers))
+    return by_fds
+
+
+class Server:
+    """The running server: storage, auth and listeners, opened and closed in one place.
+    A worker gets its listening sockets from the master (``sockets``, by address)."""
+
+    def __init__(self, config: Config, sockets: dict[str, socket.socket] | None = None,
+                 worker: int | None = None, workers: int = 1) -> None:
         self.config = config
+        self.sockets = sockets
+        self.worker = worker
+        self.workers = workers
         self.listeners: list[Listener] = []
         self.ctx: ServerContext | None = None
         self.stack = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
         config = self.config
-        prepare_data_dir(config)
+        if self.sockets is None:
+            prepare_data_dir(config)
+        soft, hard = raise_nofile()
+        limit = connection_limit(config, self.workers, soft)
+        gate = ConnectionGate(limit)
         try:
             passdb = open_passdb(config.auth.passdb_spec)
             if hasattr(passdb, "load"):
@@ -156,6 +192,9 @@ class Server:
                     section, str(address), handler, host=address.host, port=address.port,
                     path=address.path,
                     ssl_context=ssl_context if section in IMPLICIT_TLS else None,
+                    sock=self.sockets.get(str(address)) if self.sockets is not None else None,
+                    gate=gate,
+                    id_prefix=f"w{self.worker}." if self.worker is not None else "",
                 )
                 try:
                     await listener.start()
@@ -163,6 +202,12 @@ class Server:
                     raise StartupError(str(exc), 69) from exc
                 self.listeners.append(listener)
                 self.stack.push_async_callback(listener.stop)
+        # Once started: a start that fails says only why (one line).
+        log.info("%sopen file limit %d (hard %s): at most %d connections%s",
+                 f"worker {self.worker} (pid {os.getpid()}): " if self.worker is not None
+                 else "", soft,
+                 "unlimited" if hard == resource.RLIM_INFINITY else hard, limit,
+                 " in this worker" if self.worker is not None else "")
 
     async def stop(self) -> None:
         if self.ctx is not None:
@@ -170,25 +215,29 @@ class Server:
         await self.stack.aclose()
 
 
-def banner(server: Server) -> str:
-    lines = ["cloudcote is running."]
-    for listener in server.listeners:
-        lines.append(f"  {listener.protocol:<5} {listener.address}")
-    cfg = server.config
-    kind, _, path = cfg.auth.passdb.partition(":")
+def banner(config: Config, listeners: list[tuple[str, str]], workers: int = 1) -> str:
+    """What ``cloudcote serve`` prints once it accepts clients: ``listeners`` are
+    (protocol, address)."""
+    lines = ["cloudcote is running" + (f" ({workers} worker processes)." if workers > 1
+                                       else ".")]
+    for protocol, address in listeners:
+        lines.append(f"  {protocol:<5} {address}")
+    kind, _, path = config.auth.passdb.partition(":")
     if kind == "passwd-file":
-        config_arg = f" --config {cfg.source}" if cfg.source else ""
+        config_arg = f" --config {config.source}" if config.source else ""
         lines.append(f"Add a user:  cloudcote{config_arg} user add alice")
         lines.append(f"  (users live in {path})")
-    imap = next((x for x in server.listeners if x.protocol == "imap"), None)
+    imap = next((a for p, a in listeners if p == "imap"), None)
     if imap is not None:
-        lines.append(f"Connect an IMAP client to {imap.address} (plain; TLS when configured).")
+        lines.append(f"Connect an IMAP client to {imap} (plain; TLS when configured).")
     lines.append("Stop with Ctrl-C or SIGTERM.")
     return "\n".join(lines)
 
 
-async def run_server(config: Config, ready: Callable[[Server], None] | None = None) -> None:
-    server = Server(config)
+async def run_server(config: Config, ready: Callable[[Server], None] | None = None, *,
+                     sockets: dict[str, socket.socket] | None = None,
+                     worker: int | None = None, workers: int = 1) -> None:
+    server = Server(config, sockets, worker, workers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
