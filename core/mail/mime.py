@@ -30,6 +30,10 @@ Structure rules (RFC 2045, RFC 2046):
   :data:`MAX_DEPTH` or more than :data:`MAX_PARTS` parts stops the splitting: the rest is
   kept as one opaque part shown as ``application/octet-stream``.
 
+``BINARY[section]`` (RFC 3516) is the same slice with the Content-Transfer-Encoding of
+every leaf part in it removed (:func:`binary_section`); :func:`protect_binary` re-encodes, on
+the way in, the binary parts that could not be stored or sent as they are.
+
 Value conventions for ENVELOPE and BODYSTRUCTURE: ``str``, ``int``, ``None`` (NIL) and
 ``list``, written to the wire by ``cloudcote.protocols.imap.values.serialize``. Strings taken
 from headers are the raw header bytes (unfolded, not RFC 2047-decoded) decoded as UTF-8 with
@@ -42,16 +46,20 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.headerregistry import HeaderRegistry
 from typing import NamedTuple
 
 __all__ = [
+    "IDENTITY_ENCODINGS",
+    "KNOWN_ENCODINGS",
     "MAX_DEPTH",
     "MAX_PARTS",
     "MessageStructure",
     "MimePart",
+    "UnknownTransferEncoding",
+    "binary_section",
     "bodystructure",
     "decode_words",
     "decoded_text",
@@ -60,8 +68,10 @@ __all__ = [
     "header_values",
     "parse",
     "partial",
+    "protect_binary",
     "section",
     "transfer_decode",
+    "transfer_encoding",
 ]
 
 #: Deepest nesting of multipart and message/rfc822 that is split into parts.
@@ -1023,22 +1033,27 @@ def partial(data: bytes, origin: int, length: int) -> bytes:
 
 # --- text for SEARCH BODY/TEXT ---------------------------------------------------------------
 
-_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]+")
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=]+")
 
 
 def _decode_base64(data: bytes) -> bytes:
     """Lenient base64 (RFC 2045 6.8): characters outside the alphabet are ignored, as the
-    RFC asks, and missing padding is tolerated."""
-    data = _NOT_BASE64.sub(b"", data)
-    extra = len(data) % 4
-    if extra == 1:
-        data = data[:-1]
-    elif extra:
-        data += b"=" * (4 - extra)
-    try:
-        return base64.b64decode(data)
-    except binascii.Error:  # pragma: no cover - the input is cleaned above
-        return b""
+    RFC asks; missing padding is tolerated, and data after padding (encodings pasted one
+    after another) is decoded too rather than misaligned; a lone trailing character, which
+    holds less than an octet, is dropped."""
+    out = bytearray()
+    for run in _NOT_BASE64.sub(b"", data).split(b"="):
+        extra = len(run) % 4
+        if extra == 1:
+            run = run[:-1]
+        elif extra:
+            run += b"=" * (4 - extra)
+        if run:
+            try:
+                out += base64.b64decode(run)
+            except binascii.Error:  # pragma: no cover - the input is cleaned above
+                pass
+    return bytes(out)
 
 
 _QP_LINE = re.compile(rb"([^\n]*?)([ \t]*)(\r?\n|$)")
@@ -1095,3 +1110,156 @@ def decoded_text(raw: bytes, ms: MessageStructure) -> str:
             body = transfer_decode(part, raw[part.header_end:part.end])
             texts.append(_body_text(body, part.param("charset")))
     return "\n".join(texts)
+
+
+# --- BINARY (RFC 3516) -----------------------------------------------------------------------
+
+#: The Content-Transfer-Encodings of RFC 2045 6.1; the first three are identities.
+IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
+KNOWN_ENCODINGS = IDENTITY_ENCODINGS | {"base64", "quoted-printable"}
+
+
+class UnknownTransferEncoding(ValueError):
+    """A part's Content-Transfer-Encoding is none of :data:`KNOWN_ENCODINGS`, so its content
+    cannot be decoded (RFC 3516 4.3: FETCH BINARY then fails with UNKNOWN-CTE)."""
+
+    def __init__(self, encoding: str) -> None:
+        super().__init__(f"Unknown Content-Transfer-Encoding {encoding[:40]!r}")
+        self.encoding = encoding
+
+
+def transfer_encoding(part: MimePart) -> str:
+    """The Content-Transfer-Encoding in force for ``part``, lower-case; "7bit" when the field
+    is absent, not a single token, or not in force (not a MIME entity), as BODYSTRUCTURE
+    shows it (RFC 2045 6.1)."""
+    return (_encoding(part) or "7bit").lower()
+
+
+def binary_section(raw: bytes, ms: MessageStructure, parts: tuple[int, ...] = ()) -> bytes:
+    """``BINARY[section]`` (RFC 3516 4.2): the section of ``BODY[section]`` with the
+    Content-Transfer-Encoding removed.
+
+    A leaf part gives its body decoded (base64 and quoted-printable; 7bit, 8bit and binary
+    as stored). The whole message (``parts == ()``), a multipart or a message/rfc822 part
+    gives what ``BODY[section]`` gives with every leaf part inside decoded, and the
+    Content-Transfer-Encoding field of each decoded part set to "binary", so the result is
+    still a valid MIME entity (Dovecot does the same). A container's own encoding is not
+    applied: RFC 2045 6.4 allows only the identities there. A part that does not exist
+    gives b"", as in :func:`section`.
+
+    Raises :class:`UnknownTransferEncoding` when a leaf part in the section has an encoding
+    that is not known.
+    """
+    if not parts:
+        return _rewrite_leaves(raw, ms.root, 0, len(raw), _decoded_leaf)
+    part = ms.find(parts)
+    if part is None:
+        return b""
+    if part.kind == "leaf":
+        return _decode_leaf_body(raw, part)
+    return _rewrite_leaves(raw, part, part.header_end, part.end, _decoded_leaf)
+
+
+def _known_encoding(part: MimePart) -> str:
+    encoding = transfer_encoding(part)
+    if encoding not in KNOWN_ENCODINGS:
+        raise UnknownTransferEncoding(encoding)
+    return encoding
+
+
+def _decode_leaf_body(raw: bytes, part: MimePart) -> bytes:
+    encoding = _known_encoding(part)
+    body = raw[part.header_end:part.end]
+    if encoding == "base64":
+        return _decode_base64(body)
+    if encoding == "quoted-printable":
+        return _decode_qp(body)
+    return body
+
+
+def _decoded_leaf(raw: bytes, part: MimePart) -> tuple[bytes, bytes] | None:
+    """New header and body of a leaf part inside a BINARY section; None to keep it."""
+    if _known_encoding(part) in IDENTITY_ENCODINGS:
+        return None
+    return _with_encoding(raw, part, b"binary"), _decode_leaf_body(raw, part)
+
+
+def _rewrite_leaves(raw: bytes, top: MimePart, lo: int, hi: int,
+                    change: Callable[[bytes, MimePart], tuple[bytes, bytes] | None]) -> bytes:
+    """``raw[lo:hi]`` (the span of ``top``, or of its body) with the header and body of
+    each leaf part under ``top`` replaced by what ``change`` returns for it (None: the part
+    stays as stored); boundaries, preambles and epilogues stay as they are."""
+    out = bytearray()
+    pos = lo
+    for part in top.walk():
+        if part.kind != "leaf":
+            continue
+        new = change(raw, part)
+        if new is None:
+            continue
+        header, body = new
+        if part.start >= lo:
+            out += raw[pos:part.start]
+            out += header
+        else:  # the section is the part's body: its header stays out
+            out += raw[pos:part.header_end]
+        out += body
+        pos = part.end
+    if pos == lo:
+        return raw[lo:hi]
+    out += raw[pos:hi]
+    return bytes(out)
+
+
+def _with_encoding(raw: bytes, part: MimePart, encoding: bytes) -> bytes:
+    """The header of ``part`` with its (first) Content-Transfer-Encoding field saying
+    ``encoding`` and any further ones left out; the other fields stay as stored."""
+    out = bytearray()
+    pos = part.start
+    replaced = False
+    for f in _fields(raw, part.start, part.header_end):
+        if f.name != b"content-transfer-encoding":
+            continue
+        out += raw[pos:f.start]
+        if not replaced:
+            out += b"Content-Transfer-Encoding: " + encoding
+            if raw[f.end - 1:f.end] == b"\n":
+                out += b"\r\n"
+            replaced = True
+        pos = f.end
+    if not replaced:  # pragma: no cover - only parts with the field are rewritten
+        return raw[part.start:part.header_end]
+    out += raw[pos:part.header_end]
+    return bytes(out)
+
+
+_BINARY_WORD = re.compile(rb"[Bb][Ii][Nn][Aa][Rr][Yy]")
+
+
+def protect_binary(raw: bytes) -> bytes:
+    """The message to store for ``raw``, which may carry parts in the binary
+    Content-Transfer-Encoding (RFC 3516 4.4, APPEND with a literal8; RFC 3030 BINARYMIME).
+
+    A binary part whose body holds NUL, or a CR or LF outside a CRLF pair, is re-encoded as
+    base64 (its Content-Transfer-Encoding field then says so): stored as it is, CRLF
+    normalisation would change its octets, and FETCH BODY could not send a NUL (RFC 3516 6:
+    BODY and BODYSTRUCTURE must describe the message in an encoding IMAP4rev1 can carry).
+    Such a change loses nothing (RFC 3516 4.4); FETCH BINARY gives the original octets back.
+    Every other part, and a message with no such part, is returned unchanged.
+    """
+    if not _BINARY_WORD.search(raw):
+        return raw
+    ms = parse(raw)
+    return _rewrite_leaves(raw, ms.root, 0, len(raw), _protected_leaf)
+
+
+def _protected_leaf(raw: bytes, part: MimePart) -> tuple[bytes, bytes] | None:
+    if transfer_encoding(part) != "binary":
+        return None
+    body = raw[part.header_end:part.end]
+    crlf = body.count(b"\r\n")
+    if b"\x00" not in body and body.count(b"\r") == crlf and body.count(b"\n") == crlf:
+        return None
+    encoded = base64.b64encode(body)
+    lines = b"\r\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76))
+    return _with_encoding(raw, part, b"base64"), lines

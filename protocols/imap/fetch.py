@@ -1,9 +1,10 @@
-"""FETCH (RFC 3501 6.4.5, 7.4.2; RFC 7162 MODSEQ): what a client asks for, and the
-response of one message.
+"""FETCH (RFC 3501 6.4.5, 7.4.2; RFC 7162 MODSEQ; RFC 3516 BINARY): what a client asks
+for, and the response of one message.
 
 Metadata items (UID, FLAGS, INTERNALDATE, RFC822.SIZE, MODSEQ) come from the index,
 ENVELOPE, BODY, BODYSTRUCTURE and the header sections from the cache; only body sections
-read the stored message, once per message however many sections ask for it.
+(BINARY ones included) read the stored message, once per message however many sections ask
+for it.
 """
 
 from __future__ import annotations
@@ -44,10 +45,23 @@ class BodyItem:
     fields: tuple[str, ...]
     partial: tuple[int, int | None] | None
     peek: bool
+    #: ``BINARY[...]`` (RFC 3516 4.2): the section with its transfer encoding removed.
+    binary: bool = False
+    #: ``BINARY.SIZE[...]``: only the size of the ``BINARY`` data.
+    size_only: bool = False
 
     @property
     def header_only(self) -> bool:
         return not self.parts and self.kind in _HEADER_KINDS
+
+
+class UnknownCte(Exception):
+    """A BINARY item names a part whose Content-Transfer-Encoding the server cannot decode:
+    the FETCH fails with ``NO [UNKNOWN-CTE]`` (RFC 3516 4.3)."""
+
+    def __init__(self, text: str, encoding: str) -> None:
+        super().__init__(text)
+        self.encoding = encoding
 
 
 @dataclass
@@ -77,8 +91,8 @@ def parse_fetch_items(tok: Token) -> FetchRequest:
         raise ImapParseError("empty FETCH item list")
     for t in toks:
         if isinstance(t, Section):
-            req.bodies.append(_body_item(t))
-            if t.name == "BODY":
+            req.bodies.append(_binary_item(t) if t.name.startswith("BINARY") else _body_item(t))
+            if t.name in ("BODY", "BINARY"):
                 req.sets_seen = True
             continue
         if not isinstance(t, str):
@@ -134,6 +148,32 @@ def _body_item(sec: Section) -> BodyItem:
                     sec.partial, sec.name == "BODY.PEEK")
 
 
+def _binary_item(sec: Section) -> BodyItem:
+    """``BINARY[part]<partial>``, ``BINARY.PEEK[...]`` or ``BINARY.SIZE[part]`` (RFC 3516 7:
+    ``section-binary = "[" [section-part] "]"``, a partial only on the first two)."""
+    parts: list[int] = []
+    if sec.spec:
+        text = sec.spec[0]
+        if len(sec.spec) != 1 or not isinstance(text, str):
+            raise ImapParseError(f"{sec.name} takes a part number only")
+        for word in text.split("."):
+            if not (word.isascii() and word.isdigit()) or len(word) > 9 or int(word) == 0:
+                raise ImapParseError(f"{sec.name} takes a part number only")
+            parts.append(int(word))
+    size_only = sec.name == "BINARY.SIZE"
+    if sec.partial is not None:
+        if size_only:
+            raise ImapParseError("BINARY.SIZE takes no partial")
+        if sec.partial[1] is None:
+            raise ImapParseError("a partial needs <origin.length>")
+    label = ("BINARY.SIZE" if size_only else "BINARY") + f"[{_section_text(parts, None, ())}]"
+    if sec.partial is not None:
+        # The origin is in the reply as for BODY (RFC 3516 4.3, as Dovecot sends it).
+        label += f"<{sec.partial[0]}>"
+    return BodyItem(label.encode("ascii"), tuple(parts), None, (), sec.partial,
+                    sec.name != "BINARY", binary=True, size_only=size_only)
+
+
 def _section_text(parts: list[int], kind: str | None, fields: tuple[str, ...]) -> str:
     text = ".".join(str(p) for p in parts)
     if kind:
@@ -168,7 +208,8 @@ async def render(box: Mailbox, msg: Message, req: FetchRequest, *, seq: int,
                  recent: bool, with_uid: bool, with_modseq: bool,
                  flags: frozenset[str] | None = None) -> bytes:
     """``* seq FETCH (...)`` of one message (CRLF included).  ``flags`` overrides the
-    message's flags when the FETCH itself just set \\Seen."""
+    message's flags when the FETCH itself just set \\Seen.  Raises :class:`UnknownCte` when
+    a BINARY item cannot be decoded (the whole FETCH then fails, RFC 3516 4.3)."""
     out: list[bytes] = []
     items = list(req.items)
     if with_uid and "UID" not in items:
@@ -213,7 +254,26 @@ async def render(box: Mailbox, msg: Message, req: FetchRequest, *, seq: int,
             assert raw is not None
             out.append(b"RFC822.TEXT " + _literal(raw[len(mime.header_block(raw)):]))
     structure = None
+    decoded: dict[tuple[int, ...], bytes] = {}
     for body in req.bodies:
+        if body.binary:
+            assert raw is not None
+            data = decoded.get(body.parts)
+            if data is None:
+                if structure is None:
+                    structure = mime.parse(raw)
+                try:
+                    data = mime.binary_section(raw, structure, body.parts)
+                except mime.UnknownTransferEncoding as exc:
+                    raise UnknownCte(f"{exc} in message UID {msg.uid}.", exc.encoding) from None
+                decoded[body.parts] = data
+            if body.size_only:
+                out.append(body.label + b" %d" % len(data))
+                continue
+            if body.partial is not None:
+                data = mime.partial(data, body.partial[0], body.partial[1] or 0)
+            out.append(body.label + b" " + _literal8(data))
+            continue
         if raw is not None and not body.header_only:
             if not body.parts and body.kind is None:
                 data = raw
@@ -233,5 +293,13 @@ def _literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
 
 
-__all__ = ["Atom", "BodyItem", "FetchRequest", "format_datetime", "format_internaldate",
-           "flags_list", "parse_fetch_items", "render"]
+def _literal8(data: bytes) -> bytes:
+    """BINARY data: a literal8 (``~{n}``) when it holds NUL, else a literal, as RFC 3516
+    4.3 asks, so the client learns from the form alone whether a NUL is in it."""
+    if b"\x00" in data:
+        return b"~{%d}\r\n" % len(data) + data
+    return _literal(data)
+
+
+__all__ = ["Atom", "BodyItem", "FetchRequest", "UnknownCte", "format_datetime",
+           "format_internaldate", "flags_list", "parse_fetch_items", "render"]

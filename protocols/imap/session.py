@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NoReturn
 
+from cloudcote.core.mail import mime
 from cloudcote.core.mail import search as searchmod
 from cloudcote.core.mail import sort as sortmod
 from cloudcote.core.mail.errors import (
@@ -44,7 +45,7 @@ from cloudcote.core.mail.storage import SaveRequest, search_mailbox
 
 from . import catenate, sorting, utf7
 from . import notify as notifymod
-from .fetch import FetchRequest, flags_list, parse_fetch_items, render
+from .fetch import FetchRequest, UnknownCte, flags_list, parse_fetch_items, render
 from .limits import ImapLimits
 from .listing import ListOptions, list_responses, parse_list_command, parse_status_items
 from .parser import (
@@ -535,7 +536,8 @@ class ImapSession(LineSession):
                      "QUOTA=RES-MESSAGE", "STATUS=SIZE", "WITHIN", "MULTIAPPEND",
                      "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT",
                      "THREAD=REFERENCES", "THREAD=REFS", "SEARCHRES", "CONTEXT=SEARCH",
-                     "CONTEXT=SORT", "UNAUTHENTICATE", "NOTIFY", "CATENATE"]
+                     "CONTEXT=SORT", "UNAUTHENTICATE", "NOTIFY", "CATENATE",
+                     "BINARY"]
         return " ".join(caps)
 
     async def run(self) -> None:
@@ -1069,7 +1071,9 @@ class ImapSession(LineSession):
                         limit=self.limits.max_append_literal)
                 except catenate.CatenateError as exc:
                     raise No(str(exc), exc.code) from None
-            requests.append(SaveRequest(data, flags, when))
+            # A binary part (RFC 3516 4.4) with NUL or bare CR/LF goes in as base64: the
+            # store keeps CRLF lines, and BINARY[] still gives back its octets.
+            requests.append(SaveRequest(mime.protect_binary(data), flags, when))
         try:
             box = await self._open_box(name)
         except No:
@@ -1345,7 +1349,7 @@ class ImapSession(LineSession):
             try:
                 self.emit(await render(box, m, req, seq=seq, recent=uid in self.sel.recent,
                                        with_uid=True, with_modseq=self.condstore))
-            except MessageExpunged:
+            except (MessageExpunged, UnknownCte):
                 continue
             await self.maybe_flush()
 
@@ -1901,6 +1905,8 @@ class ImapSession(LineSession):
                                     flags=m.flags if m.uid in newly_seen else None)
             except MessageExpunged:
                 return None
+            except UnknownCte as exc:
+                raise No(str(exc), "UNKNOWN-CTE") from None
 
         if not needs_io:
             for seq, m in jobs:
