@@ -403,7 +403,7 @@ def test_esort(imap: Clients) -> None:
     m = _filled(imap)
     r = ok(m, "SORT RETURN (MIN MAX COUNT ALL) (DATE) UTF-8 ALL")
     (line,) = r.untagged("ESEARCH")
-    assert line.endswith(b"MIN 3 MAX 5 ALL 3,1,2,4,5 COUNT 5")
+    assert line.endswith(b"MIN 3 MAX 5 ALL 3,1:2,4:5 COUNT 5")
     r = ok(m, "UID SORT RETURN (COUNT) (DATE) UTF-8 SUBJECT lunch")
     (line,) = r.untagged("ESEARCH")
     assert line.endswith(b"UID COUNT 2")

@@ -5,6 +5,7 @@ IMAP backend."""
 from __future__ import annotations
 
 import imaplib
+import re
 import socket
 from collections.abc import Iterator
 
@@ -54,9 +55,11 @@ def nothing_more(m: imaplib.IMAP4, wait: float = 1.0) -> None:
 def test_notify_grammar_and_events(imap: Clients) -> None:
     m = imap.login()
     assert b"NOTIFY" in ok(m, "CAPABILITY").untagged("CAPABILITY")[0].split()
-    # MessageNew and MessageExpunge together; FlagChange needs both.
+    # For the selected mailbox, MessageNew and MessageExpunge together; FlagChange needs
+    # both.  Other mailboxes may ask for any of them alone.
     bad(m, "NOTIFY SET (SELECTED (MessageNew))")
-    bad(m, "NOTIFY SET (PERSONAL (FlagChange))")
+    bad(m, "NOTIFY SET (SELECTED (FlagChange))")
+    ok(m, "NOTIFY SET (PERSONAL (FlagChange))")
     bad(m, "NOTIFY SET (NOWHERE (MessageNew MessageExpunge))")
     bad(m, "NOTIFY SET (PERSONAL (MessageNew (UID) MessageExpunge))")
     bad(m, "NOTIFY SET")
@@ -75,8 +78,16 @@ def test_notify_status_at_set(imap: Clients) -> None:
     ok(m, b"APPEND Work " + lit(message("one")))
     r = ok(m, "NOTIFY SET STATUS (PERSONAL (MessageNew MessageExpunge))")
     lines = r.untagged("STATUS")
-    assert any(x.startswith(b"Work (MESSAGES 1 UIDNEXT 2 ") for x in lines), lines
+    assert any(x.startswith(b"Work (MESSAGES 1 UIDNEXT 2 UIDVALIDITY ") for x in lines), lines
     assert any(x.startswith(b"INBOX (MESSAGES 0 ") for x in lines), lines
+    # What STATUS carries follows the events (as Dovecot sends it).
+    r = ok(m, "NOTIFY SET STATUS (MAILBOXES Work (MessageExpunge))")
+    assert r.untagged("STATUS") == [b"Work (MESSAGES 1)"]
+    r = ok(m, "NOTIFY SET STATUS (MAILBOXES Work (FlagChange))")
+    (line,) = r.untagged("STATUS")
+    assert re.fullmatch(rb"Work \(UIDVALIDITY \d+ HIGHESTMODSEQ \d+ UNSEEN 1\)", line), line
+    r = ok(m, "NOTIFY SET (MAILBOXES Work (MessageNew MessageExpunge FlagChange))")
+    assert r.untagged("STATUS") == []
 
 
 def test_notify_selected_and_other_mailboxes(imap: Clients) -> None:

@@ -145,6 +145,8 @@ def test_partial_results(imap: Clients) -> None:
     # In SORT, the positions are those of the sorted result.
     r = ok(m, "SORT RETURN (PARTIAL 1:3) (SUBJECT) UTF-8 ALL")
     assert esearch(r)[0].endswith(" PARTIAL (1:3 2,5,4)")
+    r = ok(m, "SORT RETURN (PARTIAL 1:4 MIN) (REVERSE SUBJECT) UTF-8 ALL")
+    assert esearch(r)[0].split(") ", 1)[1] == "MIN 3 PARTIAL (1:4 3,1,4:5)"
     bad(m, "SEARCH RETURN (PARTIAL 1:2 ALL) ALL")
     bad(m, "SEARCH RETURN (PARTIAL 0:2) ALL")
     bad(m, "SEARCH RETURN (PARTIAL x) ALL")
@@ -164,8 +166,12 @@ def test_search_updates(imap: Clients) -> None:
     other = imap.login(imap.user_of(m))
     mailbox_with(m, 4)
     ok(m, "STORE 1 +FLAGS.SILENT (\\Seen)")
-    first = ok(m, "SEARCH RETURN (UPDATE) UNSEEN")
+    first = ok(m, "SEARCH RETURN (UPDATE ALL) UNSEEN")
     assert _updates(first, first.tag) == ["ALL 2:4"]
+    # UPDATE alone: an ESEARCH with the tag only.
+    r = ok(m, "SEARCH RETURN (UPDATE) DRAFT")
+    assert esearch(r) == [f'(TAG "{r.tag.decode()}")']
+    ok(m, f'CANCELUPDATE "{r.tag.decode()}"')
     second = ok(m, "UID SEARCH RETURN (COUNT UPDATE CONTEXT) FLAGGED")
     assert _updates(second, second.tag) == ["UID COUNT 0"]
     # Another session: a new message, \Seen on 2, \Flagged on 3.
@@ -176,16 +182,16 @@ def test_search_updates(imap: Clients) -> None:
     r = ok(m, "NOOP")
     assert _updates(r, first.tag) == ["REMOVEFROM (0 2)", "ADDTO (0 5)"]
     assert _updates(r, second.tag) == ["UID ADDTO (0 3)"]
-    # The session's own STORE shows at its next command that may report changes.
-    ok(m, "STORE 4 +FLAGS.SILENT (\\Seen)")
-    r = ok(m, "NOOP")
+    # The session's own STORE reports at once.
+    r = ok(m, "STORE 4 +FLAGS.SILENT (\\Seen)")
     assert _updates(r, first.tag) == ["REMOVEFROM (0 4)"]
-    # An expunged message leaves the result through its EXPUNGE alone.
+    # An expunged message leaves the result with its number before the EXPUNGE.
     ok(other, "STORE 3 +FLAGS.SILENT (\\Deleted)")
     ok(other, "EXPUNGE")
     r = ok(m, "NOOP")
     assert r.untagged("EXPUNGE") == [b"3"]
-    assert _updates(r, first.tag) == [] and _updates(r, second.tag) == []
+    assert _updates(r, first.tag) == ["REMOVEFROM (0 3)"]
+    assert _updates(r, second.tag) == ["UID REMOVEFROM (0 3)"]
     # CANCELUPDATE ends the updates of one search.
     ok(m, f'CANCELUPDATE "{first.tag.decode()}"')
     ok(other, b"APPEND INBOX " + lit(message("another")))
@@ -193,6 +199,7 @@ def test_search_updates(imap: Clients) -> None:
     r = ok(m, "NOOP")
     assert _updates(r, first.tag) == []
     assert _updates(r, second.tag) == ["UID ADDTO (0 1)"]
+    assert _updates(r, first.tag) == []
     # SELECT ends them all.
     select(m)
     ok(other, "STORE 2 +FLAGS.SILENT (\\Flagged)")
@@ -207,7 +214,7 @@ def test_sort_updates_with_positions(imap: Clients) -> None:
         ok(m, b"APPEND INBOX " + lit(message(subject)))
     select(m)
     srt = ok(m, "UID SORT RETURN (ALL UPDATE) (SUBJECT) UTF-8 UNDELETED")
-    assert _updates(srt, srt.tag) == ["UID ALL 1,2,3"]
+    assert _updates(srt, srt.tag) == ["UID ALL 1:3"]
     select(other)
     ok(other, b"APPEND INBOX " + lit(message("alpha")))
     ok(other, b"APPEND INBOX " + lit(message("echo")))

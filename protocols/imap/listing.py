@@ -50,11 +50,12 @@ class ListOptions:
 
 
 def _decode(raw: bytes, utf8: bool) -> str:
+    """A reference or pattern; one that is not valid modified UTF-7 is taken as it is (it
+    then matches no mailbox name, as in Dovecot) rather than refused."""
     try:
         return raw.decode("utf-8") if utf8 else utf7.decode(raw.decode("ascii"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ImapParseError(f"mailbox pattern is not {'UTF-8' if utf8 else 'modified UTF-7'}"
-                             f": {exc}") from None
+    except (UnicodeDecodeError, ValueError):
+        return raw.decode("utf-8", "replace")
 
 
 def parse_list_command(args: list[Token], lsub: bool, utf8: bool = False) -> ListOptions:
@@ -192,7 +193,11 @@ def list_responses(mail: UserMail, opts: ListOptions) -> Iterator[tuple[bytes, s
             if opts.select_special_use and (entry is None or not entry.special_use):
                 qualifies = False
             if not qualifies:
-                if opts.recursive and opts.select_subscribed and name in sub_parents:
+                # RFC 5258 3.5: a parent is reported for a subscribed child only where the
+                # patterns do not return that child itself.
+                if opts.recursive and opts.select_subscribed and name in sub_parents \
+                        and any(not matches(n) for n in subscribed
+                                if n.startswith(name + SEP)):
                     childinfo = True
                 else:
                     continue

@@ -160,9 +160,29 @@ def _events(tok: Token, selected: bool) -> tuple[frozenset[str], FetchRequest | 
         i += 1
     if unknown:
         raise BadEvent(" ".join(unknown))
-    # RFC 5465 5: MessageNew and MessageExpunge go together; FlagChange needs both.
-    if ("MessageNew" in events) != ("MessageExpunge" in events):
+    # RFC 5465 5: for the selected mailbox (whose sequence numbers the client keeps),
+    # MessageNew and MessageExpunge go together, and FlagChange needs both.
+    if selected and ("MessageNew" in events) != ("MessageExpunge" in events):
         raise ImapParseError("MessageNew and MessageExpunge must be asked for together")
-    if "FlagChange" in events and "MessageNew" not in events:
+    if selected and "FlagChange" in events and "MessageNew" not in events:
         raise ImapParseError("FlagChange needs MessageNew and MessageExpunge")
     return frozenset(events), fetch
+
+
+def status_items(events: frozenset[str], condstore: bool) -> list[str]:
+    """What a STATUS notification of a mailbox that is not selected carries (RFC 5465
+    5.1-5.3, as Dovecot sends it): MESSAGES for new and expunged messages, UIDNEXT and
+    UIDVALIDITY for new ones, UIDVALIDITY and HIGHESTMODSEQ for flag changes (and UNSEEN
+    with them for a client that has not enabled CONDSTORE)."""
+    items = []
+    if events & {"MessageNew", "MessageExpunge"}:
+        items.append("MESSAGES")
+    if "MessageNew" in events:
+        items += ["UIDNEXT", "UIDVALIDITY"]
+    if "FlagChange" in events:
+        if "UIDVALIDITY" not in items:
+            items.append("UIDVALIDITY")
+        items.append("HIGHESTMODSEQ")
+        if not condstore:
+            items.append("UNSEEN")
+    return items

@@ -166,6 +166,8 @@ class ReturnOptions:
     save: bool = False
     update: bool = False
     partial: tuple[int, int] | None = None
+    #: UPDATE or CONTEXT with no result option: an ESEARCH with the tag alone.
+    tag_only: bool = False
 
 
 def _resp_code(code: str | None) -> str:
@@ -219,6 +221,7 @@ def _return_options(args: list[Token]) -> tuple[ReturnOptions | None, list[Token
         return None, args
     opts = ReturnOptions()
     toks = as_list(args[1], "RETURN options")
+    context_only = False
     i = 0
     while i < len(toks):
         r = as_atom(toks[i], "return option").upper()
@@ -228,8 +231,9 @@ def _return_options(args: list[Token]) -> tuple[ReturnOptions | None, list[Token
             opts.save = True
         elif r == "UPDATE":
             opts.update = True
+            context_only = True
         elif r == "CONTEXT":
-            pass  # a hint that updates or partial results may follow: nothing to keep
+            context_only = True  # a hint that updates or partial results may follow
         elif r == "PARTIAL" and i + 1 < len(toks) and opts.partial is None:
             i += 1
             m = re.fullmatch(r"([1-9]\d{0,9}):([1-9]\d{0,9})", as_atom(toks[i], "partial range"))
@@ -242,8 +246,9 @@ def _return_options(args: list[Token]) -> tuple[ReturnOptions | None, list[Token
         i += 1
     if opts.partial is not None and "ALL" in opts.items:
         raise ImapParseError("PARTIAL and ALL exclude each other")
-    if not opts.items and opts.partial is None and not opts.save:
+    if not toks:
         opts.items.add("ALL")
+    opts.tag_only = context_only and not opts.items and opts.partial is None
     return opts, args[2:]
 
 
@@ -276,11 +281,11 @@ def esearch_line(tag: str, by_uid: bool, numbers: list[int], opts: ReturnOptions
     """The ESEARCH response of SEARCH (``ordered`` False: ``numbers`` ascending) or SORT
     (``ordered``: numbers in sort order, MIN and MAX the first and the last); None when
     nothing was asked but SAVE."""
-    if not opts.items and opts.partial is None:
+    if not opts.items and opts.partial is None and not opts.tag_only:
         return None
 
     def as_set(nums: list[int]) -> str:
-        return ",".join(str(n) for n in nums) if ordered else seqset_text(nums)
+        return ordered_set_text(nums) if ordered else seqset_text(nums)
 
     parts = [f'(TAG "{tag}")'] + (["UID"] if by_uid else [])
     if numbers:
@@ -299,6 +304,30 @@ def esearch_line(tag: str, by_uid: bool, numbers: list[int], opts: ReturnOptions
     if modseq is not None and numbers:
         parts.append(f"MODSEQ {modseq}")
     return "* ESEARCH " + " ".join(parts)
+
+
+def _result_modseq(found: list[tuple[int, Message]], opts: ReturnOptions | None) -> int:
+    """RFC 7162 3.1.5: the highest MODSEQ of the messages found, or of the one message
+    returned when only MIN or only MAX was asked for."""
+    if not found:
+        return 0
+    if opts is not None and opts.partial is None and opts.items in ({"MIN"}, {"MAX"}):
+        return (found[0] if "MIN" in opts.items else found[-1])[1].modseq
+    return max(m.modseq for _, m in found)
+
+
+def ordered_set_text(numbers: list[int]) -> str:
+    """Numbers in a given order as a sequence set that keeps it: ascending runs of
+    consecutive numbers become ``a:b`` (RFC 5267 ESORT, as Dovecot writes them)."""
+    out: list[str] = []
+    i = 0
+    while i < len(numbers):
+        j = i
+        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        out.append(str(numbers[i]) if i == j else f"{numbers[i]}:{numbers[j]}")
+        i = j + 1
+    return ",".join(out)
 
 
 def saved_of(opts: ReturnOptions, uids: list[int], ordered: bool) -> list[int]:
@@ -1049,7 +1078,7 @@ class ImapSession(LineSession):
         if "DELETED" in items:  # RFC 9051 6.3.11
             values["DELETED"] = sum(1 for m in st if "\\Deleted" in m.flags)
         if "HIGHESTMODSEQ" in items:
-            self.condstore = True
+            self._enable_condstore()
         body = " ".join(f"{i} {values[i]}" for i in items)
         self.emit(b"* STATUS " + self._wire_name(name) + f" ({body})\r\n".encode())
 
@@ -1061,8 +1090,14 @@ class ImapSession(LineSession):
             raise ImapParseError("APPEND needs a mailbox name and a message")
         name = self._mailbox_name(args.pop(0))
         assert self.mail is not None and self.user is not None
+        messages = self._append_messages(cmd, args)
+        try:
+            box = await self._open_box(name)
+        except No:
+            raise No("Mailbox doesn't exist: " + self._text_name(self._canon(name)) + ".",
+                     "TRYCREATE") from None
         requests = []
-        for flags, when, data in self._append_messages(cmd, args):
+        for flags, when, data in messages:
             if isinstance(data, list):
                 try:
                     data = await catenate.assemble(
@@ -1074,11 +1109,6 @@ class ImapSession(LineSession):
             # A binary part (RFC 3516 4.4) with NUL or bare CR/LF goes in as base64: the
             # store keeps CRLF lines, and BINARY[] still gives back its octets.
             requests.append(SaveRequest(mime.protect_binary(data), flags, when))
-        try:
-            box = await self._open_box(name)
-        except No:
-            raise No("Mailbox doesn't exist: " + self._text_name(self._canon(name)) + ".",
-                     "TRYCREATE") from None
         if any(not r.raw for r in requests):
             raise No("Can't save an empty message.")
         # One save: a message over the quota or the size limit fails them all (RFC 3502 6).
@@ -1217,8 +1247,8 @@ class ImapSession(LineSession):
             for name, events in self._notify_watched():
                 box = await self._open_box(name)
                 self.notified.status[box.guid] = self._box_status(box)
-                if spec.status and events & {"MessageNew", "MessageExpunge", "FlagChange"}:
-                    self._notify_status_line(box, events, full=True)
+                if spec.status:
+                    self._notify_status_line(box, events)
         await self._after_command(cmd)
         self.ok(cmd)
 
@@ -1242,16 +1272,16 @@ class ImapSession(LineSession):
         st = box.state
         return (st.uidvalidity, st.exists, st.next_uid, st.unseen, st.highest_modseq)
 
-    def _notify_status_line(self, box: Mailbox, events: frozenset[str], full: bool) -> None:
+    def _notify_status_line(self, box: Mailbox, events: frozenset[str]) -> None:
         """RFC 5465 5.1-5.3: STATUS of a watched mailbox that changed."""
         st = box.state
-        items = [("MESSAGES", st.exists), ("UIDNEXT", st.next_uid),
-                 ("UIDVALIDITY", st.uidvalidity), ("UNSEEN", st.unseen)]
-        if not full and "MessageNew" not in events:
-            items = [("UIDVALIDITY", st.uidvalidity), ("UNSEEN", st.unseen)]
-        if self.condstore:
-            items.append(("HIGHESTMODSEQ", st.highest_modseq))
-        body = " ".join(f"{k} {v}" for k, v in items)
+        values = {"MESSAGES": st.exists, "UIDNEXT": st.next_uid,
+                  "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen,
+                  "HIGHESTMODSEQ": st.highest_modseq}
+        items = notifymod.status_items(events, self.condstore)
+        if not items:
+            return
+        body = " ".join(f"{k} {values[k]}" for k in items)
         self.emit(b"* STATUS " + self._wire_name(box.name) + f" ({body})\r\n".encode())
 
     async def _notify_wait(self) -> None:
@@ -1324,11 +1354,18 @@ class ImapSession(LineSession):
             told.status[box.guid] = now
             if before is None or before == now:
                 continue
-            counts_changed = before[:3] != now[:3]
-            if counts_changed and evs & {"MessageNew", "MessageExpunge"}:
-                self._notify_status_line(box, evs, full=True)
-            elif not counts_changed and "FlagChange" in evs:
-                self._notify_status_line(box, evs, full=False)
+            # (uidvalidity, exists, next_uid, unseen, highest_modseq)
+            new_mail = before[2] != now[2]
+            expunged = now[1] < before[1] + (now[2] - before[2])
+            wanted = set()
+            if new_mail and "MessageNew" in evs:
+                wanted.add("MessageNew")
+            if expunged and "MessageExpunge" in evs:
+                wanted.add("MessageExpunge")
+            if not wanted and before[4] != now[4] and "FlagChange" in evs:
+                wanted.add("FlagChange")
+            if wanted or before[0] != now[0]:
+                self._notify_status_line(box, frozenset(wanted) or evs)
         if self.sel is not None and spec.selected:
             before_view = len(self.sel.view)
             await self.sync(allow_expunge=not spec.delayed)
@@ -1443,13 +1480,14 @@ class ImapSession(LineSession):
         st = sel.box.state
         version = (st.highest_modseq, st.next_uid, st.exists)
         if version == sel.version:
-            if allow_expunge and sel.contexts:
+            if sel.contexts:
                 await self._update_contexts()
             return
         view = sel.view
         if allow_expunge:
             gone = [uid for uid in view if uid not in st.messages]
             if gone:
+                self._context_expunges(gone)
                 if self.qresync:
                     self.emit(f"* VANISHED {seqset_text(gone)}\r\n")
                     goneset = set(gone)
@@ -1489,8 +1527,7 @@ class ImapSession(LineSession):
                 self.emit(f"* {len(sel.recent)} RECENT\r\n")
         if allow_expunge or len(view) == st.exists:
             sel.version = version
-        if allow_expunge:
-            await self._update_contexts()
+        await self._update_contexts()
         await self.maybe_flush()
 
     def _flag_update(self, seq: int, m: Message) -> str:
@@ -1617,10 +1654,9 @@ class ImapSession(LineSession):
             sel.saved = []  # a SEARCH that fails leaves $ empty (RFC 5182 2.1)
         key, found = await self._matching(args, charset)
         numbers = [m.uid if by_uid else seq for seq, m in found]
-        modseq = max((m.modseq for _, m in found), default=0) \
-            if searchmod.uses_modseq(key) else None
+        modseq = _result_modseq(found, ret) if searchmod.uses_modseq(key) else None
         if modseq is not None:
-            self.condstore = True
+            self._enable_condstore()
         if ret is None:
             line = "* SEARCH" + "".join(f" {n}" for n in numbers)
             if modseq is not None and numbers:
@@ -1663,10 +1699,23 @@ class ImapSession(LineSession):
             return
         contexts[tag] = ctx
 
+    def _context_expunges(self, gone: list[int]) -> None:
+        """REMOVEFROM for expunged messages of the searches kept up to date, numbered as
+        the client knows them before the EXPUNGE responses (RFC 5267 4.3)."""
+        sel = self.sel
+        assert sel is not None
+        goneset = set(gone)
+        for tag, ctx in sel.contexts.items():
+            if not goneset.intersection(ctx.found):
+                continue
+            old = list(ctx.found)
+            ctx.found = [u for u in old if u not in goneset]
+            self._emit_context_changes(tag, ctx, old, ctx.found)
+
     async def _update_contexts(self) -> None:
-        """ADDTO and REMOVEFROM (RFC 5267 4.3) for the searches kept up to date, once the
-        view has taken in new and expunged messages.  An expunged message leaves every
-        result through its EXPUNGE (or VANISHED) alone."""
+        """ADDTO and REMOVEFROM (RFC 5267 4.3) for the searches kept up to date, after
+        any command and whenever the mailbox changes.  A message expunged but not yet
+        reported keeps its place until its EXPUNGE (see ``_context_expunges``)."""
         sel = self.sel
         assert sel is not None
         if not sel.contexts:
@@ -1688,9 +1737,10 @@ class ImapSession(LineSession):
                        await sorting.sort_order(sel.box, found, ctx.sort_keys)]
             else:
                 new = [m.uid for _, m in found]
+            pending = [u for u in ctx.found if u not in st.messages]
             old = [u for u in ctx.found if u in st.messages]
-            ctx.found = new
             self._emit_context_changes(tag, ctx, old, new)
+            ctx.found = new + pending
 
     def _emit_context_changes(self, tag: str, ctx: SearchContext, old: list[int],
                               new: list[int]) -> None:
@@ -1722,6 +1772,16 @@ class ImapSession(LineSession):
         if added:
             pairs = " ".join(f"{pos} {number(u)}" for pos, u in added)
             self.emit(f"{prefix} ADDTO ({pairs})\r\n")
+
+    def _enable_condstore(self) -> None:
+        """A CONDSTORE-enabling command (RFC 7162 3.1): with a mailbox selected, the
+        client hears its HIGHESTMODSEQ at once."""
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.sel is not None:
+            self.emit(f"* OK [HIGHESTMODSEQ {self.sel.box.state.highest_modseq}] "
+                      "Highest\r\n")
 
     async def do_cancelupdate(self, cmd: Command) -> None:
         """RFC 5267 4.3: stop updating the searches with these tags."""
@@ -1848,7 +1908,9 @@ class ImapSession(LineSession):
                     raise ImapParseError(f"unknown FETCH modifier {mod[:20]}")
             if vanished and changedsince is None:
                 raise ImapParseError("VANISHED needs CHANGEDSINCE")
-            self.condstore = True
+            self._enable_condstore()
+        if "MODSEQ" in req.items:
+            self._enable_condstore()
         await self._refresh()
         try:
             uids = self._set(cmd, cmd.args[0])
@@ -1981,7 +2043,7 @@ class ImapSession(LineSession):
                     or mods[0].upper() != "UNCHANGEDSINCE"):
                 raise ImapParseError("unknown STORE modifier")
             unchangedsince = as_number(mods[1], "UNCHANGEDSINCE", 2**63 - 1)
-            self.condstore = True
+            self._enable_condstore()
         if len(args) < 3:
             raise ImapParseError("STORE needs flags")
         item = as_atom(args[1], "STORE item").upper()
