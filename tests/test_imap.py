@@ -292,7 +292,8 @@ def fetch_one(m: imaplib.IMAP4, text: str) -> dict[str, Any]:
 
 
 def flags_of(item: Any) -> set[str]:
-    return set(item)
+    """The stored flags of a FLAGS item: \\Recent (a session's, not the message's) aside."""
+    return set(item) - {"\\Recent"}
 
 
 def status_of(reply: Reply) -> dict[str, int]:
@@ -527,7 +528,8 @@ def test_select_and_examine(imap: Clients) -> None:
     append(m, "INBOX", message("three"), flags="\\Seen")
     r = select(m, "inbox")
     assert r.code() == "READ-WRITE"
-    assert r.untagged("EXISTS") == [b"3"] and r.untagged("RECENT") == [b"0"]
+    # The first SELECT after delivery claims the new messages as \Recent.
+    assert r.untagged("EXISTS") == [b"3"] and r.untagged("RECENT") == [b"3"]
     flags = parse(r.untagged("FLAGS")[0])[0]
     assert set(flags) >= {"\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"}
     codes = r.codes()
@@ -775,6 +777,33 @@ def test_list_status(imap: Clients) -> None:
     assert st["SIZE"] == sum(len(message(f"msg {i}", f"body of msg {i}\r\n")) for i in (1, 2))
 
 
+def test_recent_goes_to_one_session(imap: Clients) -> None:
+    """RFC 3501 2.3.2: EXAMINE shows \\Recent without taking it, the first read-write
+    session takes it, every later one sees none; new mail goes to the session that takes
+    it first."""
+    m = imap.login()
+    user = imap.user_of(m)
+    fill(m, "INBOX", 2)
+    r = ok(m, "EXAMINE INBOX")
+    assert r.untagged("RECENT") == [b"2"]
+    assert dict(fetches(ok(m, "FETCH 1:2 FLAGS")))[1]["FLAGS"] == ["\\Recent"]
+    ok(m, "CLOSE")
+    assert status_of(ok(m, "STATUS INBOX (RECENT)"))["RECENT"] == 2
+    assert select(m).untagged("RECENT") == [b"2"]
+    assert ok(m, "SEARCH RECENT").untagged("SEARCH") == [b"1 2"]
+    assert status_of(ok(m, "STATUS INBOX (RECENT)"))["RECENT"] == 2  # this session's
+    other = imap.login(user)
+    assert select(other).untagged("RECENT") == [b"0"]
+    assert ok(other, "SEARCH NEW").untagged("SEARCH") == [b""]
+    # New mail: one of the two selected sessions gets it as recent, the other does not.
+    append(imap.login(user), "INBOX", message("new"))
+    got = [ok(x, "NOOP").untagged("RECENT") for x in (m, other)]
+    assert got in ([[b"3"], [b"0"]], [[b"2"], [b"1"]]), got
+    third = imap.login(user)
+    assert select(third).untagged("RECENT") == [b"0"]
+    assert status_of(ok(third, "STATUS Trash (RECENT)"))["RECENT"] == 0
+
+
 def test_status(imap: Clients) -> None:
     m = imap.login()
     msgs = [message("a"), message("b", "bb\r\n"), message("c", "ccc\r\n")]
@@ -784,7 +813,7 @@ def test_status(imap: Clients) -> None:
     r = ok(m, "STATUS INBOX (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ SIZE)")
     st = status_of(r)
     assert r.untagged("STATUS")[0].startswith(b"INBOX (")
-    assert st["MESSAGES"] == 3 and st["RECENT"] == 0 and st["UIDNEXT"] == 4
+    assert st["MESSAGES"] == 3 and st["RECENT"] == 3 and st["UIDNEXT"] == 4
     assert st["UNSEEN"] == 2 and st["SIZE"] == sum(map(len, msgs))
     assert st["HIGHESTMODSEQ"] > 0
     sel = select(m)
@@ -999,9 +1028,9 @@ def test_search(imap: Clients) -> None:
         "SENTSINCE 1-Feb-2024": [4, 5],
         "SENTBEFORE 2-Jan-2024": [1],
         "SENTON 20-Jan-2024": [3],
-        "NEW": [],
-        "OLD": [1, 2, 3, 4, 5],
-        "RECENT": [],
+        "NEW": [2, 3, 5],  # this session's first SELECT took them all as \\Recent
+        "OLD": [],
+        "RECENT": [1, 2, 3, 4, 5],
         "NOT OR SEEN FLAGGED": [3, 5],
         "OR (FROM bob) (SUBJECT draft)": [2, 5],
     }
@@ -1084,7 +1113,7 @@ def test_fetch_metadata_and_structure(imap: Clients) -> None:
     m = imap.login()
     _fetch_setup(m)
     f = fetch_one(m, "FETCH 1 (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE)")
-    assert f["UID"] == "1" and f["FLAGS"] == []
+    assert f["UID"] == "1" and flags_of(f["FLAGS"]) == set()
     assert f["INTERNALDATE"] == b" 2-Jan-2024 12:34:56 +0100" or \
         f["INTERNALDATE"] == b"02-Jan-2024 12:34:56 +0100"
     assert int(f["RFC822.SIZE"]) == len(MULTIPART)
@@ -1131,9 +1160,9 @@ def test_fetch_metadata_and_structure(imap: Clients) -> None:
     assert set(fetch_one(m, "FETCH 2 FULL")) == {"FLAGS", "INTERNALDATE", "RFC822.SIZE",
                                                  "ENVELOPE", "BODY"}
     got = fetches(ok(m, "FETCH 1:* (FLAGS)"))
-    assert [s for s, _ in got] == [1, 2] and got[1][1]["FLAGS"] == ["\\Flagged"]
+    assert [s for s, _ in got] == [1, 2] and flags_of(got[1][1]["FLAGS"]) == {"\\Flagged"}
     got = fetches(ok(m, "UID FETCH 2:* FLAGS"))
-    assert got == [(2, {"UID": "2", "FLAGS": ["\\Flagged"]})]
+    assert got == [(2, {"UID": "2", "FLAGS": ["\\Flagged", "\\Recent"]})]
     assert fetches(ok(m, "UID FETCH 50:60 FLAGS")) == []
     # Sequence sets: "*" is the last message (also in "n:*" past the end), ranges go
     # either way, a message is answered once however often it is named.
@@ -1185,7 +1214,7 @@ def test_fetch_sections(imap: Clients) -> None:
     f = fetch_one(m, "FETCH 2 (BODY.PEEK[1] BODY.PEEK[TEXT] RFC822.SIZE)")
     assert f["BODY[1]"] == b"line one\r\nline two\r\n" == f["BODY[TEXT]"]
     # Nothing of this set \Seen.
-    assert fetches(ok(m, "FETCH 1:2 FLAGS"))[0][1]["FLAGS"] == []
+    assert fetches(ok(m, "FETCH 1:2 FLAGS"))[0][1]["FLAGS"] == ["\\Recent"]
 
 
 def test_fetch_envelope_edge_cases(imap: Clients) -> None:
@@ -1223,7 +1252,7 @@ def test_fetch_sets_seen(imap: Clients) -> None:
         append(m, "INBOX", message(f"m{i}"))
     select(m)
     f = fetch_one(m, "FETCH 1 (BODY.PEEK[] RFC822.HEADER RFC822.SIZE FLAGS)")
-    assert f["FLAGS"] == []
+    assert flags_of(f["FLAGS"]) == set()
     f = fetch_one(m, "FETCH 1 BODY[]")
     assert f["BODY[]"] == message("m0") and "\\Seen" in f["FLAGS"]
     f = fetch_one(m, "FETCH 2 BODY[HEADER.FIELDS (SUBJECT)]")
@@ -1234,8 +1263,8 @@ def test_fetch_sets_seen(imap: Clients) -> None:
     assert f["RFC822.TEXT"] == b"Just a test.\r\n" and "\\Seen" in f["FLAGS"]
     f = fetch_one(m, "FETCH 5 (RFC822.HEADER BODY.PEEK[TEXT])")
     assert "FLAGS" not in f
-    got = {s: x["FLAGS"] for s, x in fetches(ok(m, "FETCH 1:5 FLAGS"))}
-    assert got == {1: ["\\Seen"], 2: ["\\Seen"], 3: ["\\Seen"], 4: ["\\Seen"], 5: []}
+    got = {s: flags_of(x["FLAGS"]) for s, x in fetches(ok(m, "FETCH 1:5 FLAGS"))}
+    assert got == {1: {"\\Seen"}, 2: {"\\Seen"}, 3: {"\\Seen"}, 4: {"\\Seen"}, 5: set()}
     # Already \Seen: a second BODY[] changes nothing (and says nothing about flags).
     f = fetch_one(m, "FETCH 1 BODY[TEXT]")
     assert f["BODY[TEXT]"] == b"Just a test.\r\n" and "FLAGS" not in f
@@ -1311,7 +1340,7 @@ def test_store(imap: Clients) -> None:
     r = ok(m, "UID STORE 2,4 +FLAGS (\\Deleted)")
     assert {s: x["UID"] for s, x in fetches(r)} == {2: "2", 4: "4"}
     r = ok(m, "STORE 4 -FLAGS (\\Recent \\Deleted)")  # \Recent is not the client's to set
-    assert fetches(r)[0][1]["FLAGS"] == []
+    assert flags_of(fetches(r)[0][1]["FLAGS"]) == set()
     r = ok(m, "UID STORE 99 +FLAGS (\\Seen)")
     assert not r.untagged("FETCH")
     bad(m, "STORE 1 +FLAGS (\\Bogus)")
@@ -1398,10 +1427,10 @@ def test_idle(imap: Clients) -> None:
     append(b, "INBOX", message("while idling"))
     assert read_response(a) == b"* 2 EXISTS"
     line = read_response(a)
-    assert line == b"* 1 RECENT"
+    assert line == b"* 2 RECENT"
     select(b)
     ok(b, "STORE 1 +FLAGS.SILENT (\\Deleted)")
-    assert read_response(a) == b"* 1 FETCH (FLAGS (\\Deleted))"
+    assert read_response(a) == b"* 1 FETCH (FLAGS (\\Deleted \\Recent))"
     ok(b, "EXPUNGE")
     assert read_response(a) == b"* 1 EXPUNGE"
     a.send(b"DONE\r\n")
@@ -1434,7 +1463,7 @@ def test_other_sessions_changes(imap: Clients) -> None:
     assert [x.strip() for x in r.untagged("EXISTS")] == [b"5"]
     ok(b, "STORE 1 +FLAGS (\\Flagged)")
     r = ok(a, "NOOP")
-    assert fetches(r) == [(1, {"FLAGS": ["\\Flagged"]})]
+    assert [(s, flags_of(f["FLAGS"])) for s, f in fetches(r)] == [(1, {"\\Flagged"})]
     assert not fetches(ok(a, "NOOP"))  # reported once
     ok(a, "STORE 2 +FLAGS (\\Answered)")
     assert not fetches(ok(a, "NOOP"))  # its own change was reported by the STORE
@@ -1446,13 +1475,13 @@ def test_other_sessions_changes(imap: Clients) -> None:
     assert {s: x["UID"] for s, x in fetches(r)} == {1: "1", 3: "3", 4: "4", 5: "5"}
     r = ok(a, "STORE 3 +FLAGS (\\Seen)")
     assert not r.untagged("EXPUNGE")
-    assert {s: x["FLAGS"] for s, x in fetches(r)}[3] == ["\\Seen"]
+    assert {s: flags_of(x["FLAGS"]) for s, x in fetches(r)}[3] == {"\\Seen"}
     r = ok(a, "SEARCH SEEN")
     assert not r.untagged("EXPUNGE") and search_of(r) == [3]
     r = ok(a, "NOOP")
     assert [x.strip() for x in r.untagged("EXPUNGE")] == [b"2"]
     assert seq_uids(a) == [1, 3, 4, 5]
-    assert fetch_one(a, "FETCH 2 FLAGS")["FLAGS"] == ["\\Seen"]
+    assert flags_of(fetch_one(a, "FETCH 2 FLAGS")["FLAGS"]) == {"\\Seen"}
     # A new message and an expunge together: EXPUNGE first, then EXISTS.
     ok(b, "STORE 1 +FLAGS (\\Deleted)")
     ok(b, "EXPUNGE")
@@ -1548,7 +1577,8 @@ def test_condstore(imap: Clients) -> None:
     ms2 = int(f["MODSEQ"][0])
     # CHANGEDSINCE: only what changed, with MODSEQ even if not asked for.
     got = fetches(ok(m, f"FETCH 1:* (FLAGS) (CHANGEDSINCE {hms})"))
-    assert got == [(2, {"FLAGS": ["\\Seen"], "MODSEQ": [str(ms2)]})]
+    assert [(s, flags_of(f["FLAGS"]), f["MODSEQ"]) for s, f in got] == [
+        (2, {"\\Seen"}, [str(ms2)])]
     got = fetches(ok(m, f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {ms2})"))
     assert got == []
     # SEARCH MODSEQ.
@@ -1577,7 +1607,7 @@ def test_condstore(imap: Clients) -> None:
     ok(m2, "STORE 4 +FLAGS (\\Answered)")
     r = ok(m, "NOOP")
     ((seq, f),) = fetches(r)
-    assert seq == 4 and f["FLAGS"] == ["\\Answered"] and f["UID"] == "4" and "MODSEQ" in f
+    assert seq == 4 and flags_of(f["FLAGS"]) == {"\\Answered"} and f["UID"] == "4" and "MODSEQ" in f
     new_hms = status_of(ok(m, "STATUS INBOX (HIGHESTMODSEQ)"))["HIGHESTMODSEQ"]
     assert new_hms == int(f["MODSEQ"][0])
     # A FETCH that sets \Seen says so with UID and MODSEQ too.
@@ -1787,4 +1817,4 @@ def test_user_isolation(imap: Clients) -> None:
     assert ok(v, 'LIST "" "*"').untagged("LIST") == v_list
     select(v)
     f = fetch_one(v, "FETCH 1 (FLAGS BODY.PEEK[])")
-    assert f["BODY[]"] == message("victim secret", "top secret\r\n") and f["FLAGS"] == []
+    assert f["BODY[]"] == message("victim secret", "top secret\r\n") and flags_of(f["FLAGS"]) == set()

@@ -118,8 +118,10 @@ class MailboxState:
         self.cache_chunks: list[list[Any]] = []
         #: Chunk name of each GUID whose cache entry is in a chunk.
         self.cache_where: dict[str, str] = {}
-        #: UID of the first message no session has seen as recent (RFC 3501 \\Recent is
-        #: approximated as "arrived since the state was opened" by the protocol layer).
+        #: UID of the first message no session has claimed as \\Recent (RFC 3501 2.3.2):
+        #: ``["r", upto]`` records claim the UIDs below ``upto``, first come first served
+        #: in log order, so exactly one session sees each message as recent.
+        self.recent_from = 1
         self.changes = 0
         #: mdbox: GUIDs of expunged messages whose storage slots purge has not reclaimed
         #: yet (so force-resync does not link them again).
@@ -169,6 +171,11 @@ class MailboxState:
         if kind == "p":
             self.purgeable.difference_update(rec[1])
             return None
+        if kind == "r":
+            lo = self.recent_from
+            hi = max(lo, min(int(rec[1]), self.next_uid))
+            self.recent_from = hi
+            return [lo, hi]
         if kind == "m":
             for msg in self.messages.values():
                 new = rec[1].get(msg.loc)
@@ -292,6 +299,7 @@ class MailboxState:
             "uidvalidity": self.uidvalidity,
             "next_uid": self.next_uid,
             "hms": self.highest_modseq,
+            "rf": self.recent_from,
             "msgs": [m.to_json() for m in self],
             "exp": self.expunged,
             "kw": sorted(self.keywords),
@@ -311,6 +319,7 @@ class MailboxState:
         st = cls(str(doc["guid"]), int(doc["uidvalidity"]))
         st.next_uid = int(doc["next_uid"])
         st.highest_modseq = int(doc["hms"])
+        st.recent_from = int(doc.get("rf", st.next_uid))
         for v in doc["msgs"]:
             msg = Message.from_json(v)
             st.uids.append(msg.uid)

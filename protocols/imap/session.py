@@ -41,6 +41,7 @@ from cloudcote.core.mail.errors import (
 from cloudcote.core.mail.index import ranges_of
 from cloudcote.core.mail.mailbox_list import SEP, normalize_name
 from cloudcote.core.mail.prefetch import Prefetch
+from cloudcote.core.mail.recent import claim_recent
 from cloudcote.core.mail.storage import SaveRequest, search_mailbox
 
 from . import catenate, sorting, utf7
@@ -311,8 +312,12 @@ def _result_modseq(found: list[tuple[int, Message]], opts: ReturnOptions | None)
     returned when only MIN or only MAX was asked for."""
     if not found:
         return 0
-    if opts is not None and opts.partial is None and opts.items in ({"MIN"}, {"MAX"}):
-        return (found[0] if "MIN" in opts.items else found[-1])[1].modseq
+    if opts is not None and opts.partial is None and opts.items and \
+            opts.items <= {"MIN", "MAX"}:
+        # RFC 4731 3.2: only the messages returned count.
+        ends = ([found[0]] if "MIN" in opts.items else []) + \
+            ([found[-1]] if "MAX" in opts.items else [])
+        return max(m.modseq for _, m in ends)
     return max(m.modseq for _, m in found)
 
 
@@ -906,14 +911,17 @@ class ImapSession(LineSession):
             self.emit(f"* OK [PERMANENTFLAGS ({' '.join(self._all_flags(sel.keywords))} \\*)] "
                       "Flags permitted.\r\n")
         self.emit(f"* {len(view)} EXISTS\r\n")
+        if not self.rev2:
+            sel.recent = await self._recent_of(box, view, readonly=readonly)
         if self.rev2:
             # RFC 9051 6.3.2: no RECENT nor UNSEEN; the mailbox's name as the server has it.
             self.emit(b'* LIST () "' + SEP.encode() + b'" ' + self._wire_name(box.name)
                       + b"\r\n")
         else:
-            self.emit("* 0 RECENT\r\n")
+            self.emit(f"* {len(sel.recent)} RECENT\r\n")
             first_unseen = next((i for i, uid in enumerate(view, 1)
-                                 if "\\Seen" not in st.messages[uid].flags), None)
+                                 if uid in st.messages
+                                 and "\\Seen" not in st.messages[uid].flags), None)
             if first_unseen is not None:
                 self.emit(f"* OK [UNSEEN {first_unseen}] First unseen.\r\n")
         self.emit(f"* OK [UIDVALIDITY {st.uidvalidity}] UIDs valid\r\n"
@@ -952,6 +960,21 @@ class ImapSession(LineSession):
             if m.modseq > modseq and any(lo <= uid <= hi for lo, hi in known):
                 self.emit(f"* {seq} FETCH (UID {uid} FLAGS "
                           f"{flags_list(m.flags).decode()} MODSEQ ({m.modseq}))\r\n")
+
+    async def _recent_of(self, box: Mailbox, uids: list[int],
+                         readonly: bool | None = None) -> set[int]:
+        """Which of ``uids`` are \\Recent to this session (RFC 3501 2.3.2): a read-write
+        session claims the messages no session has claimed yet (one log record, so that
+        exactly one session sees each as recent); a read-only one (EXAMINE) sees them
+        without claiming."""
+        if readonly is None:
+            readonly = self.sel.readonly if self.sel is not None else True
+        st = box.state
+        if readonly:
+            return {u for u in uids if u >= st.recent_from}
+        won = await claim_recent(box, max(uids) + 1) if uids else range(0)
+        mine = self.sel.recent if self.sel is not None and self.sel.box is box else set()
+        return {u for u in uids if u in won or u in mine}
 
     def _all_flags(self, keywords: frozenset[str]) -> list[str]:
         return list(SYSTEM_FLAGS) + sorted(keywords)
@@ -1068,7 +1091,7 @@ class ImapSession(LineSession):
         values = {
             "MESSAGES": st.exists,
             "RECENT": len(self.sel.recent) if self.sel is not None and self.sel.box is box
-            else 0,
+            else len(st.uids) - bisect.bisect_left(st.uids, st.recent_from),
             "UIDNEXT": st.next_uid,
             "UIDVALIDITY": st.uidvalidity,
             "UNSEEN": st.unseen,
@@ -1503,12 +1526,7 @@ class ImapSession(LineSession):
         last = view[-1] if view else 0
         start = bisect.bisect_right(st.uids, last)
         new = st.uids[start:]
-        if frozenset(st.keywords) != sel.keywords:
-            sel.keywords = frozenset(st.keywords)
-            self.emit(f"* FLAGS ({' '.join(self._all_flags(sel.keywords))})\r\n")
-            if not sel.readonly:
-                self.emit(f"* OK [PERMANENTFLAGS ({' '.join(self._all_flags(sel.keywords))}"
-                          " \\*)] Flags permitted.\r\n")
+        self._announce_keywords()
         if st.highest_modseq > sel.known_modseq:
             for seq, uid in enumerate(view, 1):
                 m = st.messages.get(uid)
@@ -1523,12 +1541,26 @@ class ImapSession(LineSession):
             view.extend(new)
             self.emit(f"* {len(view)} EXISTS\r\n")
             if not self.rev2:  # IMAP4rev2 has no \Recent (RFC 9051 E.4)
-                sel.recent.update(new)
+                sel.recent.update(await self._recent_of(sel.box, new, readonly=sel.readonly))
                 self.emit(f"* {len(sel.recent)} RECENT\r\n")
         if allow_expunge or len(view) == st.exists:
             sel.version = version
         await self._update_contexts()
         await self.maybe_flush()
+
+    def _announce_keywords(self) -> None:
+        """FLAGS and PERMANENTFLAGS when the mailbox has a keyword the client has not
+        heard of, before any FETCH shows it (RFC 3501 7.2.6)."""
+        sel = self.sel
+        assert sel is not None
+        st = sel.box.state
+        if frozenset(st.keywords) == sel.keywords:
+            return
+        sel.keywords = frozenset(st.keywords)
+        self.emit(f"* FLAGS ({' '.join(self._all_flags(sel.keywords))})\r\n")
+        if not sel.readonly:
+            self.emit(f"* OK [PERMANENTFLAGS ({' '.join(self._all_flags(sel.keywords))}"
+                      " \\*)] Flags permitted.\r\n")
 
     def _flag_update(self, seq: int, m: Message) -> str:
         assert self.sel is not None
@@ -1945,6 +1977,7 @@ class ImapSession(LineSession):
             if unseen:
                 await box.store(unseen, "+", ["\\Seen"])
                 st = box.state
+        self._announce_keywords()
         missing = False
         view = self.sel.view
         jobs: list[tuple[int, Message]] = []
@@ -2063,6 +2096,7 @@ class ImapSession(LineSession):
         result = await box.store(uids, mode, flags, unchangedsince) if uids else \
             {"changed": [], "failed": []}
         st = box.state
+        self._announce_keywords()
         failed = set(result["failed"])
         view = self.sel.view
         for uid in uids:

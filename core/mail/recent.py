@@ -1,0 +1,24 @@
+"""\\Recent (RFC 3501 2.3.2) without locks: exactly one session sees a message as recent.
+
+The mailbox's log holds ``["r", upto]`` records: each claims the UIDs below ``upto`` that
+no earlier record claimed (``MailboxState.recent_from`` is where the unclaimed ones
+start).  Records apply in log order in every process, so the first claim wins and any
+other gets an empty range, with no lock and no counter.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .storage import Mailbox
+
+
+async def claim_recent(box: Mailbox, upto: int) -> range:
+    """Claim the messages of ``box`` below UID ``upto`` that no session has seen as recent
+    yet (one log record; none when there are none); returns the UIDs this caller won."""
+    st = box.state
+    if st.recent_from >= min(upto, st.next_uid):
+        return range(0)
+    (won,) = await box.log.commit([["r", upto]])
+    return range(int(won[0]), int(won[1]))
