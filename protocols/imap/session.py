@@ -1841,6 +1841,8 @@ class ImapSession(LineSession):
         st = box.state
         present = [(seq, st.messages[uid]) for seq, uid in enumerate(self.sel.view, 1)
                    if uid in st.messages]
+        if isinstance(key, searchmod.All):  # SORT and THREAD over ALL, mostly
+            return key, present
         msgs = [m for _, m in present]
         hits = await search_mailbox(box, key, msgs, frozenset(self.sel.recent))
         return key, [present[i - 1] for i in hits]

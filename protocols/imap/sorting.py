@@ -1,75 +1,293 @@
 """What SORT and THREAD compare (RFC 5256), from the index and the cache: no message body
 is read.  The session parses the command and writes the response; this module turns the
-matching messages into an order (SORT) or a forest (THREAD)."""
+matching messages into an order (SORT) or a forest (THREAD).
+
+A message never changes apart from its flags, so what SORT and THREAD derive from it (the
+base subject, the sent date, the first address, the References ids) holds for as long as
+its UID does.  Each opened mailbox keeps those derived values by UID, one table per sort
+key (:class:`_Derived`, shared by every session of the mailbox, dropped with it): a
+command computes only what no earlier command has, reading the cache entries of just
+those messages, and the last THREAD result is kept for the next identical request.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
+import gc
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import sys
+import weakref
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from cloudcote.core.mail import sort as sortmod
 from cloudcote.core.mail.prefetch import Prefetch
-from cloudcote.core.mail.storage import internal_datetime
 
 if TYPE_CHECKING:
     from cloudcote.core.mail.index import Message
     from cloudcote.core.mail.storage import Mailbox
 
-
-@dataclass
-class Sortable:
-    """A message as SORT and THREAD see it (sortmod.SortMessage)."""
-
-    seq: int
-    uid: int
-    size: int
-    internaldate: dt.datetime
-    envelope: list[object]
-    references: str | None = None
+#: The pseudo sort key under which the THREAD data of a message is kept.
+_THREAD = "THREAD"
 
 
-def header_value(block: bytes, name: str) -> str | None:
+def header_value(block: bytes | str, name: str) -> str | None:
     """The unfolded value of the first header ``name`` in a header block, or None (a
     regular expression: a full header parse per message would cost THREAD most of its
     time)."""
-    m = re.search(rb"(?im)^" + re.escape(name.encode()) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)",
-                  block)
+    if isinstance(block, bytes):
+        block = block.decode("utf-8", "surrogateescape")
+    m = _header_re(name).search(block)
     if m is None:
         return None
-    return " ".join(m.group(1).decode("utf-8", "replace").split())
+    value = m.group(1)
+    if "\udc80" <= max(value, default=" "):
+        # Undecodable bytes: as a lenient UTF-8 decoder shows them.
+        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return " ".join(value.split())
 
 
-async def sortable(box: Mailbox, found: list[tuple[int, Message]],
-                   references: bool = False) -> list[Sortable]:
-    """The cached ENVELOPE and, for THREAD, the References header of the cached header
-    block of each (seq, message); read ahead like FETCH."""
+_HEADER_RES: dict[str, re.Pattern[str]] = {}
 
-    async def load(job: tuple[int, Message]) -> Sortable:
-        seq, m = job
-        entry = await box.cache_entry(m)
-        refs = None
-        if references:
-            refs = header_value(await box.header_block(m), "References")
-        return Sortable(seq, m.uid, m.size, internal_datetime(m), entry["env"], refs)
 
-    out = []
-    async with Prefetch(found, load, count=box.mail_store.settings.prefetch_count) as ahead:
-        async for done in ahead:
-            out.append(done.result())
+def _header_re(name: str) -> re.Pattern[str]:
+    pattern = _HEADER_RES.get(name)
+    if pattern is None:
+        pattern = _HEADER_RES[name] = re.compile(
+            r"(?aim)^" + re.escape(name) + r"[ \t]*:(.*(?:\r?\n[ \t].*)*)")
+    return pattern
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """No cycle collection during a burst of short-lived objects (no await inside): a
+    full collection walks every object of the process (the indexes and caches of all open
+    mailboxes) and would cost a THREAD of 10,000 messages more than the threading."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+class _Derived:
+    """The derived SORT/THREAD values of one mailbox's messages, by UID, per key; valid
+    for one UIDVALIDITY."""
+
+    __slots__ = ("uidvalidity", "columns", "uids", "seqs", "results", "__weakref__")
+
+    def __init__(self, uidvalidity: int) -> None:
+        self.uidvalidity = uidvalidity
+        self.columns: dict[str, dict[int, Any]] = {}
+        #: The messages (UIDs, and their sequence numbers) of the last SORT or THREAD, and
+        #: its results by criteria: the same request again is answered from here.
+        self.uids: list[int] = []
+        self.seqs: list[int] = []
+        self.results: dict[tuple[Any, ...], Any] = {}
+
+    def result(self, uids: list[int], seqs: list[int], criteria: tuple[Any, ...]) -> Any:
+        """A kept result for these messages and criteria, or None."""
+        if uids != self.uids or seqs != self.seqs:
+            return None
+        return self.results.get(criteria)
+
+    def keep(self, uids: list[int], seqs: list[int], criteria: tuple[Any, ...],
+             result: Any) -> None:
+        if uids != self.uids or seqs != self.seqs:
+            self.uids, self.seqs = uids, seqs
+            self.results = {}
+        elif len(self.results) >= _RESULTS_KEPT:
+            self.results.pop(next(iter(self.results)))
+        self.results[criteria] = result
+
+
+#: The most results kept per mailbox (for one set of messages).
+_RESULTS_KEPT = 8
+
+
+_DERIVED: weakref.WeakKeyDictionary[Mailbox, _Derived] = weakref.WeakKeyDictionary()
+
+
+def _derived(box: Mailbox) -> _Derived:
+    uidvalidity = box.state.uidvalidity
+    data = _DERIVED.get(box)
+    if data is None or data.uidvalidity != uidvalidity:
+        data = _DERIVED[box] = _Derived(uidvalidity)
+    return data
+
+
+def forget(box: Mailbox) -> None:
+    """Drop what is kept for ``box`` (tests; memory pressure)."""
+    _DERIVED.pop(box, None)
+
+
+def _prune(column: dict[int, Any], box: Mailbox) -> None:
+    """Drop the values of expunged messages once they are a fifth of the table."""
+    present = box.state.messages
+    if len(column) > 64 and len(column) * 4 > len(present) * 5:
+        for uid in [u for u in column if u not in present]:
+            del column[uid]
+
+
+async def _entries(box: Mailbox, msgs: list[Message],
+                   headers: bool) -> list[tuple[Message, dict[str, Any], str | None]]:
+    """The cache entry (and, if ``headers``, the cached header block) of each of ``msgs``:
+    loose entries at once, cache chunks one read each (read ahead like FETCH), and only
+    a message whose entry or header block the cache lacks read from the store."""
+    st = box.state
+    count = box.mail_store.settings.prefetch_count
+    done: list[tuple[Message, dict[str, Any]]] = []
+    by_chunk: dict[str, list[Message]] = defaultdict(list)
+    slow: list[Message] = []
+    for m in msgs:
+        entry = st.loose_cache.get(m.guid)
+        if entry is not None:
+            done.append((m, entry))
+            continue
+        chunk = st.cache_where.get(m.guid)
+        if chunk is None:
+            slow.append(m)
+        else:
+            by_chunk[chunk].append(m)
+    if by_chunk:
+        async with Prefetch(list(by_chunk), box.cache_chunk, count=count) as ahead:
+            async for got in ahead:
+                data = got.result()
+                for m in by_chunk[got.job]:
+                    entry = data.get(m.guid) if data is not None else None
+                    if entry is None:
+                        slow.append(m)
+                    else:
+                        done.append((m, entry))
+    if slow:
+        async with Prefetch(slow, box.cache_entry, count=count) as ahead:
+            async for got in ahead:
+                done.append((got.job, got.result()))
+    out: list[tuple[Message, dict[str, Any], str | None]] = []
+    uncached: list[tuple[Message, dict[str, Any]]] = []
+    for m, entry in done:
+        if not headers:
+            out.append((m, entry, None))
+        elif (hdr := entry.get("h")) is not None:
+            out.append((m, entry, str(hdr)))
+        else:
+            uncached.append((m, entry))
+    if uncached:
+        # Header blocks too large for the cache: from the message itself.
+        entries = {m.uid: entry for m, entry in uncached}
+        async with Prefetch([m for m, _ in uncached], box.header_block, count=count) as ahead:
+            async for got in ahead:
+                block = got.result().decode("utf-8", "surrogateescape")
+                out.append((got.job, entries[got.job.uid], block))
     return out
+
+
+def _thread_data(m: Message, entry: dict[str, Any], header: str | None,
+                 ) -> tuple[str | None, tuple[str, ...], str, bool, int]:
+    """(Message-ID, parent ids, casefolded base subject, reply, sent date) of a message,
+    as ``sortmod.thread_message`` and ``sortmod.thread_info`` derive them."""
+    env = entry.get("env") or []
+
+    def field(index: int) -> str:
+        value = env[index] if len(env) > index else None
+        return value if isinstance(value, str) else ""
+
+    own = sortmod.parse_msgids(field(9))
+    refs = (sortmod.parse_msgids(header_value(header, "References") if header else None)
+            or sortmod.parse_msgids(field(8))[:1])
+    base, reply = sortmod.base_subject_info(field(1))
+    date = env[0] if len(env) > 0 and isinstance(env[0], str) else None
+    # Interned: a thread's ids and subject recur in many of its messages.
+    return (sys.intern(own[0]) if own else None, tuple(map(sys.intern, refs)),
+            sys.intern(base.casefold()), reply, sortmod.sent_date_micros(date, m.internaldate))
+
+
+def _compute(name: str, m: Message, entry: dict[str, Any], header: str | None) -> Any:
+    if name == _THREAD:
+        return _thread_data(m, entry, header)
+    return sortmod.envelope_key(name, entry.get("env"), m.internaldate)
+
+
+async def _columns(box: Mailbox, msgs: list[Message], names: list[str],
+                   ) -> dict[str, dict[int, Any]]:
+    """The tables of ``names`` (sort keys or _THREAD), filled for every one of ``msgs``."""
+    data = _derived(box)
+    tables = {}
+    missing: dict[int, Message] = {}
+    for name in names:
+        table = data.columns.get(name)
+        if table is None:
+            table = data.columns[name] = {}
+        else:
+            _prune(table, box)
+        tables[name] = table
+        for m in msgs:
+            if m.uid not in table:
+                missing[m.uid] = m
+    if missing:
+        loaded = await _entries(box, list(missing.values()), headers=_THREAD in tables)
+        with _no_cycle_collection():
+            for m, entry, header in loaded:
+                for name, table in tables.items():
+                    if m.uid not in table:
+                        table[m.uid] = _compute(name, m, entry, header)
+    return tables
 
 
 async def sort_order(box: Mailbox, found: list[tuple[int, Message]],
                      keys: list[tuple[str, bool]]) -> list[int]:
     """The sequence numbers of ``found`` in the order of the sort ``keys``."""
-    return sortmod.sort_messages(await sortable(box, found), keys)
+    found = sorted(found, key=lambda f: f[0])
+    seqs = [seq for seq, _ in found]
+    uids = [m.uid for _, m in found]
+    data = _derived(box)
+    criteria = ("SORT", *keys)
+    kept = data.result(uids, seqs, criteria)
+    if kept is not None:
+        return list(kept)
+    msgs = [m for _, m in found]
+    derived = sorted({name for name, _ in keys} - {"ARRIVAL", "SIZE"})
+    tables = await _columns(box, msgs, derived) if derived else {}
+    columns: list[tuple[list[Any], bool]] = []
+    with _no_cycle_collection():
+        for name, reverse in keys:
+            if name == "ARRIVAL":
+                values: list[Any] = [m.internaldate for m in msgs]
+            elif name == "SIZE":
+                values = [m.size for m in msgs]
+            else:
+                table = tables[name]
+                values = [table[m.uid] for m in msgs]
+            columns.append((values, reverse))
+        order = sortmod.order_by(seqs, columns)
+    if _derived(box) is data:
+        data.keep(uids, seqs, criteria, order)
+    return list(order)
 
 
 async def threads(box: Mailbox, found: list[tuple[int, Message]],
                   algorithm: str) -> list[sortmod.ThreadNode]:
-    """The threads of ``found`` (by sequence number) under ``algorithm``."""
-    msgs = [sortmod.thread_message(s, s.references)
-            for s in await sortable(box, found, references=algorithm != "ORDEREDSUBJECT")]
-    return sortmod.thread_messages(msgs, algorithm)
+    """The threads of ``found`` (by sequence number) under ``algorithm``.  The same request
+    again (same messages, same sequence numbers) gets the same forest back: it is shared,
+    callers must not change it."""
+    algorithm = algorithm.upper()
+    found = sorted(found, key=lambda f: f[0])
+    seqs = [seq for seq, _ in found]
+    uids = [m.uid for _, m in found]
+    data = _derived(box)
+    criteria = ("THREAD", algorithm)
+    kept = data.result(uids, seqs, criteria)
+    if kept is not None:
+        return kept  # type: ignore[no-any-return]
+    table = (await _columns(box, [m for _, m in found], [_THREAD]))[_THREAD]
+    with _no_cycle_collection():
+        infos = [sortmod.ThreadInfo(seq, *table[uid])
+                 for seq, uid in zip(seqs, uids, strict=True)]
+        result = sortmod.thread_infos(infos, algorithm)
+    if _derived(box) is data:
+        data.keep(uids, seqs, criteria, result)
+    return result
