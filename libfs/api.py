@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import abc
 import enum
+import logging
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -144,6 +145,129 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex}"
 
 
+# --- change feeds ---------------------------------------------------------------------
+
+log = logging.getLogger("cloudcote.libfs")
+
+#: What a feed calls on a change: the changed object's path (or, after the feed may have
+#: missed changes, the subscribed prefix itself).  Called in the event loop; it must not
+#: block or raise (an exception is logged and dropped).
+ChangeCallback = Callable[[str], None]
+
+
+def feed_directory(prefix: str) -> str:
+    """The "directory" a feed prefix covers: the prefix up to its last ``/`` (``""`` for
+    the top level)."""
+    return prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+
+
+class Subscription:
+    """One subscriber's interest in a prefix; :meth:`close` ends it (idempotent, sync, so a
+    finalizer may call it)."""
+
+    def __init__(self, feed: ChangeFeed, prefix: str, callback: ChangeCallback) -> None:
+        self.feed = feed
+        self.prefix = prefix
+        self.directory = feed_directory(prefix)
+        self.callback = callback
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.feed._unsubscribe(self)
+
+    def deliver(self, path: str) -> None:
+        if self.closed:
+            return
+        try:
+            self.callback(path)
+        except Exception:  # noqa: BLE001 - one subscriber must not break the feed
+            log.exception("change feed subscriber of %r failed on %r", self.prefix, path)
+
+
+class PrefixRouter:
+    """Subscriptions by directory, so that one change costs one dict lookup however many
+    prefixes are subscribed."""
+
+    def __init__(self) -> None:
+        self._by_dir: dict[str, list[Subscription]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_dir.values())
+
+    def directories(self) -> list[str]:
+        return list(self._by_dir)
+
+    def add(self, sub: Subscription) -> bool:
+        """Add ``sub``; True if it is the first of its directory."""
+        subs = self._by_dir.setdefault(sub.directory, [])
+        subs.append(sub)
+        return len(subs) == 1
+
+    def remove(self, sub: Subscription) -> bool:
+        """Remove ``sub``; True if its directory has no subscriber left."""
+        subs = self._by_dir.get(sub.directory)
+        if subs is None:
+            return False
+        if sub in subs:
+            subs.remove(sub)
+        if subs:
+            return False
+        del self._by_dir[sub.directory]
+        return True
+
+    def dispatch(self, path: str) -> None:
+        """Tell the subscribers whose prefix ``path`` falls under."""
+        for sub in list(self._by_dir.get(feed_directory(path), ())):
+            if path.startswith(sub.prefix):
+                sub.deliver(path)
+
+    def dispatch_directory(self, directory: str) -> None:
+        """Tell every subscriber of ``directory`` (its changes may have been missed)."""
+        for sub in list(self._by_dir.get(directory, ())):
+            sub.deliver(sub.prefix)
+
+    def dispatch_all(self) -> None:
+        """Tell every subscriber (the feed may have missed changes)."""
+        for directory in list(self._by_dir):
+            self.dispatch_directory(directory)
+
+
+class ChangeFeed(abc.ABC):
+    """Announces changes to objects of a store, made through any Fs on the same store, by
+    this process or another (see docs/libfs.md, "Change feeds").
+
+    A subscription to ``prefix`` covers the objects whose path starts with ``prefix`` and
+    that lie directly in the prefix's directory (:func:`feed_directory`): ``a/b/`` covers
+    ``a/b/log.1`` but not ``a/b/c/d``.  A change is announced after it is visible to
+    readers, soon (milliseconds), as a hint: announcements may be merged or repeated, and
+    where the feed may have missed some (overflow, reconnect) it calls every subscriber
+    concerned with its prefix.  Callers keep a slow safety poll all the same.
+    """
+
+    def __init__(self) -> None:
+        self.router = PrefixRouter()
+
+    @property
+    def subscriptions(self) -> int:
+        """Subscriptions open now."""
+        return len(self.router)
+
+    @abc.abstractmethod
+    async def subscribe(self, prefix: str, callback: ChangeCallback) -> Subscription | None:
+        """Call ``callback(path)`` on changes under ``prefix`` until the returned
+        subscription is closed.  None when this prefix cannot be watched (a resource limit
+        of the store or the kernel, logged once): the caller polls it instead."""
+
+    @abc.abstractmethod
+    def _unsubscribe(self, sub: Subscription) -> None:
+        """Release what ``sub`` held (a watch, a listener) once no one else needs it."""
+
+    async def close(self) -> None:  # noqa: B027 - some feeds hold nothing
+        """Stop announcing; every subscription is dropped."""
+
+
 # --- the API --------------------------------------------------------------------------
 
 
@@ -258,6 +382,11 @@ class Fs(abc.ABC):
         """Yield the paths of all objects whose path starts with ``prefix`` (recursively),
         each once, in no promised order.  Complete only if ``Feature.CONSISTENT_LIST``."""
 
+    def change_feed(self) -> ChangeFeed | None:
+        """The store's change feed, or None when it has none (callers poll).  One per Fs
+        instance: every call returns the same object, closed with the stage."""
+        return None
+
     async def close(self) -> None:  # noqa: B027 - most stages have nothing to release
         """Release connections and pools. The stage must not be used afterwards."""
 
@@ -345,6 +474,10 @@ class ForwardingFs(Fs):
     async def iter(self, prefix: str = "") -> AsyncIterator[str]:
         async for name in self.parent.iter(prefix):
             yield name
+
+    def change_feed(self) -> ChangeFeed | None:
+        """The parent's feed: wrappers keep paths as they are, so its announcements hold."""
+        return self.parent.change_feed()
 
     async def close(self) -> None:
         await self.parent.close()

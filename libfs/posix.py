@@ -16,19 +16,31 @@ Chain syntax: ``posix:/var/mail`` or ``posix:path=/var/mail,fsync=never``.
 
 A path can't be both an object and a "directory" of other objects here (``a`` and ``a/b``),
 as on any POSIX file system.  The top-level name ``.cloudcote-tmp`` is reserved.
+
+Change feed (Linux): one inotify instance per PosixFs (the kernel allows 128 per user by
+default, watches are plentiful), one watch per subscribed directory, shared by every
+subscriber of that directory.  Every change of an object is a directory event: an append
+is one ``write(2)`` (IN_MODIFY), a create is a ``link(2)`` (IN_CREATE), a replace a
+``rename(2)`` (IN_MOVED_TO), a delete an ``unlink(2)`` (IN_DELETE); temporary files live in
+``.cloudcote-tmp``, which no one watches.  Without inotify (another OS, the instance
+limit) there is no feed; past the watch limit (``fs.inotify.max_user_watches``) a
+subscription is refused and its caller polls.  Both are logged once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .api import (
     DEFAULT_CHUNK_SIZE,
+    ChangeCallback,
+    ChangeFeed,
     Feature,
     Fs,
     FsError,
@@ -37,11 +49,14 @@ from .api import (
     FsNotFound,
     FsPermission,
     FsUnavailable,
+    PrefixRouter,
     Stat,
+    Subscription,
     WriteMode,
     check_metadata,
     check_path,
     check_prefix,
+    feed_directory,
     unique_name,
 )
 
@@ -50,6 +65,9 @@ if TYPE_CHECKING:
 
 TMP_DIR = ".cloudcote-tmp"
 XATTR_PREFIX = "user.cloudcote."
+log = logging.getLogger("cloudcote.libfs.posix")
+#: Full-size inotify events read per read(2) when the descriptor is readable.
+INOTIFY_BATCH = 512
 
 
 def _map_oserror(exc: OSError, op: str, path: str) -> FsError:
@@ -82,6 +100,8 @@ class PosixFs(Fs):
         if fsync:
             feats.add(Feature.DURABLE)
         self._features = frozenset(feats)
+        self._feed: InotifyFeed | None = None
+        self._feed_tried = False
 
     @classmethod
     async def open(cls, settings: Settings, parent: Fs | None) -> PosixFs:
@@ -103,6 +123,18 @@ class PosixFs(Fs):
 
     def describe(self) -> str:
         return f"posix:{self.root}"
+
+    def change_feed(self) -> InotifyFeed | None:
+        """One inotify instance for this stage, made on first use; None where inotify is
+        missing or the instance limit is reached (logged once)."""
+        if not self._feed_tried:
+            self._feed_tried = True
+            self._feed = InotifyFeed.create(self.root)
+        return self._feed
+
+    async def close(self) -> None:
+        if self._feed is not None:
+            await self._feed.close()
 
     def _full(self, path: str) -> str:
         check_path(path)
@@ -380,6 +412,165 @@ class PosixFs(Fs):
             return await asyncio.to_thread(fn)
         except OSError as exc:
             raise _map_oserror(exc, op, path) from exc
+
+
+class InotifyFeed(ChangeFeed):
+    """The posix change feed: one inotify instance, a watch per subscribed directory
+    (refcounted by the subscriptions of that directory), read in the event loop."""
+
+    def __init__(self, root: str, inotify: Any) -> None:
+        super().__init__()
+        from asyncinotify import Mask
+
+        self.root = root
+        self.inotify = inotify
+        self.mask = (Mask.MODIFY | Mask.CREATE | Mask.MOVED_TO | Mask.MOVED_FROM
+                     | Mask.DELETE | Mask.ONLYDIR)
+        #: directory (relative, "" for the root) -> watch descriptor, and back.
+        self._wd_of: dict[str, int] = {}
+        self._dir_of: dict[int, str] = {}
+        self._watch_of: dict[int, Any] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._warned = False
+        self._closed = False
+        #: inotify instances this feed opened (one) and watches added, for monitoring.
+        self.instances = 1
+        self.events = 0
+
+    @classmethod
+    def create(cls, root: str) -> InotifyFeed | None:
+        try:
+            from asyncinotify import Inotify
+        except (ImportError, OSError, AttributeError) as exc:
+            # Not Linux, or a libc without inotify: asyncinotify fails to import.
+            log.info("posix %s: no inotify (%s); changes by other processes are polled",
+                     root, exc)
+            return None
+        try:
+            inotify = Inotify(cache_size=INOTIFY_BATCH)
+            # asyncinotify 4.4's InitFlags.NONBLOCK is O_CLOEXEC by mistake: the reader
+            # callback drains until EAGAIN, so the descriptor must not block.
+            os.set_blocking(inotify.fd, False)
+        except OSError as exc:
+            log.warning("posix %s: cannot open an inotify instance (%s; see "
+                        "fs.inotify.max_user_instances); changes by other processes are "
+                        "polled", root, exc.strerror or exc)
+            return None
+        return cls(root, inotify)
+
+    @property
+    def watches(self) -> int:
+        """Directories watched now."""
+        return len(self._wd_of)
+
+    async def subscribe(self, prefix: str, callback: ChangeCallback) -> Subscription | None:
+        """A watch on the prefix's directory (created if absent: an empty directory is no
+        object).  None past the kernel's watch limit."""
+        if self._closed:
+            return None
+        check_prefix(prefix)
+        if prefix.split("/", 1)[0] == TMP_DIR:
+            raise FsError(f"posix: {TMP_DIR!r} is reserved", path=prefix)
+        self._attach(asyncio.get_running_loop())
+        directory = feed_directory(prefix)
+        if directory not in self._wd_of:
+            full = os.path.join(self.root, directory) if directory else self.root
+            try:
+                # Synchronous: one quick system call, and no other subscriber or close can
+                # slip in between the watch and our record of it.
+                watch = self._add_watch(full)
+            except OSError as exc:
+                if not self._warned:
+                    self._warned = True
+                    log.warning("posix %s: cannot watch %s (%s%s); it and others like it "
+                                "are polled", self.root, directory or ".",
+                                exc.strerror or exc,
+                                "; see fs.inotify.max_user_watches"
+                                if exc.errno == errno.ENOSPC else "")
+                return None
+            self._wd_of[directory] = watch.wd
+            self._dir_of[watch.wd] = directory
+            self._watch_of[watch.wd] = watch
+        sub = Subscription(self, prefix, callback)
+        self.router.add(sub)
+        return sub
+
+    def _add_watch(self, full: str) -> Any:
+        try:
+            return self.inotify.add_watch(full, self.mask)
+        except FileNotFoundError:
+            os.makedirs(full, exist_ok=True)
+            return self.inotify.add_watch(full, self.mask)
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        if self.router.remove(sub) and not self._closed:
+            wd = self._wd_of.pop(sub.directory, None)
+            if wd is not None:
+                self._dir_of.pop(wd, None)
+                watch = self._watch_of.pop(wd)
+                try:
+                    self.inotify.rm_watch(watch)
+                except (OSError, ValueError):
+                    pass  # the directory (or the instance) went away, and the watch with it
+
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read the inotify descriptor in ``loop`` (again, if an earlier loop is gone)."""
+        if self._loop is loop:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.inotify.fd)
+        self._loop = loop
+        loop.add_reader(self.inotify.fd, self._drain)
+
+    def _drain(self) -> None:
+        """Dispatch every event queued on the descriptor (the reader callback)."""
+        from asyncinotify import Mask
+
+        while not self._closed:
+            try:
+                event = self.inotify.sync_get()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                log.error("posix %s: reading inotify events failed: %s", self.root, exc)
+                return
+            if event is None:
+                return
+            self.events += 1
+            mask = event.mask
+            if Mask.Q_OVERFLOW in mask:
+                # The kernel dropped events: everyone looks for themselves.
+                self.router.dispatch_all()
+                continue
+            wd = event.watch.wd if event.watch is not None else None
+            directory = self._dir_of.get(wd) if wd is not None else None
+            if directory is None:
+                continue  # a watch we removed
+            if Mask.IGNORED in mask:
+                # The directory itself is gone (a deleted mailbox): its subscribers find
+                # out by looking; they hear nothing more from here.
+                self._dir_of.pop(wd, None)  # type: ignore[arg-type]
+                self._watch_of.pop(wd, None)  # type: ignore[arg-type]
+                if self._wd_of.get(directory) == wd:
+                    del self._wd_of[directory]
+                self.router.dispatch_directory(directory)
+                continue
+            if event.name is None:
+                continue
+            name = os.fsdecode(event.name)
+            self.router.dispatch(f"{directory}/{name}" if directory else name)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.inotify.fd)
+        self.inotify.close()
+        self.router = PrefixRouter()
+        self._wd_of.clear()
+        self._dir_of.clear()
+        self._watch_of.clear()
 
 
 def _unlink_quiet(path: str) -> None:

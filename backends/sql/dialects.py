@@ -101,11 +101,17 @@ class Dialect(abc.ABC):
     #: ``postgresql`` or ``mysql``.
     name: str = ""
     default_port: int = 0
+    #: Whether the server can announce changes to listeners (LISTEN/NOTIFY).
+    can_notify: bool = False
 
-    def __init__(self, stage: str, dsn: str, table: str, timeout: float) -> None:
+    def __init__(self, stage: str, dsn: str, table: str, timeout: float, *,
+                 notify: bool = False) -> None:
         self.stage = stage
         self.dsn = dsn
         self.timeout = timeout
+        #: Where writes announce the paths they change (PostgreSQL NOTIFY), or None.
+        self.channel: str | None = (f"{table}_changes" if notify and self.can_notify
+                                    else None)
         #: Statements sent to the server, by statement name ("script" for literal text,
         #: "begin"/"commit"/"rollback" for MySQL's transaction control): requests per op.
         self.requests: Counter[str] = Counter()
@@ -282,8 +288,11 @@ class PgDialect(Dialect):
     _TRANSIENT_CLASSES = ("08", "40", "53", "57P", "58")
     _TRANSIENT_CODES = ("57014", "55P03", "55006")
 
-    def __init__(self, stage: str, dsn: str, table: str, timeout: float) -> None:
-        super().__init__(stage, dsn, table, timeout)
+    can_notify = True
+
+    def __init__(self, stage: str, dsn: str, table: str, timeout: float, *,
+                 notify: bool = False) -> None:
+        super().__init__(stage, dsn, table, timeout, notify=notify)
         self.pool: Any = None
 
     async def connect(self, pool_size: int) -> None:
@@ -379,7 +388,7 @@ class PgDialect(Dialect):
 
     def _statements(self, o: str, c: str, s: str) -> dict[str, str]:
         now = "extract(epoch from clock_timestamp())::float8"
-        return {
+        stmts = {
             "exists": f"SELECT 1 FROM {o} WHERE path = $1",
             "head": f"SELECT kind, blob_id FROM {o} WHERE path = $1",
             "head_lock": f"SELECT kind, blob_id FROM {o} WHERE path = $1 FOR UPDATE",
@@ -438,6 +447,16 @@ class PgDialect(Dialect):
                            f"AND kind = 'log') ON CONFLICT (log_id, seq) DO NOTHING",
             **self._shared_statements(o, s),
         }
+        if self.channel is not None:
+            # Every statement that changes what a path holds announces the path, in the
+            # same statement (so in its transaction): only for rows it changed, delivered
+            # at commit, repeats within a transaction merged by the server.
+            ch = f"'{self.channel}'"
+            for name, path in (("insert", "path"), ("update", "path"), ("delete", "path"),
+                               ("copy_row", "path"), ("append", "$6::text"),
+                               ("append_many", "$5::text")):
+                stmts[name] += f" RETURNING pg_notify({ch}, {path})"
+        return stmts
 
     def classify(self, exc: BaseException) -> ErrorKind:
         import asyncpg
@@ -580,7 +599,8 @@ class MySqlDialect(Dialect):
     _PERMISSION_CODES = frozenset({1044, 1142, 1143, 1227, 1370})
     _MISSING_CODES = frozenset({1049, 1146})
 
-    def __init__(self, stage: str, dsn: str, table: str, timeout: float) -> None:
+    def __init__(self, stage: str, dsn: str, table: str, timeout: float, *,
+                 notify: bool = False) -> None:
         super().__init__(stage, dsn, table, timeout)
         parts = urlsplit(dsn)
         self.password = unquote(parts.password or "")

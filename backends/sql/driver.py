@@ -14,7 +14,10 @@ tables ``<table>_objects``, ``_chunks``, ``_segments``), ``pool`` (most connecti
 this size; on MySQL it must fit the server's ``max_allowed_packet`` twice over, as values
 travel hex-encoded), ``create_schema`` (yes: create missing tables when the chain is
 opened; no: a missing table is an FsInvalidSpec naming it), ``timeout`` (30s per
-statement, connect and pool wait), ``retries`` (3, with backoff, for transient failures).
+statement, connect and pool wait), ``retries`` (3, with backoff, for transient failures),
+``notify`` (PostgreSQL, yes: every change announces its path with ``pg_notify`` in the
+statement that makes it, for the change feed of :mod:`cloudcote.backends.sql.feed`; all
+processes on one table must agree, a process with ``notify=no`` is not heard).
 
 Schema (PostgreSQL types; MySQL uses VARBINARY(2048) keys, BINARY(16) ids, LONGBLOB, JSON)::
 
@@ -79,6 +82,9 @@ one statement for the sizes and one for the records); DURABLE only when the serv
 syncs its commits (PostgreSQL ``fsync=on`` and ``synchronous_commit`` not off; InnoDB
 ``innodb_flush_log_at_trx_commit=1``), as checked at open.  APPEND is emulated.
 
+Change feed: PostgreSQL (with ``notify``) has one, a LISTEN connection per Fs
+(:mod:`cloudcote.backends.sql.feed`); MySQL has none (callers poll).
+
 Limits: keys (with the prefix) up to 2048 UTF-8 bytes; an append record must fit one
 statement (MySQL: under half of ``max_allowed_packet``; PostgreSQL: 1 GB).  A DSN with
 ``?options`` contains ``=``: give it as ``dsn=...``.  A record appended in a race with the
@@ -109,6 +115,7 @@ from urllib.parse import urlsplit
 
 from cloudcote.libfs.api import (
     DEFAULT_CHUNK_SIZE,
+    ChangeFeed,
     Feature,
     Fs,
     FsError,
@@ -197,6 +204,7 @@ class SqlFs(Fs):
         #: Appends waiting per log, and the logs that have a batch being written.
         self._queues: dict[Any, deque[_Record]] = {}
         self._leading: set[Any] = set()
+        self._feed: ChangeFeed | None = None
 
     # -- opening --------------------------------------------------------------------------
 
@@ -223,6 +231,7 @@ class SqlFs(Fs):
         if timeout <= 0:
             raise settings.error("timeout", timeout, "expected a positive duration")
         retries = settings.int("retries", 3)
+        notify = settings.bool("notify", True)
         settings.finish()
 
         scheme = urlsplit(dsn).scheme.lower()
@@ -242,7 +251,7 @@ class SqlFs(Fs):
                 f"{stage}: {module} is not installed ({exc}); "
                 f"install it with: pip install 'cloudcote[sql]'") from exc
         try:
-            dialect = dialect_cls(stage, dsn, table, timeout)
+            dialect = dialect_cls(stage, dsn, table, timeout, notify=notify)
         except ValueError as exc:  # e.g. a port that is not a number
             raise FsInvalidSpec(f"{stage}: bad DSN: {exc}") from None
         await _connect(dialect, pool, retries)
@@ -277,8 +286,19 @@ class SqlFs(Fs):
             parts.append(f"prefix={self.prefix}")
         return f"{self.stage}:{','.join(parts)}"
 
+    def change_feed(self) -> ChangeFeed | None:
+        """PostgreSQL with ``notify``: a LISTEN connection of this stage's own, opened on
+        the first subscription.  MySQL: None."""
+        if self._feed is None and self.dialect.channel is not None:
+            from .feed import PgChangeFeed
+
+            self._feed = PgChangeFeed(self.dialect, self.prefix)
+        return self._feed
+
     async def close(self) -> None:
-        """Close the pool; in-flight calls fail."""
+        """Close the change feed and the pool; in-flight calls fail."""
+        if self._feed is not None:
+            await self._feed.close()
         await self.dialect.close()
 
     # -- plumbing -------------------------------------------------------------------------

@@ -10,6 +10,13 @@ Layout under the libfs chain (see docs/storage.md)::
 
 One ``MailStore`` per process: it shares each opened mailbox between the sessions of that
 process, so that a save by one session is seen by the others without reading the store.
+
+Other processes' changes: where the libfs chain has a change feed (``Fs.change_feed``:
+inotify on posix, LISTEN/NOTIFY on PostgreSQL), each opened mailbox subscribes its log's
+directory once, whatever the number of sessions on it; an announcement marks it stale and
+wakes every session waiting in :meth:`Mailbox.wait_for_change`, which refresh it once
+between them.  A slow safety poll (``feed_poll_interval``) stays.  Without a feed, a
+mailbox that sessions wait on is polled every ``poll_interval``, once for all of them.
 """
 
 from __future__ import annotations
@@ -20,11 +27,22 @@ import datetime as dt
 import logging
 import time
 import urllib.parse
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cloudcote.libfs.api import Fs, FsError, FsExists, FsNotFound, FsUnavailable
+import cachetools
+
+from cloudcote.libfs.api import (
+    ChangeFeed,
+    Fs,
+    FsError,
+    FsExists,
+    FsNotFound,
+    FsUnavailable,
+    Subscription,
+)
 
 from . import objects
 from .errors import (
@@ -55,6 +73,8 @@ log = logging.getLogger("cloudcote.core.mail")
 T = TypeVar("T")
 
 LAYOUTS = ("sdbox", "mdbox")
+#: Users a process keeps open when no session or delivery holds them (the most recent).
+KEEP_USERS = 1000
 DEFAULT_AUTOCREATE = {
     "Drafts": ["\\Drafts"], "Sent": ["\\Sent"], "Trash": ["\\Trash"], "Junk": ["\\Junk"],
     "Archive": ["\\Archive"],
@@ -76,6 +96,10 @@ class StorageSettings:
     max_message_size: int = 50 * 1024 * 1024
     #: Seconds between polls of a mailbox's log tail for other processes' changes.
     poll_interval: float = 2.0
+    #: With a change feed (posix inotify, PostgreSQL NOTIFY): seconds between the safety
+    #: polls of a mailbox that sessions wait on, which catch what the feed may have missed
+    #: (at least ``poll_interval``).
+    feed_poll_interval: float = 30.0
     #: Objects younger than this are never treated as orphans (a save may still link them).
     orphan_grace: float = 3600.0
     #: Log rotation size; None picks one that suits the store.
@@ -151,8 +175,43 @@ class MailStore:
         self.settings = settings or StorageSettings()
         if self.settings.layout not in LAYOUTS:
             raise ValueError(f"unknown layout {self.settings.layout!r}")
-        self._users: dict[str, UserMail] = {}
+        # Users stay open while a session or delivery holds them, and the last
+        # KEEP_USERS used stay open besides; any other is let go (with its mailboxes'
+        # indexes and change subscriptions), so memory follows the users in use.
+        self._users: weakref.WeakValueDictionary[str, UserMail] = \
+            weakref.WeakValueDictionary()
+        self._kept: cachetools.LRUCache[str, UserMail] = cachetools.LRUCache(KEEP_USERS)
         self._opening: dict[str, asyncio.Task[UserMail]] = {}
+        self._feed: ChangeFeed | None = None
+        self._feed_tried = False
+
+    @property
+    def feed(self) -> ChangeFeed | None:
+        """The chain's change feed (None: poll), taken on first use."""
+        if not self._feed_tried:
+            self._feed_tried = True
+            self._feed = self.fs.change_feed()
+        return self._feed
+
+    async def watch(self, prefix: str, owner: object,
+                    on_change: Callable[[Any, str], None]) -> Subscription | None:
+        """Subscribe ``on_change(owner, path)`` to changes under ``prefix`` for as long as
+        ``owner`` lives (or until the subscription is closed); None without a feed."""
+        feed = self.feed
+        if feed is None:
+            return None
+        ref = weakref.ref(owner)
+
+        def callback(path: str) -> None:
+            target = ref()
+            if target is not None:
+                on_change(target, path)
+
+        sub = await feed.subscribe(prefix, callback)
+        if sub is not None:
+            done = weakref.finalize(owner, _close_soon, asyncio.get_running_loop(), sub)
+            done.atexit = False  # at exit the feed goes with the process
+        return sub
 
     async def user(self, name: str, quota: QuotaLimits | None = None) -> UserMail:
         """The user's mail, opened (and set up on first use: INBOX and the autocreated
@@ -169,14 +228,17 @@ class MailStore:
             um = await asyncio.shield(opening)
         if quota is not None:
             um.quota_limits = quota
+        self._kept[name] = um
         return um
 
     async def _open_user(self, name: str, quota: QuotaLimits | None) -> UserMail:
         um = UserMail(self, name, quota or QuotaLimits(self.settings.quota_bytes,
                                                          self.settings.quota_messages))
         await um.open()
-        self._users.setdefault(name, um)
-        return self._users[name]
+        kept = self._users.setdefault(name, um)
+        if kept is not um:
+            um.close()
+        return kept
 
     def _opened(self, name: str, opening: asyncio.Task[UserMail]) -> None:
         self._opening.pop(name, None)
@@ -187,7 +249,20 @@ class MailStore:
         return self._users.get(name)
 
     async def close(self) -> None:
+        """Forget the opened users and mailboxes, ending their change subscriptions."""
+        for um in list(self._users.values()):
+            um.close()
         self._users.clear()
+        self._kept.clear()
+
+
+def _close_soon(loop: asyncio.AbstractEventLoop, sub: Subscription) -> None:
+    """End ``sub`` in its event loop's thread (a finalizer may run in any thread)."""
+    if loop.is_closed():
+        sub.close()
+        return
+    with contextlib.suppress(RuntimeError):  # closed meanwhile
+        loop.call_soon_threadsafe(sub.close)
 
 
 class UserMail:
@@ -203,6 +278,23 @@ class UserMail:
             self.fs, f"{self.prefix}/list", MailboxListState.decode_snapshot,
             what=f"user {user} mailbox list")
         self._mailboxes: dict[str, Mailbox] = {}
+        self._list_sub: Subscription | None = None
+        #: A change feed said the list changed since it was last refreshed.
+        self.list_stale = False
+        self._list_changed = asyncio.Event()
+        self.list_refreshed_at = 0.0
+
+    def close(self) -> None:
+        """End the change subscriptions of the list and of every opened mailbox."""
+        if self._list_sub is not None:
+            self._list_sub.close()
+        for box in self._mailboxes.values():
+            box.close()
+
+    def _on_list_change(self, path: str) -> None:
+        self.list_stale = True
+        self._list_changed.set()
+        self._list_changed = asyncio.Event()
 
     # -- the list -------------------------------------------------------------------------
 
@@ -212,6 +304,9 @@ class UserMail:
         return self.list_log.state
 
     async def open(self) -> None:
+        # Subscribed before the first read, so no change falls between the two.
+        self._list_sub = await self.store.watch(
+            f"{self.list_log.base}/", self, UserMail._on_list_change)
         try:
             await self.list_log.open()
         except FsNotFound:
@@ -219,6 +314,7 @@ class UserMail:
                 await self.list_log.create(MailboxListState())
             except FsExists:
                 await self.list_log.open()
+        self.list_refreshed_at = time.monotonic()
         wanted: dict[str, list[str]] = {"INBOX": []} | dict(self.store.settings.autocreate)
         missing = [(n, su) for n, su in wanted.items() if n not in self.list_state.by_name]
         if missing:
@@ -226,7 +322,46 @@ class UserMail:
             await self.list_log.commit(recs)
 
     async def refresh_list(self) -> None:
+        self.list_stale = False
         await self.list_log.refresh()
+        self.list_refreshed_at = time.monotonic()
+        # Mailboxes another process deleted (or deleted and created again under the same
+        # name, with a new GUID) are let go: no one opens their old index again.
+        for guid in [g for g in self._mailboxes if g not in self.list_state.by_guid]:
+            box = self._mailboxes.pop(guid)
+            box.deleted = True
+            box.close()
+
+    def list_may_be_behind(self) -> bool:
+        """The feed announced a change of the list, or (without a feed) it was last read
+        longer ago than the poll interval."""
+        settings = self.store.settings
+        interval = settings.poll_interval
+        if self._list_sub is not None:
+            interval = max(interval, settings.feed_poll_interval)
+        return self.list_stale or time.monotonic() - self.list_refreshed_at >= interval
+
+    async def wait_for_list_change(self, timeout: float) -> bool:
+        """Wait until the mailbox list may have changed (a change feed's announcement, or
+        a poll interval without one), refresh it, and say whether it changed.  With a feed
+        the list is polled only every ``feed_poll_interval``."""
+        settings = self.store.settings
+        interval = settings.poll_interval
+        if self._list_sub is not None:
+            interval = max(interval, settings.feed_poll_interval)
+        gen = self.list_log.generation
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.list_stale or time.monotonic() - self.list_refreshed_at >= interval:
+                await self.refresh_list()
+                if self.list_log.generation != gen:
+                    return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            wait = min(left, max(0.0, self.list_refreshed_at + interval - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._list_changed.wait(), wait)
 
     def _create_record(self, name: str, special_use: list[str]) -> list[Any]:
         from .index import new_guid
@@ -279,6 +414,7 @@ class UserMail:
         box = self._mailboxes.pop(entry.guid, None)
         if box is not None:
             box.deleted = True
+            box.close()
         await self._remove_mailbox_objects(entry.guid)
 
     async def _remove_mailbox_objects(self, guid: str) -> None:
@@ -335,10 +471,17 @@ class UserMail:
     # -- mailboxes ------------------------------------------------------------------------
 
     async def mailbox(self, name: str) -> Mailbox:
-        """The opened mailbox (shared with every session of this process)."""
+        """The opened mailbox (shared with every session of this process).  The list is
+        read again first when it may be behind, so that a mailbox another process deleted
+        and created again is never served from its old index."""
+        fresh = self.list_may_be_behind()
+        if fresh:
+            await self.refresh_list()
         try:
             entry = self.entry(name)
         except MailboxNotFound:
+            if fresh:
+                raise
             await self.refresh_list()
             entry = self.entry(name)
         return await self.mailbox_by_guid(entry.guid)
@@ -359,9 +502,13 @@ class UserMail:
 
             log.error("user=%s mailbox=%s: %s; running force-resync", self.user, entry.name,
                       exc)
+            box.close()
             box = Mailbox(self, entry)
             await force_resync(box)
-        return self._mailboxes.setdefault(guid, box)
+        kept = self._mailboxes.setdefault(guid, box)
+        if kept is not box:
+            box.close()  # opened twice at once: one stays, the other lets go of its watch
+        return kept
 
     # -- quota ----------------------------------------------------------------------------
 
@@ -438,6 +585,12 @@ class Mailbox:
         self.deleted = False
         self._changed = asyncio.Event()
         self._seen_generation = 0
+        #: The change feed's subscription to this mailbox's log, if there is a feed.
+        self._sub: Subscription | None = None
+        self._watch_tried = False
+        #: The feed announced a change not yet read.
+        self._stale = False
+        self._refreshing: asyncio.Future[bool] | None = None
         self._chunks: dict[str, dict[str, Any]] = {}
         self._chunk_loads: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         self._damage_repaired = 0
@@ -453,6 +606,15 @@ class Mailbox:
         return self.log.state
 
     async def open(self) -> None:
+        # Subscribed before the first read, so no change falls between the two.
+        await self._watch()
+        try:
+            await self._open_log()
+        except BaseException:
+            self.close()
+            raise
+
+    async def _open_log(self) -> None:
         try:
             await self.log.open()
         except FsNotFound:
@@ -466,14 +628,57 @@ class Mailbox:
         self._seen_generation = self.log.generation
         await self._repair_if_damaged()
 
+    # -- change notification --------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Subscribe to the change feed once per opened mailbox (not per session)."""
+        if self._watch_tried or self.deleted:
+            return
+        self._watch_tried = True
+        self._sub = await self.mail_store.watch(f"{self.log.base}/", self,
+                                                Mailbox._on_store_change)
+
+    def _on_store_change(self, path: str) -> None:
+        """The feed says the log changed: stale now; waiting sessions wake and refresh."""
+        self._stale = True
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def close(self) -> None:
+        """End the change subscription (a dropped or deleted mailbox).  Idempotent."""
+        self._watch_tried = True
+        if self._sub is not None:
+            self._sub.close()
+
+    @property
+    def watched(self) -> bool:
+        """Whether a change feed announces this mailbox's changes."""
+        return self._sub is not None and not self._sub.closed
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between polls while sessions wait: ``poll_interval``, or with a change
+        feed the slow safety poll (``feed_poll_interval``)."""
+        settings = self.mail_store.settings
+        if self.watched:
+            return max(settings.poll_interval, settings.feed_poll_interval)
+        return settings.poll_interval
+
+    def needs_refresh(self) -> bool:
+        """Whether the view may be behind the store: the feed announced a change, or the
+        last refresh is older than :attr:`poll_interval`."""
+        return self._stale or time.monotonic() - self.refreshed_at >= self.poll_interval
+
     async def refresh(self) -> bool:
         """Read other processes' changes.  True if there were any."""
+        self._stale = False
         try:
             changed = await self.log.refresh()
         except CorruptMailbox:
             await self.user.refresh_list()
             if self.guid not in self.user.list_state.by_guid:
                 self.deleted = True
+                self.close()
                 raise MailboxNotFound(f"mailbox {self.name!r} was deleted") from None
             raise
         self.refreshed_at = time.monotonic()
@@ -502,24 +707,42 @@ class Mailbox:
             self._changed = asyncio.Event()
 
     async def wait_for_change(self, timeout: float) -> bool:
-        """Wait until the mailbox changes (a commit in this process at once; other
-        processes' changes within the poll interval).  True if it changed."""
+        """Wait until the mailbox changes: a commit in this process at once; another
+        process's as soon as the change feed announces it, else within the poll interval.
+        However many sessions wait, one refresh serves them all.  True if it changed."""
+        await self._watch()
         deadline = time.monotonic() + timeout
         gen = self.log.generation
         while True:
+            if self.needs_refresh():
+                await self._shared_refresh()
+                if self.log.generation != gen:
+                    return True
             left = deadline - time.monotonic()
             if left <= 0:
                 return self.log.generation != gen
             event = self._changed
+            due = self.refreshed_at + self.poll_interval - time.monotonic()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(),
-                                       min(left, self.mail_store.settings.poll_interval))
+                await asyncio.wait_for(event.wait(), min(left, max(0.0, due)))
             if self.log.generation != gen:
                 return True
-            if time.monotonic() - self.refreshed_at >= self.mail_store.settings.poll_interval:
-                await self.refresh()
-                if self.log.generation != gen:
-                    return True
+
+    async def _shared_refresh(self) -> None:
+        """One refresh for every waiting session (a waiter that gives up does not cancel
+        it for the others)."""
+        running = self._refreshing
+        if running is None:
+            running = asyncio.ensure_future(self.refresh())
+            self._refreshing = running
+            running.add_done_callback(self._refresh_done)
+        await asyncio.shield(running)
+
+    def _refresh_done(self, done: asyncio.Future[bool]) -> None:
+        if self._refreshing is done:
+            self._refreshing = None
+        if not done.cancelled():
+            done.exception()  # retrieved: the waiters got it
 
     # -- saving ---------------------------------------------------------------------------
 

@@ -1312,7 +1312,7 @@ class ImapSession(LineSession):
         watched mailbox (at once in this process, else within the poll interval), or a poll
         interval for the mailbox list."""
         assert self.mail is not None
-        poll = self.mail.store.settings.poll_interval
+        poll = 60.0  # each waits on its change feed, or polls at its own interval
         boxes: list[Mailbox] = []
         if self.sel is not None:
             boxes.append(self.sel.box)
@@ -1322,7 +1322,7 @@ class ImapSession(LineSession):
             except MailboxNotFound:
                 continue
         waits = [asyncio.ensure_future(b.wait_for_change(poll)) for b in boxes]
-        waits.append(asyncio.ensure_future(asyncio.sleep(poll)))
+        waits.append(asyncio.ensure_future(self.mail.wait_for_list_change(poll)))
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -1486,8 +1486,7 @@ class ImapSession(LineSession):
         if self.sel is None:
             return
         box = self.sel.box
-        poll = box.mail_store.settings.poll_interval
-        if force or time.monotonic() - box.refreshed_at >= poll:
+        if force or box.needs_refresh():
             try:
                 await box.refresh()
             except MailboxNotFound:

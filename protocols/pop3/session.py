@@ -22,7 +22,6 @@ import binascii
 import hashlib
 import logging
 import re
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -585,7 +584,7 @@ class Pop3Session(LineSession):
         was expunged since login (by another session or by IMAP)."""
         box = self.box
         assert box is not None
-        if time.monotonic() - box.refreshed_at >= box.mail_store.settings.poll_interval:
+        if box.needs_refresh():
             await box.refresh()
         e = self.msgs[i]
         msg = box.state.messages.get(e.uid)
