@@ -89,6 +89,8 @@ class MailConfig:
     max_message_size: int = 50 * 1024 * 1024
     #: Seconds between looks at a mailbox's log for other processes' changes (IDLE, NOOP).
     poll_interval: float = 2.0
+    #: The same where the store has a change feed (posix, PostgreSQL): a safety net only.
+    feed_poll_interval: float = 30.0
 
 
 @dataclass
@@ -248,6 +250,7 @@ class Config:
         lines.append(f"quota_rule = {_toml_value(self.mail.quota_rule)}")
         lines.append(f"max_message_size = {self.mail.max_message_size}")
         lines.append(f"poll_interval = {self.mail.poll_interval}")
+        lines.append(f"feed_poll_interval = {self.mail.feed_poll_interval}")
         lines.append("")
         lines.append("[auth]")
         lines.append(f"passdb = {_toml_value(self.auth.passdb)}")
@@ -445,9 +448,14 @@ def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path 
     poll = ml.get("poll_interval", (int, float), 2.0, "expected seconds, 0.05 to 600")
     if isinstance(poll, bool) or not 0.05 <= poll <= 600:
         raise ml.error("poll_interval", poll, "expected seconds, 0.05 to 600")
+    feed_poll = ml.get("feed_poll_interval", (int, float), 30.0,
+                       "expected seconds, 0.05 to 3600")
+    if isinstance(feed_poll, bool) or not 0.05 <= feed_poll <= 3600:
+        raise ml.error("feed_poll_interval", feed_poll, "expected seconds, 0.05 to 3600")
     ml.finish()
     mail = MailConfig(autocreate=autocreate, quota_rule=quota_rule,
-                      max_message_size=max_size, poll_interval=float(poll))
+                      max_message_size=max_size, poll_interval=float(poll),
+                      feed_poll_interval=float(feed_poll))
 
     auth = _auth_section(origin, top, resolve, data_dir)
 

@@ -95,6 +95,7 @@ def storage_settings(config: Config) -> StorageSettings:
         quota_messages=quota.messages if quota else 0,
         max_message_size=config.mail.max_message_size,
         poll_interval=config.mail.poll_interval,
+        feed_poll_interval=config.mail.feed_poll_interval,
         prefetch_count=config.storage.prefetch_count,
     )
 
