@@ -422,6 +422,36 @@ def test_log_rotation_and_snapshots(mail_env: tuple[str, str]) -> None:
     run(main())
 
 
+def test_reader_far_behind_catches_up(mail_spec: str) -> None:
+    """A reader that stalled while another process rotated the log several times (its log
+    deleted under it) catches up from the newest snapshot instead of failing."""
+
+    async def main() -> None:
+        writer_store = await open_store(mail_spec, log_limit=3000)
+        reader_store = await open_store(mail_spec, log_limit=3000)
+        try:
+            writer = await (await writer_store.user("hal")).mailbox("INBOX")
+            reader = await (await reader_store.user("hal")).mailbox("INBOX")
+            await writer.save(message(0))
+            assert await reader.refresh()
+            for i in range(1, 60):
+                await writer.save(message(i))
+            await writer.expunge([3])
+            snaps, _ = await writer.log.list_objects()
+            assert snaps[0] > reader.log.k + 1, "the reader's log was not rotated away"
+            assert await reader.refresh()
+            assert [(m.uid, m.guid) for m in reader.state] == \
+                [(m.uid, m.guid) for m in writer.state]
+            await reader.save(message(99))
+            await writer.refresh()
+            assert writer.state.exists == reader.state.exists == 60
+        finally:
+            await writer_store.fs.close()
+            await reader_store.fs.close()
+
+    run(main())
+
+
 # --- invariant 1: acknowledged changes survive SIGKILL ---------------------------------------
 
 _ACK_CHILD = r"""

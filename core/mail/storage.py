@@ -718,6 +718,8 @@ class Mailbox:
                 await self._shared_refresh()
                 if self.log.generation != gen:
                     return True
+                if self._stale and time.monotonic() < deadline:
+                    continue  # announced while that refresh read: read again
             left = deadline - time.monotonic()
             if left <= 0:
                 return self.log.generation != gen

@@ -73,6 +73,11 @@ class _StillCreating(Exception):
     """Snapshots are listed, none can be read yet, and there is no log."""
 
 
+class _LogVanished(CorruptMailbox):
+    """A log this reader had not finished was deleted: the reader fell more than the kept
+    generations behind (a process that stalled while others rotated)."""
+
+
 def default_limit(fs: Fs) -> int:
     """The rotation limit that suits ``fs``: large where reading a log range costs one
     request, small where each record costs one."""
@@ -345,7 +350,15 @@ class TransactionLog(Generic[S]):
         """Read what other processes appended since.  True if anything was applied."""
         async with self._mutex:
             before = (self.k, self.offset)
-            await self._read_forward()
+            try:
+                await self._read_forward()
+            except _LogVanished as exc:
+                # Behind by more than the generations kept: catch up from the newest
+                # snapshot, as an opening would.
+                log.warning("%s; reading the newest snapshot", exc)
+                snaps, logs = await self._io(self.list_objects())
+                await self._open_from(snaps, logs, None)
+                self.generation += 1
             changed = (self.k, self.offset) != before
         await self._write_captured()
         return changed
@@ -368,8 +381,8 @@ class TransactionLog(Generic[S]):
             except FsNotFound:
                 if self.offset == 0:
                     return  # not created yet
-                raise CorruptMailbox(f"{self.what}: log.{self.k:08d} vanished at offset "
-                                     f"{self.offset} (deleted by a newer rotation?)") from None
+                raise _LogVanished(f"{self.what}: log.{self.k:08d} vanished at offset "
+                                   f"{self.offset} (deleted by a newer rotation?)") from None
             if not data:
                 return
             base = self.offset
