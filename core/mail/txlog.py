@@ -69,6 +69,11 @@ _NAME = re.compile(r"^(log|snap)\.(\d{8})$")
 OPEN_RETRIES = 5
 
 
+#: Log generations (and their snapshots) kept behind the newest, for readers that are
+#: behind; one further behind catches up from the newest snapshot.
+KEEP_GENERATIONS = 4
+
+
 class _StillCreating(Exception):
     """Snapshots are listed, none can be read yet, and there is no log."""
 
@@ -353,15 +358,18 @@ class TransactionLog(Generic[S]):
             try:
                 await self._read_forward()
             except _LogVanished as exc:
-                # Behind by more than the generations kept: catch up from the newest
-                # snapshot, as an opening would.
-                log.warning("%s; reading the newest snapshot", exc)
-                snaps, logs = await self._io(self.list_objects())
-                await self._open_from(snaps, logs, None)
-                self.generation += 1
+                await self._catch_up(exc)
             changed = (self.k, self.offset) != before
         await self._write_captured()
         return changed
+
+    async def _catch_up(self, exc: _LogVanished) -> None:
+        """Behind by more than the generations kept: go on from the newest snapshot, as an
+        opening would.  Caller holds the mutex."""
+        log.warning("%s; reading the newest snapshot", exc)
+        snaps, logs = await self._io(self.list_objects())
+        await self._open_from(snaps, logs, None)
+        self.generation += 1
 
     async def _read_forward(self, until: tuple[int, int] | None = None,
                             ahead: asyncio.Future[bytes] | None = None) -> None:
@@ -453,8 +461,8 @@ class TransactionLog(Generic[S]):
                 log.warning("%s: could not write snap.%08d now; a later rotation will",
                             self.what, k)
                 continue
-            # Keep two generations for readers that are behind; older ones go.
-            for old in (k - 2,):
+            # Keep KEEP_GENERATIONS for readers that are behind; older ones go.
+            for old in (k - KEEP_GENERATIONS,):
                 if old >= 1:
                     with contextlib.suppress(FsError, StorageUnavailable):
                         await self._io(self.fs.delete(self.snap_path(old)))
@@ -512,7 +520,16 @@ class TransactionLog(Generic[S]):
                     else:
                         if start + len(data) >= self.limit:
                             self._snapshot_duty.add(k + 1)
-                        await self._read_forward(until=(k, start))
+                        try:
+                            await self._read_forward(until=(k, start))
+                        except _LogVanished as exc:
+                            # This process fell behind and log k went with a rotation:
+                            # the frame may be in it (applied by the others) or in a log
+                            # nobody reads any more.  Catch up and write it again: records
+                            # apply idempotently (an append by its object, flags and
+                            # expunges by value), so the second one is the one reported.
+                            await self._catch_up(exc)
+                            continue
                         if (k, start) not in self._recent:
                             raise CorruptMailbox(f"{self.what}: own frame at log.{k:08d} "
                                                  f"offset {start} not found on reading")
