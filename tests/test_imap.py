@@ -96,22 +96,23 @@ class Clients:
                 pass
 
 
-@pytest.fixture
-def imap(imap_server: ImapServer) -> Iterator[Clients]:
-    c = Clients(imap_server)
+def clients_of(srv: ImapServer) -> Iterator[Clients]:
+    """The connections of one test on ``srv``, all closed at its end (fixture body)."""
+    c = Clients(srv)
     try:
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture
+def imap(imap_server: ImapServer) -> Iterator[Clients]:
+    yield from clients_of(imap_server)
 
 
 @pytest.fixture
 def quota_imap(quota_server: ImapServer) -> Iterator[Clients]:
-    c = Clients(quota_server)
-    try:
-        yield c
-    finally:
-        c.close()
+    yield from clients_of(quota_server)
 
 
 # -- the wire -------------------------------------------------------------------------------
@@ -1817,4 +1818,5 @@ def test_user_isolation(imap: Clients) -> None:
     assert ok(v, 'LIST "" "*"').untagged("LIST") == v_list
     select(v)
     f = fetch_one(v, "FETCH 1 (FLAGS BODY.PEEK[])")
-    assert f["BODY[]"] == message("victim secret", "top secret\r\n") and flags_of(f["FLAGS"]) == set()
+    assert f["BODY[]"] == message("victim secret", "top secret\r\n")
+    assert flags_of(f["FLAGS"]) == set()

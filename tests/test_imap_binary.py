@@ -37,6 +37,7 @@ from .test_imap import (
     Reply,
     append,
     bad,
+    clients_of,
     cmd,
     fetch_one,
     fetches,
@@ -376,11 +377,7 @@ def binary_server(request: pytest.FixtureRequest,
 
 @pytest.fixture
 def imap(binary_server: ImapServer) -> Iterator[Clients]:
-    c = Clients(binary_server)
-    try:
-        yield c
-    finally:
-        c.close()
+    yield from clients_of(binary_server)
 
 
 _LITERAL8 = re.compile(rb" ~\{(\d+)\}\r\n")

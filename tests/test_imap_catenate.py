@@ -33,6 +33,7 @@ from .test_imap import (
     Reply,
     append,
     bad,
+    clients_of,
     fetch_one,
     fetches,
     lit,
@@ -131,22 +132,14 @@ def cat_limits_server(request: pytest.FixtureRequest,
                               limits=ImapLimits(max_append_literal=LIMIT, max_line=1000))
 
 
-def _clients(srv: ImapServer) -> Iterator[Clients]:
-    c = Clients(srv)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
 @pytest.fixture
 def imap(cat_server: ImapServer) -> Iterator[Clients]:
-    yield from _clients(cat_server)
+    yield from clients_of(cat_server)
 
 
 @pytest.fixture
 def limits_imap(cat_limits_server: ImapServer) -> Iterator[Clients]:
-    yield from _clients(cat_limits_server)
+    yield from clients_of(cat_limits_server)
 
 
 def text(data: bytes | str) -> bytes:

@@ -36,6 +36,7 @@ from .test_imap import (
     Clients,
     Reply,
     bad,
+    clients_of,
     fetches,
     lit,
     message,
@@ -77,27 +78,19 @@ def ext_limits_server(request: pytest.FixtureRequest,
     yield from server_fixture(request, tmp_path_factory.mktemp("imapextl"), limits=limits)
 
 
-def _clients(srv: ImapServer) -> Iterator[Clients]:
-    c = Clients(srv)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
 @pytest.fixture
 def imap(ext_server: ImapServer) -> Iterator[Clients]:
-    yield from _clients(ext_server)
+    yield from clients_of(ext_server)
 
 
 @pytest.fixture
 def quota_imap(ext_quota_server: ImapServer) -> Iterator[Clients]:
-    yield from _clients(ext_quota_server)
+    yield from clients_of(ext_quota_server)
 
 
 @pytest.fixture
 def limits_imap(ext_limits_server: ImapServer) -> Iterator[Clients]:
-    yield from _clients(ext_limits_server)
+    yield from clients_of(ext_limits_server)
 
 
 def imap_date(when: dt.datetime) -> str:

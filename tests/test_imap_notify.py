@@ -14,7 +14,7 @@ import pytest
 from cloudcote.core.mail.storage import StorageSettings
 
 from .imap_support import IMAP_BACKENDS, ImapServer, server_fixture
-from .test_imap import Clients, bad, lit, message, no, ok, read_response, select
+from .test_imap import Clients, bad, clients_of, lit, message, no, ok, read_response, select
 
 
 @pytest.fixture(scope="module", params=IMAP_BACKENDS)
@@ -26,11 +26,7 @@ def notify_server(request: pytest.FixtureRequest,
 
 @pytest.fixture
 def imap(notify_server: ImapServer) -> Iterator[Clients]:
-    c = Clients(notify_server)
-    try:
-        yield c
-    finally:
-        c.close()
+    yield from clients_of(notify_server)
 
 
 def unsolicited(m: imaplib.IMAP4, want: int, timeout: float = 15.0) -> list[bytes]:

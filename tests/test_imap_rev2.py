@@ -14,6 +14,7 @@ from .test_imap import (
     Clients,
     Reply,
     bad,
+    clients_of,
     fetches,
     fill,
     list_of,
@@ -34,11 +35,7 @@ def rev2_server(request: pytest.FixtureRequest,
 
 @pytest.fixture
 def imap(rev2_server: ImapServer) -> Iterator[Clients]:
-    c = Clients(rev2_server)
-    try:
-        yield c
-    finally:
-        c.close()
+    yield from clients_of(rev2_server)
 
 
 def esearch(reply: Reply) -> list[str]:
