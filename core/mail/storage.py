@@ -29,7 +29,7 @@ import time
 import urllib.parse
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import cachetools
@@ -65,81 +65,27 @@ from .mailbox_list import (
     normalize_name,
     normalize_special_use,
 )
-from .prefetch import DEFAULT_COUNT as DEFAULT_PREFETCH_COUNT
 from .prefetch import Prefetch
+from .recent import claim_recent
 from .txlog import TransactionLog
+from .values import (  # noqa: F401  (re-exported until importers use api/values)
+    DEFAULT_AUTOCREATE,
+    LAYOUTS,
+    QuotaLimits,
+    QuotaUsage,
+    SaveRequest,
+    StorageSettings,
+    internal_datetime,
+    parse_quota_rule,
+)
 
 log = logging.getLogger("cloudcote.core.mail")
 T = TypeVar("T")
 
-LAYOUTS = ("sdbox", "mdbox")
 #: Users a process keeps open when no session or delivery holds them (the most recent).
 KEEP_USERS = 1000
-DEFAULT_AUTOCREATE = {
-    "Drafts": ["\\Drafts"], "Sent": ["\\Sent"], "Trash": ["\\Trash"], "Junk": ["\\Junk"],
-    "Archive": ["\\Archive"],
-}
 #: Cache entries keep a header block up to this size; bigger ones are read from the message.
 MAX_CACHED_HEADER = 64 * 1024
-
-
-@dataclass
-class StorageSettings:
-    """What ``[storage]`` and ``[mail]`` configure for mail storage."""
-
-    layout: str = "sdbox"
-    #: Mailboxes created at a user's first login, with their SPECIAL-USE attributes.
-    autocreate: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_AUTOCREATE))
-    #: Default quota; 0 means unlimited.  Per-user values come from the userdb.
-    quota_bytes: int = 0
-    quota_messages: int = 0
-    max_message_size: int = 50 * 1024 * 1024
-    #: Seconds between polls of a mailbox's log tail for other processes' changes.
-    poll_interval: float = 2.0
-    #: With a change feed (posix inotify, PostgreSQL NOTIFY): seconds between the safety
-    #: polls of a mailbox that sessions wait on, which catch what the feed may have missed
-    #: (at least ``poll_interval``).
-    feed_poll_interval: float = 30.0
-    #: Objects younger than this are never treated as orphans (a save may still link them).
-    orphan_grace: float = 3600.0
-    #: Log rotation size; None picks one that suits the store.
-    log_limit: int | None = None
-    #: How old other mailboxes' sizes may be when a save checks the quota.
-    quota_refresh: float = 10.0
-    #: Message reads kept in flight ahead of a consumer (``[storage] prefetch_count``),
-    #: and the bytes they may hold at once (see prefetch.py).
-    prefetch_count: int = DEFAULT_PREFETCH_COUNT
-    prefetch_bytes: int = 64 * 1024 * 1024
-
-
-@dataclass
-class QuotaLimits:
-    bytes: int = 0
-    messages: int = 0
-
-
-def parse_quota_rule(rule: str) -> QuotaLimits:
-    """Dovecot's ``quota_rule = *:storage=1G:messages=10000`` (sizes with B/K/M/G/T)."""
-    limits = QuotaLimits()
-    for part in rule.split(":"):
-        key, _, value = part.partition("=")
-        key = key.strip().lower()
-        if key == "storage":
-            limits.bytes = _parse_size(value)
-        elif key == "messages":
-            limits.messages = int(value)
-    return limits
-
-
-def _parse_size(text: str) -> int:
-    text = text.strip().upper()
-    mult = 1
-    for suffix, m in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10),
-                      ("B", 1)):
-        if text.endswith(suffix):
-            text, mult = text[:-1], m
-            break
-    return int(float(text) * mult)
 
 
 def user_prefix(user: str) -> str:
@@ -149,22 +95,6 @@ def user_prefix(user: str) -> str:
     if enc in (".", ".."):
         enc = enc.replace(".", "%2E")
     return f"users/{enc}"
-
-
-@dataclass
-class SaveRequest:
-    """One message to save: bytes as received, flags, internal date (aware) or now."""
-
-    raw: bytes
-    flags: Sequence[str] = ()
-    internaldate: dt.datetime | None = None
-
-
-@dataclass
-class QuotaUsage:
-    bytes: int
-    messages: int
-    limits: QuotaLimits
 
 
 class MailStore:
@@ -244,6 +174,11 @@ class MailStore:
         self._opening.pop(name, None)
         if not opening.cancelled():
             opening.exception()  # retrieved: whoever awaited it got it already
+
+    async def deliver_to(self, raw: bytes,
+                         boxes: Sequence[Mailbox]) -> list[int | Exception]:
+        """One message into several users' mailboxes; see :func:`deliver_to`."""
+        return await deliver_to(raw, boxes)
 
     def cached_user(self, name: str) -> UserMail | None:
         return self._users.get(name)
@@ -1024,6 +959,15 @@ class Mailbox:
         await _io(self.fs.write(dst, objects.encode_message(meta, raw)))
         return f"{oid}:{meta.offset}"
 
+    async def search(self, key: Any, messages: Sequence[Message] | None = None,
+                     recent: frozenset[int] = frozenset()) -> list[int]:
+        """RFC 3501 6.4.4 SEARCH; see :func:`search_mailbox`."""
+        return await search_mailbox(self, key, messages, recent)
+
+    async def claim_recent(self, upto: int) -> range:
+        """RFC 3501 2.3.2 \\Recent; see core/mail/recent.py."""
+        return await claim_recent(self, upto)
+
     async def move(self, uids: Iterable[int], dest: Mailbox) -> list[tuple[int, int]]:
         """RFC 6851 MOVE: copy, then expunge the originals."""
         pairs = await self.copy(uids, dest)
@@ -1153,12 +1097,6 @@ class _SearchMessage:
     @property
     def internaldate(self) -> dt.datetime:
         return internal_datetime(self.msg)
-
-
-def internal_datetime(msg: Message) -> dt.datetime:
-    """The INTERNALDATE of ``msg`` as an aware datetime in the zone it was saved with."""
-    zone = dt.timezone(dt.timedelta(minutes=msg.tz))
-    return dt.datetime.fromtimestamp(msg.internaldate, zone)
 
 
 class _SearchView:
