@@ -45,12 +45,19 @@ class Connection:
         """TLS, or a loopback connection: where plaintext auth is allowed (as Dovecot)."""
         return self.tls or self.local_is_loopback
 
+    def buffered(self) -> bytes | bytearray:
+        """What the client sent that no read has taken yet (a pipelined command, the rest
+        of DATA), looked at in place, never copied.  asyncio's StreamReader has no public
+        way to show it; this is the one place that reads its private ``_buffer``."""
+        buffer: bytes | bytearray = getattr(self.reader, "_buffer", b"")
+        return buffer
+
     async def start_tls(self, context: ssl.SSLContext) -> int:
         """Upgrade in place after STARTTLS/STLS (RFC 3501 6.2.1, RFC 2595 4).  Whatever the
         client pipelined in plaintext after the command is dropped first, so that nothing
         sent before the handshake counts as said over TLS (CVE-2011-0411); returns how many
         bytes that was."""
-        pending = len(getattr(self.reader, "_buffer", b""))
+        pending = len(self.buffered())
         if pending:
             await self.reader.readexactly(pending)
         await self.writer.start_tls(context)

@@ -1,30 +1,27 @@
-"""What every line-based protocol session shares: bounded reads, shutdown, auth plumbing."""
+"""What every line-based protocol session shares: the command loop (bad-command budget,
+unexpected errors, idle timeout, shutdown, the last flush), bounded reads, password checks,
+and the ServerContext the application hands to every session."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from cloudcote.core.auth import AuthError, AuthPenalty, UserEntry, user_fields
-from cloudcote.core.auth.userdb import redact_chain
-from cloudcote.core.mail.errors import StorageUnavailable
-from cloudcote.core.mail.storage import MailStore, QuotaLimits, StorageSettings
-from cloudcote.libfs import FsError
-from cloudcote.libfs.chain import open_fs
+from cloudcote.core.mail import api
+from cloudcote.core.mail.errors import MailError, StorageUnavailable
 
-from .imap.limits import ImapLimits
 from .listener import MAX_LINE, Connection
-from .lmtp.settings import LmtpSettings
-from .pop3.settings import Pop3Settings
+from .sasl import decode_sasl_plain
 
-if TYPE_CHECKING:
-    from cloudcote.core.mail.storage import UserMail
+__all__ = [
+    "BadCommand", "Disconnect", "IdleTimeout", "LineSession", "LineTooLong", "PassDb",
+    "ServerContext", "Shutdown", "StoreOpener", "decode_sasl_plain",
+]
 
 log = logging.getLogger("cloudcote.session")
 T = TypeVar("T")
@@ -35,6 +32,10 @@ IDLE_TIMEOUT = 30 * 60
 MAX_BAD_COMMANDS = 20
 #: Characters of a client-supplied user name that go into a log line.
 MAX_LOGGED_USER = 100
+
+#: Opens the store a userdb ``mail`` chain names; the application passes it in (protocols
+#: know the mail-storage API only).  Closing the store it returns releases what it opened.
+StoreOpener = Callable[[str], Awaitable[api.Store]]
 
 
 class PassDb(Protocol):
@@ -47,50 +48,74 @@ class PassDb(Protocol):
 
 @dataclass
 class ServerContext:
-    """What sessions get from the server: auth, TLS policy and the shutdown signal."""
+    """What sessions get from the server: auth, TLS policy, mail storage, each protocol's
+    settings and the shutdown signal."""
 
     passdb: PassDb
     ssl_context: ssl.SSLContext | None
     disable_plaintext_auth: bool
     hostname: str = "cloudcote"
-    #: Mail storage shared by every session of this process (cloudcote.core.mail).
-    mail: MailStore | None = None
-    imap_limits: ImapLimits = field(default_factory=ImapLimits)
-    pop3: Pop3Settings = field(default_factory=Pop3Settings)
-    lmtp: LmtpSettings = field(default_factory=LmtpSettings)
+    #: Mail storage shared by every session of this process.
+    mail: api.Store | None = None
+    #: Each protocol's settings as the application read them (``ImapLimits``,
+    #: ``Pop3Settings``, ``LmtpSettings`` of its package); None: that protocol's defaults.
+    imap_limits: Any = None
+    pop3: Any = None
+    lmtp: Any = None
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     #: Failed logins per client and the delay they earn (``[auth]`` failure_delay).
     auth_penalty: AuthPenalty = field(default_factory=AuthPenalty)
-    #: Stores of users whose userdb ``mail`` names another chain, by chain string.
-    _user_stores: dict[str, asyncio.Future[MailStore]] = field(
+    #: Opens the stores of users whose userdb ``mail`` names another chain.
+    open_store: StoreOpener | None = None
+    #: Those stores, by chain string.
+    _user_stores: dict[str, asyncio.Future[api.Store]] = field(
         default_factory=dict, init=False, repr=False)
     _user_stores_closed: bool = field(default=False, init=False, repr=False)
 
-    async def user_mail(self, entry: UserEntry) -> UserMail:
-        """The mail of the user a passdb returned: on the store its userdb ``mail`` names
-        (opened once per distinct chain) or on ``self.mail``, with its ``quota_rule`` or
-        the default quota.  Raises ``StorageUnavailable`` (a ``MailError``) if the userdb
-        fields are unusable or the store cannot be opened."""
+    @property
+    def storage_settings(self) -> api.StorageSettings:
+        """The ``[mail]``/``[storage]`` settings of this process (every store has them)."""
+        return self.mail.settings if self.mail is not None else api.StorageSettings()
+
+    async def store_for(self, entry: UserEntry) -> api.Store:
+        """The store the user a passdb returned keeps mail on: the one its userdb ``mail``
+        names (opened once per distinct chain) or ``self.mail``.  Raises
+        ``StorageUnavailable`` if the userdb fields are unusable or the store cannot be
+        opened."""
         try:
             fields = user_fields(entry)
         except AuthError as exc:
             raise StorageUnavailable(f"userdb: {exc}") from exc
-        if fields.mail is not None:
-            store = await self._user_store(fields.mail)
-        elif self.mail is not None:
-            store = self.mail
-        else:
-            raise StorageUnavailable("no mail storage configured")
+        return await self._store_of(fields.mail)
+
+    async def user_mail(self, entry: UserEntry) -> api.User:
+        """The mail of the user a passdb returned, on ``store_for(entry)``, with its
+        ``quota_rule`` or the default quota.  Raises ``StorageUnavailable`` (a
+        ``MailError``) as ``store_for``."""
+        try:
+            fields = user_fields(entry)
+        except AuthError as exc:
+            raise StorageUnavailable(f"userdb: {exc}") from exc
+        store = await self._store_of(fields.mail)
         settings = store.settings
-        quota = fields.quota or QuotaLimits(settings.quota_bytes, settings.quota_messages)
+        quota = fields.quota or api.QuotaLimits(settings.quota_bytes, settings.quota_messages)
         return await store.user(entry.user, quota)
 
-    async def _user_store(self, chain: str) -> MailStore:
+    async def _store_of(self, chain: str | None) -> api.Store:
+        if chain is not None:
+            return await self._user_store(chain)
+        if self.mail is None:
+            raise StorageUnavailable("no mail storage configured")
+        return self.mail
+
+    async def _user_store(self, chain: str) -> api.Store:
         if self._user_stores_closed:
             raise StorageUnavailable("the server is stopping")
+        if self.open_store is None:
+            raise StorageUnavailable("userdb mail names a store, but none can be opened here")
         opening = self._user_stores.get(chain)
         if opening is None:
-            opening = asyncio.ensure_future(self._open_user_store(chain))
+            opening = asyncio.ensure_future(self.open_store(chain))
             self._user_stores[chain] = opening
         try:
             return await asyncio.shield(opening)
@@ -98,15 +123,6 @@ class ServerContext:
             if opening.done() and self._user_stores.get(chain) is opening:
                 del self._user_stores[chain]  # the next login tries again
             raise
-
-    async def _open_user_store(self, chain: str) -> MailStore:
-        try:
-            fs = await open_fs(chain)
-        except FsError as exc:
-            raise StorageUnavailable(f"userdb mail {redact_chain(chain)!r}: "
-                                     f"{redact_chain(str(exc))}") from exc
-        settings = self.mail.settings if self.mail is not None else StorageSettings()
-        return MailStore(fs, settings)
 
     async def close_user_stores(self) -> None:
         """Close the stores ``user_mail`` opened; the server calls this when it stops."""
@@ -120,16 +136,19 @@ class ServerContext:
         for opening in openings:
             if opening.cancelled() or opening.exception() is not None:
                 continue
-            store = opening.result()
             try:
-                await store.close()
-                await store.fs.close()
+                await opening.result().close()
             except Exception as exc:
                 log.warning("closing a userdb mail store failed: %s", exc)
 
 
 class LineTooLong(Exception):
     """The client sent a line longer than the protocol allows."""
+
+
+class BadCommand(Exception):
+    """An invalid command: answered with the protocol's reply to this text and counted
+    against the bad-command budget."""
 
 
 class Shutdown(Exception):
@@ -145,12 +164,27 @@ class Disconnect(Exception):
 
 
 class LineSession:
-    """Base of IMAP/POP3/LMTP sessions: one ``Connection``, read a line, answer it."""
+    """Base of IMAP/POP3/LMTP sessions: one ``Connection``; read a command, dispatch it.
+
+    ``run`` owns the loop: the greeting, the bad-command budget, unexpected errors (logged
+    once, answered with the protocol's internal-error reply), the idle timeout, shutdown
+    and the last flush.  A protocol supplies ``read_command`` and ``dispatch`` and its
+    replies: ``greeting``, ``bad_command_reply``, ``internal_error_reply``,
+    ``timeout_reply``, ``shutdown_reply``; ``finish`` runs when the session ends."""
 
     protocol = "line"
     #: Seconds a client may stay silent; the longest line (CRLF included).
     idle_timeout: float = IDLE_TIMEOUT
     max_line: int = MAX_LINE
+    #: Invalid commands tolerated; the last one's reply says the connection closes.
+    max_bad_commands: int = MAX_BAD_COMMANDS
+    #: The bad-command text for an over-long line.
+    line_too_long = "Line too long"
+    #: Whether an unexpected error ends the session (when the input may be out of step
+    #: after it) or only the command.
+    internal_error_ends_session = False
+    #: Where this protocol's sessions log.
+    log = log
 
     def __init__(self, conn: Connection, ctx: ServerContext) -> None:
         self.conn = conn
@@ -159,10 +193,124 @@ class LineSession:
         #: What the passdb returned for ``self.user`` (userdb fields in ``extra``).
         self.user_entry: UserEntry | None = None
         self.bad_commands = 0
+        #: The session ends after the command in progress (QUIT, LOGOUT).
+        self.done = False
+        #: The command being run, for log lines; why the session ended.
+        self.command = ""
+        self.end_reason = "Connection closed"
         #: Replies not written yet, and their size; octets written in all.
         self.out: list[bytes] = []
         self.out_size = 0
         self.bytes_out = 0
+
+    @property
+    def ip(self) -> str:
+        """The client's address without its port (for log lines)."""
+        return self.conn.peer.rpartition(":")[0] or self.conn.peer
+
+    # -- the protocol's part --------------------------------------------------------------
+
+    def greeting(self) -> str:
+        raise NotImplementedError
+
+    async def read_command(self) -> Any:
+        """The next command (None: it was answered while being read); raises what
+        ``read_line`` raises."""
+        return await self.read_line()
+
+    async def dispatch(self, command: Any) -> None:
+        raise NotImplementedError
+
+    def bad_command_reply(self, text: str, last: bool) -> str:
+        """The reply to an invalid command; ``last``: the budget is spent and the
+        connection closes after it."""
+        raise NotImplementedError
+
+    def internal_error_reply(self, exc: Exception) -> str:
+        raise NotImplementedError
+
+    def timeout_reply(self) -> str:
+        raise NotImplementedError
+
+    def shutdown_reply(self) -> str:
+        raise NotImplementedError
+
+    async def finish(self) -> None:
+        """The session ended (whatever ended it): release what it holds, log it."""
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.emit(self.greeting())
+        try:
+            while not self.done:
+                await self.step()
+            await self.flush()
+        except Shutdown:
+            self.end_reason = "Server shutting down"
+            self.emit(self.shutdown_reply())
+            await self.final_flush()
+        except IdleTimeout:
+            self.end_reason = "Disconnected for inactivity"
+            self.emit(self.timeout_reply())
+            await self.final_flush()
+        except Disconnect:
+            await self.final_flush()
+        except EOFError:
+            self.end_reason = "Connection closed"
+        except (ConnectionError, OSError) as exc:
+            self.end_reason = f"Connection error: {exc}"
+        finally:
+            await self.finish()
+
+    async def step(self) -> None:
+        """Read one command and run it; an invalid one costs from the budget, an
+        unexpected error is answered as the protocol's internal error."""
+        self.command = ""
+        try:
+            command = await self.read_command()
+            if command is not None:
+                await self.dispatch(command)
+        except LineTooLong:
+            self.bad_command(self.line_too_long)
+        except BadCommand as exc:
+            self.bad_command(str(exc))
+        except (Disconnect, Shutdown, EOFError, OSError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - answered and logged in internal_error
+            self.internal_error(exc)
+
+    def bad_command(self, text: str) -> None:
+        """An invalid command: its reply, and Disconnect once the budget is spent."""
+        self.bad_commands += 1
+        last = self.bad_commands >= self.max_bad_commands
+        self.emit(self.bad_command_reply(text, last))
+        if last:
+            self.end_reason = "Too many bad commands"
+            raise Disconnect()
+
+    def internal_error(self, exc: Exception) -> None:
+        """A command failed in a way it did not answer itself: logged once with the user,
+        the session and the cause (a storage fault in one line, anything else, a bug,
+        with its traceback), then the protocol's reply."""
+        what = self.command or "command"
+        if isinstance(exc, MailError):
+            self.log.error("%s user=%s ip=%s: %s failed: %s", self.conn.session_id,
+                           self.user, self.ip, what, exc)
+        else:
+            self.log.error("%s user=%s ip=%s: %s failed: %r", self.conn.session_id,
+                           self.user, self.ip, what, exc, exc_info=exc)
+        self.emit(self.internal_error_reply(exc))
+        if self.internal_error_ends_session:
+            self.end_reason = "Internal error"
+            raise Disconnect() from None
+
+    async def final_flush(self) -> None:
+        """The last replies of a session that ends, if the client still reads them."""
+        try:
+            await self.flush()
+        except (Disconnect, ConnectionError, OSError):
+            pass
 
     @property
     def plaintext_allowed(self) -> bool:
@@ -209,8 +357,8 @@ class LineSession:
 
     def input_waiting(self) -> bool:
         """A complete line is already received (so a pipelining client gets one write
-        per batch: RFC 2920, RFC 2449).  StreamReader keeps it in ``_buffer``."""
-        return b"\n" in getattr(self.conn.reader, "_buffer", b"")
+        per batch: RFC 2920, RFC 2449)."""
+        return b"\n" in self.conn.buffered()
 
     async def wait_or_stop(self, aw: Awaitable[T]) -> T:
         """``aw``'s result, unless the server stops first (Shutdown) or the client stays
@@ -231,7 +379,11 @@ class LineSession:
 
     async def read_line(self) -> bytes:
         """The next line without its CRLF; raises Shutdown, LineTooLong or EOFError
-        (IdleTimeout when the client was silent too long)."""
+        (IdleTimeout when the client was silent too long).  The buffered replies go out
+        first unless another complete command is already waiting (RFC 2920, RFC 2449
+        PIPELINING: one write per batch)."""
+        if not self.input_waiting():
+            await self.flush()
         try:
             line = await self.wait_or_stop(self.conn.reader.readuntil(b"\n"))
         except asyncio.LimitOverrunError:
@@ -285,15 +437,3 @@ class LineSession:
         self.user = user
         log.info("%s %s: user %s logged in", self.conn.session_id, self.conn.peer, user)
         return True
-
-
-def decode_sasl_plain(b64: str) -> tuple[str, str, str] | None:
-    """RFC 4616: ``authzid NUL authcid NUL passwd`` in base64; None if malformed."""
-    try:
-        raw = base64.b64decode(b64, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    parts = raw.split("\0")
-    if len(parts) != 3 or not parts[1]:
-        return None
-    return parts[0], parts[1], parts[2]

@@ -50,6 +50,7 @@ from cloudcote.core.mail.errors import StorageUnavailable
 from cloudcote.core.mail.storage import MailStore, StorageSettings
 from cloudcote.libfs import open_fs
 from cloudcote.protocols.session import LineSession, ServerContext
+from cloudcote.server import store_opener
 
 # Vectors from Dovecot itself: src/lib-auth/test-password-scheme.c (password "test").
 DOVECOT_TEST_VECTORS = [
@@ -792,7 +793,8 @@ def test_user_mail_default_store_override_chains_and_quota(tmp_path: Path) -> No
         mail = MailStore(default_fs, StorageSettings(quota_bytes=5000, quota_messages=7,
                                                      autocreate={}))
         ctx = ServerContext(passdb=_CasePassDb(), ssl_context=None,
-                            disable_plaintext_auth=False, mail=mail)
+                            disable_plaintext_auth=False, mail=mail,
+                            open_store=store_opener(mail.settings))
         plain = await ctx.user_mail(UserEntry("plain", "x"))
         assert plain.store is mail
         assert (plain.quota_limits.bytes, plain.quota_limits.messages) == (5000, 7)
@@ -845,7 +847,8 @@ def test_user_mail_default_store_override_chains_and_quota(tmp_path: Path) -> No
         await default_fs.close()
 
         bare = ServerContext(passdb=_CasePassDb(), ssl_context=None,
-                             disable_plaintext_auth=False)
+                             disable_plaintext_auth=False,
+                             open_store=store_opener(StorageSettings()))
         with pytest.raises(StorageUnavailable, match="no mail storage"):
             await bare.user_mail(UserEntry("x", "x"))
         alone = await bare.user_mail(UserEntry("x", "x", extra={

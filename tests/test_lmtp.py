@@ -27,12 +27,8 @@ from cloudcote.core.auth.passdb import StaticPassDb, UserEntry
 from cloudcote.core.mail.storage import StorageSettings
 from cloudcote.libfs.api import ForwardingFs, FsUnavailable, WriteMode
 from cloudcote.protocols.listener import Connection
-from cloudcote.protocols.lmtp.session import (
-    LmtpSession,
-    message_id,
-    parse_path,
-    split_detail,
-)
+from cloudcote.protocols.lmtp.delivery import message_id, split_detail
+from cloudcote.protocols.lmtp.session import LmtpSession, parse_path
 from cloudcote.protocols.lmtp.settings import LmtpSettings
 from cloudcote.protocols.session import ServerContext
 

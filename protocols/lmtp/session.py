@@ -2,12 +2,9 @@
 RFC 2034 ENHANCEDSTATUSCODES, RFC 6152 8BITMIME, RFC 1870 SIZE, RFC 3030 CHUNKING (BDAT,
 BINARYMIME), RFC 6531 SMTPUTF8 and RFC 3207 STARTTLS.
 
-Each RCPT is checked at once: the user is looked up in the passdb (``user_lookup``), the
-user's mail opened and, when the quota is known to be spent (or MAIL's SIZE= would spend
-it), refused with 552.  The message is stored once for all accepted recipients
-(``deliver_to``; on mdbox one object holds it for all of them) and then every accepted
-recipient gets its own reply, in RCPT order (RFC 2033 4.2).  A 250 is written only for a
-copy that ``deliver_to`` reported durable by its UID: a reply promises the mail is kept.
+The session parses the commands (``lmtp_MAIL``, ``lmtp_RCPT``, ``lmtp_DATA`` ...) and
+keeps the transaction; who a recipient is, the quota and the storing of the message are
+the delivery policy of delivery.py (``DeliveryHandler.handle_RCPT``/``handle_DATA``).
 
 Replies are buffered and go out when no further complete command is waiting in the input
 and always before a read would block, so a pipelined envelope is answered in one write.
@@ -16,34 +13,14 @@ and always before a read would block, so a pipelined envelope is answered in one
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import re
-import secrets
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-from cloudcote.core.mail.errors import (
-    InvalidMailboxName,
-    MailboxNotFound,
-    MailError,
-    MessageTooLarge,
-    QuotaExceeded,
-)
-from cloudcote.core.mail.storage import StorageSettings, deliver_to
 
 from ..listener import Connection
-from ..session import (
-    Disconnect,
-    IdleTimeout,
-    LineSession,
-    LineTooLong,
-    ServerContext,
-    Shutdown,
-)
-
-if TYPE_CHECKING:
-    from cloudcote.core.mail.storage import Mailbox, UserMail
+from ..session import Disconnect, LineSession, ServerContext
+from .delivery import DeliveryHandler, Recipient
+from .settings import LmtpSettings
 
 log = logging.getLogger("cloudcote.lmtp")
 
@@ -51,8 +28,6 @@ log = logging.getLogger("cloudcote.lmtp")
 MAX_COMMAND_LINE = 4096
 #: Bytes of a BDAT chunk read from the connection at once.
 READ_CHUNK = 64 * 1024
-#: Longest Message-ID put into a log line.
-MAX_LOGGED_MSGID = 200
 HELP_TEXT = "Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS"
 
 # RFC 5321 4.1.2 (and RFC 6531 3.3: UTF-8 in atoms, quoted strings and domains).
@@ -71,11 +46,6 @@ _LHLO_RE = re.compile(rf"(?:{_DOMAIN}|{_ADDRESS_LITERAL})")
 _BDAT_RE = re.compile(r"([0-9]{1,18})(?: +(LAST))? *", re.I)
 #: The end of DATA after a line end: ``.`` alone on a line (a bare LF accepted).
 _DATA_END_RE = re.compile(rb"\n\.\r?\n")
-_MSGID_RE = re.compile(rb"^message-id:[ \t]*([^\r\n]*)", re.I | re.M)
-_CTL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-_Disconnect = Disconnect
 
 
 class _Reply(Exception):
@@ -137,45 +107,15 @@ def parse_params(text: str) -> dict[str, str | None]:
     return params
 
 
-def split_detail(local: str, delimiters: str) -> tuple[str, str | None]:
-    """``user+detail`` -> (``user``, ``detail``): the first of the ``delimiters`` characters
-    starts the detail (Dovecot's recipient_delimiter); a leading one does not count."""
-    for i, ch in enumerate(local):
-        if i and ch in delimiters:
-            return local[:i], local[i + 1:]
-    return local, None
-
-
-def message_id(body: bytes) -> str:
-    """The Message-ID of a message for log lines, or ``unspecified``."""
-    end = body.find(b"\r\n\r\n")
-    head = body if end < 0 else body[:end + 2]
-    m = _MSGID_RE.search(head)
-    if m is None or not m.group(1).strip():
-        return "unspecified"
-    text = m.group(1).strip().decode("utf-8", "replace")
-    return _CTL.sub("?", text)[:MAX_LOGGED_MSGID]
-
-
 @dataclass
-class _Recipient:
-    """One accepted RCPT: its address, the user, the mailbox its copy goes to."""
-
-    address: Address
-    user: str
-    mail: UserMail
-    box: Mailbox
-
-
-@dataclass
-class _Transaction:
+class Transaction:
     """MAIL ... up to the end of DATA or BDAT LAST (or RSET)."""
 
     sender: Address
     size: int | None
     body_type: str
     utf8: bool
-    recipients: list[_Recipient] = field(default_factory=list)
+    recipients: list[Recipient] = field(default_factory=list)
     #: BDAT chunks so far (None: no BDAT yet) and their total size.
     chunks: list[bytes] | None = None
     chunked: int = 0
@@ -184,16 +124,21 @@ class _Transaction:
 class LmtpSession(LineSession):
     protocol = "lmtp"
     max_line = MAX_COMMAND_LINE
+    line_too_long = "500 5.5.2 Line too long"
+    #: A bug may leave the input out of step (in DATA): the session ends, the MTA retries.
+    internal_error_ends_session = True
+    log = log
 
-    def __init__(self, conn: Connection, ctx: ServerContext) -> None:
+    def __init__(self, conn: Connection, ctx: ServerContext,
+                 handler: DeliveryHandler | None = None) -> None:
         super().__init__(conn, ctx)
-        self.settings = ctx.lmtp
-        self.idle_timeout = ctx.lmtp.idle_timeout
-        store = ctx.mail.settings if ctx.mail is not None else StorageSettings()
-        self.size_limit = ctx.lmtp.max_message_size or store.max_message_size
+        self.settings: LmtpSettings = ctx.lmtp or LmtpSettings()
+        self.idle_timeout = self.settings.idle_timeout
+        self.max_bad_commands = self.settings.max_bad_commands
+        self.handler = handler or DeliveryHandler(ctx, self.settings)
+        self.size_limit = self.handler.size_limit
         self.lhlo_name: str | None = None
-        self.txn: _Transaction | None = None
-        self.done = False
+        self.txn: Transaction | None = None
         self.deliveries = 0
 
     # -- output ---------------------------------------------------------------------------
@@ -204,25 +149,12 @@ class LmtpSession(LineSession):
 
     # -- input ----------------------------------------------------------------------------
 
-    def _buffered(self) -> bytearray | bytes:
-        # StreamReader keeps what it has received in _buffer (Connection.start_tls too);
-        # looked at in place, never copied (this runs once per line of DATA).
-        buffer: bytearray | bytes = getattr(self.conn.reader, "_buffer", b"")
-        return buffer
-
-    async def read_line(self) -> bytes:
-        """The next command line; the buffered replies go out first unless another complete
-        command is already waiting (RFC 2920: one write per pipelined batch)."""
-        if not self.input_waiting():
-            await self.flush()
-        return await super().read_line()
-
     async def _read_data_line(self) -> bytes:
         """The next line of DATA with its line end, or a piece of an over-long line
         (then without one); EOFError at the end of the connection."""
         reader = self.conn.reader
         try:
-            if b"\n" in self._buffered():
+            if b"\n" in self.conn.buffered():
                 return await reader.readuntil(b"\n")
             await self.flush()
             return await self.wait_or_stop(reader.readuntil(b"\n"))
@@ -232,59 +164,41 @@ class LmtpSession(LineSession):
             raise EOFError("connection closed in DATA") from exc
 
     async def _read_exactly(self, n: int) -> bytes:
-        if len(self._buffered()) < n:
+        if len(self.conn.buffered()) < n:
             await self.flush()
         try:
             return await self.wait_or_stop(self.conn.reader.readexactly(n))
         except asyncio.IncompleteReadError as exc:
             raise EOFError("connection closed in BDAT") from exc
 
-    # -- the session ----------------------------------------------------------------------
+    # -- the session (LineSession.run is the loop) ----------------------------------------
 
-    async def run(self) -> None:
-        self.reply(f"220 {self.ctx.hostname} cloudcote LMTP ready")
-        try:
-            while not self.done:
-                try:
-                    line = await self.read_line()
-                except LineTooLong:
-                    self._bad("500 5.5.2 Line too long")
-                    continue
-                await self.execute(line)
-            await self.flush()
-        except Shutdown:
-            self.reply("421 4.3.2 Server shutting down")
-            await self._final_flush()
-        except IdleTimeout:
-            self.reply("421 4.4.2 Disconnected for inactivity")
-            await self._final_flush()
-        except _Disconnect:
-            await self._final_flush()
-        except (EOFError, ConnectionError, OSError):
-            pass
-        finally:
-            log.debug("%s %s: disconnected after %d deliveries", self.conn.session_id,
-                      self.conn.peer, self.deliveries)
+    def greeting(self) -> str:
+        return f"220 {self.ctx.hostname} cloudcote LMTP ready\r\n"
 
-    async def _final_flush(self) -> None:
-        try:
-            await self.flush()
-        except (_Disconnect, ConnectionError, OSError):
-            pass
+    def bad_command_reply(self, text: str, last: bool) -> str:
+        if last:
+            return f"{text}\r\n421 4.7.0 Too many invalid commands, closing the connection\r\n"
+        return f"{text}\r\n"
 
-    def _bad(self, reply: str) -> None:
-        """An invalid command: the reply, and 421 once the budget is spent."""
-        self.bad_commands += 1
-        self.reply(reply)
-        if self.bad_commands >= self.settings.max_bad_commands:
-            self.reply("421 4.7.0 Too many invalid commands, closing the connection")
-            raise _Disconnect()
+    def internal_error_reply(self, exc: Exception) -> str:
+        return "421 4.3.0 Internal error occurred, closing the connection\r\n"
 
-    async def execute(self, line: bytes) -> None:
+    def timeout_reply(self) -> str:
+        return "421 4.4.2 Disconnected for inactivity\r\n"
+
+    def shutdown_reply(self) -> str:
+        return "421 4.3.2 Server shutting down\r\n"
+
+    async def finish(self) -> None:
+        log.debug("%s %s: disconnected after %d deliveries", self.conn.session_id,
+                  self.conn.peer, self.deliveries)
+
+    async def dispatch(self, line: bytes) -> None:
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
-            self._bad("500 5.5.2 Invalid UTF-8 in command")
+            self.bad_command("500 5.5.2 Invalid UTF-8 in command")
             return
         verb, _, arg = text.partition(" ")
         name = verb.upper()
@@ -292,25 +206,18 @@ class LmtpSession(LineSession):
         handler = getattr(self, f"lmtp_{name}", None) if known else None
         if handler is None:
             if name in ("HELO", "EHLO"):
-                self._bad("500 5.5.1 This is an LMTP server: use LHLO")
+                self.bad_command("500 5.5.1 This is an LMTP server: use LHLO")
             else:
-                self._bad("500 5.5.1 Unknown command")
+                self.bad_command("500 5.5.1 Unknown command")
             return
+        self.command = name
         try:
             await handler(arg)
         except _Reply as exc:
             if exc.bad:
-                self._bad(exc.text)
+                self.bad_command(exc.text)
             else:
                 self.reply(exc.text)
-        except (_Disconnect, Shutdown, EOFError, OSError):
-            raise
-        except Exception:
-            # A bug: logged with its traceback.  The input may be out of step (in DATA),
-            # so the session ends with a temporary error; the MTA retries.
-            log.exception("%s %s: %s failed", self.conn.session_id, self.conn.peer, name)
-            self.reply("421 4.3.0 Internal error occurred, closing the connection")
-            raise _Disconnect() from None
 
     # -- commands -------------------------------------------------------------------------
 
@@ -378,7 +285,7 @@ class LmtpSession(LineSession):
         if size is not None and size > self.size_limit:
             raise _Reply(f"552 5.3.4 Message size exceeds the limit of {self.size_limit} "
                          "bytes")
-        self.txn = _Transaction(sender=sender, size=size, body_type=body_type, utf8=utf8)
+        self.txn = Transaction(sender=sender, size=size, body_type=body_type, utf8=utf8)
         self.reply("250 2.1.0 OK")
 
     async def lmtp_RCPT(self, arg: str) -> None:
@@ -399,56 +306,7 @@ class LmtpSession(LineSession):
             raise _Reply(f"555 5.5.4 Unsupported parameter {next(iter(params))}")
         if len(txn.recipients) >= self.settings.max_recipients:
             raise _Reply("452 4.5.3 Too many recipients")
-        local, detail = split_detail(addr.local, self.settings.recipient_delimiter)
-        user = local + ("@" + addr.domain if addr.domain is not None else "")
-        try:
-            entry = await self.ctx.passdb.user_lookup(user)
-        except Exception as exc:  # noqa: BLE001 - any failure of the passdb is temporary
-            log.error("%s %s: user lookup of %s failed: %s", self.conn.session_id,
-                      self.conn.peer, user, exc)
-            raise _Reply(f"451 4.3.0 <{addr.text}> Temporary user lookup failure") from None
-        if entry is None:
-            log.info("%s %s: rcpt <%s>: user %s doesn't exist", self.conn.session_id,
-                     self.conn.peer, addr.text, user)
-            raise _Reply(f"550 5.1.1 <{addr.text}> User doesn't exist: {addr.text}")
-        name = getattr(entry, "user", None) or user
-        try:
-            mail = await self.ctx.user_mail(entry)
-            box = await self._target_box(mail, detail)
-            full = await self._quota_full(mail, txn.size)
-        except Exception as exc:  # noqa: BLE001 - storage failures are temporary here
-            log.error("%s %s: user %s: opening the mail failed: %s", self.conn.session_id,
-                      self.conn.peer, name, exc)
-            raise _Reply(f"451 4.3.0 <{addr.text}> Temporary internal error") from None
-        if full:
-            log.info("%s %s: user %s: rcpt refused: %s", self.conn.session_id,
-                     self.conn.peer, name, full)
-            raise _Reply(f"552 5.2.2 <{addr.text}> Quota exceeded (mailbox for user is full)")
-        txn.recipients.append(_Recipient(addr, name, mail, box))
-        self.reply(f"250 2.1.5 <{addr.text}> OK")
-
-    async def _target_box(self, mail: UserMail, detail: str | None) -> Mailbox:
-        """INBOX, or the detail's mailbox when save_to_detail_mailbox and it exists."""
-        if detail and self.settings.save_to_detail_mailbox:
-            try:
-                return await mail.mailbox(detail)
-            except (MailboxNotFound, InvalidMailboxName):
-                pass
-        return await mail.mailbox("INBOX")
-
-    async def _quota_full(self, mail: UserMail, size: int | None) -> str | None:
-        """Why the user cannot take a message of ``size`` (if known) now, or None."""
-        limits = mail.quota_limits
-        if not limits.bytes and not limits.messages:
-            return None
-        usage = await mail.quota_usage()
-        if limits.bytes and usage.bytes >= limits.bytes:
-            return f"storage {usage.bytes} of {limits.bytes} bytes used"
-        if limits.messages and usage.messages >= limits.messages:
-            return f"{usage.messages} of {limits.messages} messages"
-        if limits.bytes and size is not None and usage.bytes + size > limits.bytes:
-            return f"storage {usage.bytes} + {size} > {limits.bytes} bytes"
-        return None
+        self.reply(await self.handler.handle_RCPT(self, txn, addr))
 
     async def lmtp_RSET(self, arg: str) -> None:
         if arg.strip(" "):
@@ -505,7 +363,7 @@ class LmtpSession(LineSession):
         too_big = False
         at_start = True
         while True:
-            buf = self._buffered()
+            buf = self.conn.buffered()
             last_nl = buf.rfind(b"\n")
             ended = False
             if last_nl >= 0:
@@ -546,7 +404,7 @@ class LmtpSession(LineSession):
         if m is None:
             # The chunk's length is unknown: the rest of the stream cannot be parsed.
             self.reply("501 5.5.4 Syntax: BDAT <size> [LAST]")
-            raise _Disconnect()
+            raise Disconnect()
         n, last = int(m.group(1)), m.group(2) is not None
         txn = self.txn
         refusal = None
@@ -596,7 +454,7 @@ class LmtpSession(LineSession):
 
     # -- delivery -------------------------------------------------------------------------
 
-    def _refuse_all(self, txn: _Transaction, code: str, text: str, size: int) -> None:
+    def _refuse_all(self, txn: Transaction, code: str, text: str, size: int) -> None:
         """The same refusal for every recipient (RFC 2033 4.2: one reply each)."""
         log.info("%s %s: message of %d octets refused: %s", self.conn.session_id,
                  self.conn.peer, size, text)
@@ -604,68 +462,12 @@ class LmtpSession(LineSession):
             self.reply(f"{code} <{rcpt.address.text}> {text}")
         self.txn = None
 
-    def trace_headers(self, txn: _Transaction, txn_id: str) -> bytes:
-        """What Dovecot's LMTP prepends: Return-Path, and with a single recipient
-        Delivered-To and ``for <rcpt>`` in Received; with several recipients neither (the
-        copy must not reveal the other, maybe Bcc, recipients), so every recipient's copy
-        is the same bytes and mdbox stores it once."""
-        lines = [f"Return-Path: <{txn.sender.text}>"]
-        single = txn.recipients[0].address.text if len(txn.recipients) == 1 else None
-        if single is not None:
-            lines.append(f"Delivered-To: {single}")
-        if self.settings.add_received_header:
-            ip = self.conn.peer.rpartition(":")[0]
-            source = f"{self.lhlo_name} ([{ip}])" if ip else f"{self.lhlo_name}"
-            when = email.utils.format_datetime(email.utils.localtime())
-            lines.append(f"Received: from {source}\r\n\tby {self.ctx.hostname} with LMTP "
-                         f"id {txn_id}\r\n\t(envelope-from <{txn.sender.text}>)")
-            if single is not None:
-                lines.append(f"\tfor <{single}>; {when}")
-            else:
-                lines[-1] += f"; {when}"
-        return "".join(line + "\r\n" for line in lines).encode("utf-8")
-
-    async def _deliver(self, txn: _Transaction, body: bytes) -> None:
-        """Store once for every recipient, then one reply per recipient in RCPT order; each
-        250 only for a copy ``deliver_to`` reported durable."""
+    async def _deliver(self, txn: Transaction, body: bytes) -> None:
+        """The end of the data: the handler stores it, each recipient gets its reply."""
         self.txn = None
-        txn_id = secrets.token_urlsafe(12)
-        raw = self.trace_headers(txn, txn_id) + body
-        msgid = message_id(body)
-        # One copy per distinct mailbox: a recipient named twice gets the mail once.
-        boxes: list[Mailbox] = []
-        index: dict[int, int] = {}
-        for rcpt in txn.recipients:
-            if id(rcpt.box) not in index:
-                index[id(rcpt.box)] = len(boxes)
-                boxes.append(rcpt.box)
-        try:
-            results = await deliver_to(raw, boxes)
-        except Exception as exc:  # noqa: BLE001 - nothing was promised; the MTA retries
-            log.error("%s %s: msgid=%s: delivery failed: %s", self.conn.session_id,
-                      self.conn.peer, msgid, exc)
-            results = [exc] * len(boxes)
+        for reply in await self.handler.handle_DATA(self, txn, body):
+            self.reply(reply)
         self.deliveries += 1
-        for rcpt in txn.recipients:
-            result = results[index[id(rcpt.box)]]
-            self.reply(self._result_reply(rcpt, result, msgid, txn_id))
-
-    def _result_reply(self, rcpt: _Recipient, result: int | Exception, msgid: str,
-                      txn_id: str) -> str:
-        addr = rcpt.address.text
-        where = (self.conn.session_id, txn_id, rcpt.user, msgid, rcpt.box.name)
-        if isinstance(result, int) and not isinstance(result, bool) and result > 0:
-            log.info("%s %s %s: msgid=%s: saved mail to %s (uid %d)", *where, result)
-            return f"250 2.0.0 <{addr}> {txn_id} Saved as UID {result}"
-        if isinstance(result, QuotaExceeded):
-            log.info("%s %s %s: msgid=%s: save to %s refused: %s", *where, result)
-            return f"552 5.2.2 <{addr}> Quota exceeded (mailbox for user is full)"
-        if isinstance(result, MessageTooLarge):
-            log.info("%s %s %s: msgid=%s: save to %s refused: %s", *where, result)
-            return f"552 5.3.4 <{addr}> Message too large"
-        kind = "storage error" if isinstance(result, MailError) else "internal error"
-        log.error("%s %s %s: msgid=%s: save to %s failed (%s): %s", *where, kind, result)
-        return f"451 4.3.0 <{addr}> Temporary internal error, try again later"
 
 
 async def lmtp_session(conn: Connection, ctx: ServerContext) -> None:

@@ -17,8 +17,6 @@ RETR and TOP stream the message from the store in bounded chunks, dot-stuffed on
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import logging
 import re
@@ -27,20 +25,13 @@ from typing import TYPE_CHECKING
 
 from cloudcote.core.mail.errors import MailError, MessageExpunged, StorageUnavailable
 
+from .. import sasl
 from ..listener import Connection
-from ..session import (
-    Disconnect,
-    IdleTimeout,
-    LineSession,
-    LineTooLong,
-    ServerContext,
-    Shutdown,
-    decode_sasl_plain,
-)
+from ..session import BadCommand, Disconnect, LineSession, ServerContext
+from .settings import Pop3Settings
 
 if TYPE_CHECKING:
-    from cloudcote.core.mail.index import Message
-    from cloudcote.core.mail.storage import Mailbox, UserMail
+    from cloudcote.core.mail.api import Mailbox, Message, User
 
 log = logging.getLogger("cloudcote.pop3")
 
@@ -57,12 +48,6 @@ _UIDL_PART = re.compile(r"%(0?)([0-9]{0,2})([xX]?)([vugm%])")
 _CTL = re.compile(r"[\x00-\x1f\x7f]")
 _NUMBER = re.compile(r"[0-9]{1,10}")
 
-
-_Disconnect = Disconnect
-
-
-class _BadCommand(Exception):
-    """Invalid arguments: answered with -ERR and counted against the bad-command budget."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,14 +140,17 @@ class _TopCut:
 
 class Pop3Session(LineSession):
     protocol = "pop3"
+    line_too_long = "Line too long."
+    log = log
 
     def __init__(self, conn: Connection, ctx: ServerContext) -> None:
         super().__init__(conn, ctx)
-        self.settings = ctx.pop3
-        self.idle_timeout = ctx.pop3.idle_timeout
-        self.state = "authorization"  # then "transaction"; "done" ends the session
+        self.settings: Pop3Settings = ctx.pop3 or Pop3Settings()
+        self.idle_timeout = self.settings.idle_timeout
+        self.max_bad_commands = self.settings.max_bad_commands
+        self.state = "authorization"  # then "transaction", then "done" (QUIT)
         self.pending_user: str | None = None
-        self.mail: UserMail | None = None
+        self.mail: User | None = None
         self.box: Mailbox | None = None
         self.msgs: list[_Entry] = []
         self.uidvalidity = 0
@@ -177,13 +165,12 @@ class Pop3Session(LineSession):
         self.retr_count = self.retr_bytes = 0
         self.expunged = 0
         self.start_size = 0
-        self.end_reason = "Connection closed"
 
     # -- output ---------------------------------------------------------------------------
 
     def stalled(self) -> None:
         log.info("%s user=%s ip=%s: client stopped reading for %.0f seconds",
-                 self.conn.session_id, self.user, self._ip(), self.idle_timeout)
+                 self.conn.session_id, self.user, self.ip, self.idle_timeout)
         self.end_reason = "Client stopped reading"
 
     def ok(self, text: str = "") -> None:
@@ -192,99 +179,54 @@ class Pop3Session(LineSession):
     def err(self, text: str, code: str | None = None) -> None:
         self.emit(f"-ERR {'[' + code + '] ' if code else ''}{text}\r\n")
 
-    # -- input ----------------------------------------------------------------------------
+    # -- the session (LineSession.run is the loop) ----------------------------------------
 
-    async def read_line(self) -> bytes:
-        """The next line; the buffered replies go out first unless another complete
-        command is already waiting (RFC 2449 PIPELINING: one write per batch)."""
-        if not self.input_waiting():
-            await self.flush()
-        return await super().read_line()
+    def greeting(self) -> str:
+        return f"+OK {self.ctx.hostname} POP3 ready.\r\n"
 
-    def _ip(self) -> str:
-        return self.conn.peer.rpartition(":")[0] or self.conn.peer
+    def bad_command_reply(self, text: str, last: bool) -> str:
+        if last:
+            return f"-ERR {text} Too many bad commands, closing the connection.\r\n"
+        return f"-ERR {text}\r\n"
 
-    # -- the session ----------------------------------------------------------------------
+    def internal_error_reply(self, exc: Exception) -> str:
+        if isinstance(exc, MailError):
+            return "-ERR [SYS/TEMP] Mail storage is temporarily unavailable, try again.\r\n"
+        return ("-ERR [SYS/TEMP] Internal error occurred. Refer to server log for more "
+                "information.\r\n")
 
-    async def run(self) -> None:
-        self.emit(f"+OK {self.ctx.hostname} POP3 ready.\r\n")
-        try:
-            while self.state != "done":
-                try:
-                    line = await self.read_line()
-                    await self.execute(line)
-                except LineTooLong:
-                    await self._bad("Line too long.")
-                except _BadCommand as exc:
-                    await self._bad(str(exc))
-            await self.flush()
-        except Shutdown:
-            self.end_reason = "Server shutting down"
-            self.err("Server shutting down.", "SYS/TEMP")
-            await self._final_flush()
-        except IdleTimeout:
-            self.end_reason = "Disconnected for inactivity"
-            self.err("Disconnected for inactivity.")
-            await self._final_flush()
-        except EOFError:
-            self.end_reason = "Connection closed"
-        except _Disconnect:
-            await self._final_flush()
-        except (ConnectionError, OSError) as exc:
-            self.end_reason = f"Connection error: {exc}"
-        finally:
-            left = self._drop_ahead()
-            if left:
-                await asyncio.gather(*left, return_exceptions=True)
-            self._log_logout()
+    def timeout_reply(self) -> str:
+        return "-ERR Disconnected for inactivity.\r\n"
 
-    async def _final_flush(self) -> None:
-        try:
-            await self.flush()
-        except (_Disconnect, ConnectionError, OSError):
-            pass
+    def shutdown_reply(self) -> str:
+        return "-ERR [SYS/TEMP] Server shutting down.\r\n"
+
+    async def finish(self) -> None:
+        left = self._drop_ahead()
+        if left:
+            await asyncio.gather(*left, return_exceptions=True)
+        self._log_logout()
 
     def _log_logout(self) -> None:
         if self.box is None:
             return
         log.info("%s user=%s ip=%s: %s top=%d/%d retr=%d/%d del=%d/%d size=%d",
-                 self.conn.session_id, self.user, self._ip(), self.end_reason,
+                 self.conn.session_id, self.user, self.ip, self.end_reason,
                  self.top_count, self.top_bytes, self.retr_count, self.retr_bytes,
                  self.expunged, len(self.msgs), self.start_size)
 
-    async def _bad(self, text: str) -> None:
-        """An invalid command: -ERR, and the connection ends once the budget is spent."""
-        self.bad_commands += 1
-        if self.bad_commands >= self.settings.max_bad_commands:
-            self.end_reason = "Too many bad commands"
-            self.err(f"{text} Too many bad commands, closing the connection.")
-            raise _Disconnect()
-        self.err(text)
-
-    async def execute(self, line: bytes) -> None:
+    async def dispatch(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace")
         verb, _, arg = text.partition(" ")
         name = verb.upper()
         if name not in ALL_COMMANDS:
-            raise _BadCommand("Unknown command.")
+            raise BadCommand("Unknown command.")
         allowed = (AUTHORIZATION_COMMANDS if self.state == "authorization"
                    else TRANSACTION_COMMANDS)
         if name not in allowed:
-            raise _BadCommand(f"{name} is not valid in the {self.state.upper()} state.")
-        handler = getattr(self, f"pop3_{name}")
-        try:
-            await handler(arg)
-        except (_BadCommand, _Disconnect, LineTooLong, EOFError, Shutdown, OSError):
-            raise
-        except MailError as exc:
-            log.error("%s user=%s ip=%s: %s failed: %s", self.conn.session_id, self.user,
-                      self._ip(), name, exc)
-            self.err("Mail storage is temporarily unavailable, try again.", "SYS/TEMP")
-        except Exception:
-            log.exception("%s user=%s ip=%s: %s failed", self.conn.session_id, self.user,
-                          self._ip(), name)
-            self.err("Internal error occurred. Refer to server log for more information.",
-                     "SYS/TEMP")
+            raise BadCommand(f"{name} is not valid in the {self.state.upper()} state.")
+        self.command = name
+        await getattr(self, f"pop3_{name}")(arg)
 
     # -- any state ------------------------------------------------------------------------
 
@@ -293,7 +235,7 @@ class Pop3Session(LineSession):
         caps = ["TOP", "UIDL", "RESP-CODES", "PIPELINING", "AUTH-RESP-CODE"]
         if self.state == "authorization":
             if self.plaintext_allowed:
-                caps += ["USER", "SASL PLAIN LOGIN"]
+                caps += ["USER", "SASL " + " ".join(sasl.MECHANISMS)]
             if self.ctx.ssl_context is not None and not self.conn.tls:
                 caps.append("STLS")
         caps.append("IMPLEMENTATION cloudcote")
@@ -303,13 +245,14 @@ class Pop3Session(LineSession):
     async def pop3_QUIT(self, arg: str) -> None:
         """RFC 1939 6: in TRANSACTION, the UPDATE state: expunge what was DELE'd, set
         \\Seen on what was RETR'd; +OK only once the expunge is durable."""
+        self.done = True
         if self.state == "transaction":
             self.state = "done"
             try:
                 await self._update()
             except Exception as exc:  # noqa: BLE001 - any failure is the same answer
                 log.error("%s user=%s ip=%s: UPDATE failed: %s", self.conn.session_id,
-                          self.user, self._ip(), exc)
+                          self.user, self.ip, exc)
                 self.end_reason = "Logout failed"
                 self.err("Some deleted messages were not removed, try again later.",
                          "SYS/TEMP")
@@ -337,7 +280,7 @@ class Pop3Session(LineSession):
         dropped = await self.conn.start_tls(self.ctx.ssl_context)
         if dropped:
             log.info("%s ip=%s: dropped %d octets sent in plaintext after STLS",
-                     self.conn.session_id, self._ip(), dropped)
+                     self.conn.session_id, self.ip, dropped)
         self.pending_user = None
 
     def _plaintext_refused(self) -> bool:
@@ -351,7 +294,7 @@ class Pop3Session(LineSession):
         if self._plaintext_refused():
             return
         if not arg:
-            raise _BadCommand("USER needs a user name.")
+            raise BadCommand("USER needs a user name.")
         self.pending_user = arg
         self.ok()
 
@@ -365,58 +308,39 @@ class Pop3Session(LineSession):
         await self._login(user, arg)
 
     async def pop3_AUTH(self, arg: str) -> None:
-        """RFC 5034: PLAIN (RFC 4616) and LOGIN, with an optional initial response
-        (``=`` is an empty one); ``*`` in reply to a challenge cancels."""
+        """RFC 5034: the mechanisms of protocols/sasl.py, with an optional initial
+        response (``=`` is an empty one); ``*`` in reply to a challenge cancels."""
         words = arg.split()
         if not words:
             self.ok("Supported mechanisms follow")
-            self.emit("PLAIN\r\nLOGIN\r\n.\r\n")
+            self.emit("".join(m + "\r\n" for m in sasl.MECHANISMS) + ".\r\n")
             return
         if len(words) > 2:
-            raise _BadCommand("AUTH takes a mechanism and an optional initial response.")
+            raise BadCommand("AUTH takes a mechanism and an optional initial response.")
         mech = words[0].upper()
-        if mech not in ("PLAIN", "LOGIN"):
+        if mech not in sasl.MECHANISMS:
             self.err("Unsupported authentication mechanism.")
             return
         if self._plaintext_refused():
             return
-        initial = words[1] if len(words) > 1 else None
         try:
-            if mech == "PLAIN":
-                if initial is None:
-                    initial = await self._sasl_step("")
-                    if initial is None:
-                        return
-                resp = "" if initial == "=" else initial
-                base64.b64decode(resp, validate=True)
-                creds = decode_sasl_plain(resp)
-                if creds is None or (creds[0] and creds[0] != creds[1]):
-                    self.err("Invalid credentials.", "AUTH")
-                    return
-                await self._login(creds[1], creds[2])
-                return
-            if initial is None or initial == "=":
-                initial = await self._sasl_step("VXNlcm5hbWU6")  # "Username:"
-                if initial is None:
-                    return
-            user = base64.b64decode(initial, validate=True).decode("utf-8")
-            pw_line = await self._sasl_step("UGFzc3dvcmQ6")  # "Password:"
-            if pw_line is None:
-                return
-            password = base64.b64decode(pw_line, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise _BadCommand("Invalid base64 data in SASL response.") from None
-        await self._login(user, password)
+            creds = await sasl.authenticate(mech, words[1] if len(words) > 1 else None,
+                                            self._sasl_step)
+        except sasl.Cancelled:
+            self.err("Authentication aborted by client.")
+            return
+        except sasl.InvalidCredentials:
+            self.err("Invalid credentials.", "AUTH")
+            return
+        except sasl.BadResponse:
+            raise BadCommand("Invalid base64 data in SASL response.") from None
+        await self._login(creds.authcid, creds.password)
 
-    async def _sasl_step(self, challenge: str) -> str | None:
-        """Send a challenge, read the answer; None (after -ERR) if the client cancelled."""
+    async def _sasl_step(self, challenge: str) -> str:
+        """Send a challenge (RFC 5034 4: ``+ base64``), read the answer line."""
         self.emit(f"+ {challenge}\r\n")
         await self.flush()
-        line = (await self.read_line()).decode("ascii", "replace").strip()
-        if line == "*":
-            self.err("Authentication aborted by client.")
-            return None
-        return line
+        return (await self.read_line()).decode("ascii", "replace").strip()
 
     async def _login(self, user: str, password: str) -> None:
         ok = await self.check_password(user, password)
@@ -433,13 +357,13 @@ class Pop3Session(LineSession):
         except Exception as exc:  # noqa: BLE001 - any failure means no maildrop
             if isinstance(exc, MailError):
                 log.error("%s user=%s ip=%s: cannot open INBOX: %s", self.conn.session_id,
-                          self.user, self._ip(), exc)
+                          self.user, self.ip, exc)
             else:
                 log.exception("%s user=%s ip=%s: cannot open INBOX", self.conn.session_id,
-                              self.user, self._ip())
+                              self.user, self.ip)
             self.end_reason = "Mail storage unavailable"
             self.err("Mail storage is temporarily unavailable, try again later.", "SYS/TEMP")
-            raise _Disconnect() from None
+            raise Disconnect() from None
         st = box.state
         self.box = box
         self.uidvalidity = st.uidvalidity
@@ -448,7 +372,7 @@ class Pop3Session(LineSession):
         self.state = "transaction"
         self.ok("Logged in.")
 
-    async def _open_user_mail(self) -> UserMail:
+    async def _open_user_mail(self) -> User:
         if self.user_entry is not None:
             return await self.ctx.user_mail(self.user_entry)
         if self.ctx.mail is None or self.user is None:
@@ -460,7 +384,7 @@ class Pop3Session(LineSession):
     def _index(self, text: str, *, allow_deleted: bool = False) -> int | None:
         """The snapshot index of message number ``text``; None after an -ERR."""
         if not _NUMBER.fullmatch(text):
-            raise _BadCommand(f"Invalid message number: {_CTL.sub('?', text[:20])}")
+            raise BadCommand(f"Invalid message number: {_CTL.sub('?', text[:20])}")
         n = int(text)
         if n < 1 or n > len(self.msgs):
             self.err(f"There is no message {n}.")
@@ -473,7 +397,7 @@ class Pop3Session(LineSession):
     def _args(self, arg: str, least: int, most: int, usage: str) -> list[str]:
         words = arg.split()
         if not least <= len(words) <= most:
-            raise _BadCommand(f"Usage: {usage}")
+            raise BadCommand(f"Usage: {usage}")
         return words
 
     async def pop3_NOOP(self, arg: str) -> None:
@@ -570,7 +494,7 @@ class Pop3Session(LineSession):
     async def pop3_TOP(self, arg: str) -> None:
         words = self._args(arg, 2, 2, "TOP message lines")
         if not _NUMBER.fullmatch(words[1]):
-            raise _BadCommand(f"Invalid number of lines: {_CTL.sub('?', words[1][:20])}")
+            raise BadCommand(f"Invalid number of lines: {_CTL.sub('?', words[1][:20])}")
         i = self._index(words[0])
         if i is None:
             return
@@ -600,9 +524,9 @@ class Pop3Session(LineSession):
         message."""
         box = self.box
         assert box is not None
-        settings = box.mail_store.settings
+        settings = self.ctx.storage_settings
         wanted = [(i, msg)]
-        buffered = bytes(getattr(self.conn.reader, "_buffer", b""))
+        buffered = bytes(self.conn.buffered())
         for line in buffered.split(b"\n")[:-1]:  # complete lines only
             if len(wanted) + len(self._ahead) >= settings.prefetch_count:
                 break
@@ -678,16 +602,16 @@ class Pop3Session(LineSession):
                 pos += len(data)
                 if not data:
                     raise StorageUnavailable(f"UID {msg.uid} is shorter than its size")
-        except (_Disconnect, OSError):
+        except (Disconnect, OSError):
             raise
         except Exception as exc:  # noqa: BLE001 - after the +OK, any failure cuts the reply
             log.error("%s user=%s ip=%s: reading message %d (UID %d) failed after its "
-                      "+OK: %s", self.conn.session_id, self.user, self._ip(), i + 1,
+                      "+OK: %s", self.conn.session_id, self.user, self.ip, i + 1,
                       msg.uid, exc)
             # The reply stays unterminated: the client sees a cut connection, never a
             # message that looks complete.
             self.end_reason = "Message read failed"
-            raise _Disconnect() from None
+            raise Disconnect() from None
         finally:
             if ahead is not None:
                 ahead.cancel()
@@ -722,7 +646,7 @@ class Pop3Session(LineSession):
             except MailError as exc:
                 # The deletions are done; a missing \Seen is not worth an -ERR.
                 log.warning("%s user=%s ip=%s: setting \\Seen on retrieved messages "
-                            "failed: %s", self.conn.session_id, self.user, self._ip(), exc)
+                            "failed: %s", self.conn.session_id, self.user, self.ip, exc)
 
 
 async def pop3_session(conn: Connection, ctx: ServerContext) -> None:

@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from cloudcote.core.auth import AuthPenalty, open_passdb
+from cloudcote.core.auth.userdb import redact_chain
+from cloudcote.core.mail.errors import StorageUnavailable
 from cloudcote.core.mail.storage import (
     DEFAULT_AUTOCREATE,
     MailStore,
@@ -106,6 +108,32 @@ def imap_limits(config: Config) -> ImapLimits:
     return config.imap_limits.limits(config.mail.max_message_size)
 
 
+class ChainStore(MailStore):
+    """A store opened from a userdb ``mail`` chain: it owns its chain and closes it too."""
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            await self.fs.close()
+
+
+def store_opener(settings: StorageSettings) -> Callable[[str], Awaitable[MailStore]]:
+    """What ``ServerContext.open_store`` calls for a userdb ``mail`` chain: the store on
+    that chain, with the process's storage ``settings``; ``StorageUnavailable`` (secrets
+    redacted) if the chain cannot be opened."""
+
+    async def open_store(chain: str) -> MailStore:
+        try:
+            fs = await open_fs(chain)
+        except FsError as exc:
+            raise StorageUnavailable(f"userdb mail {redact_chain(chain)!r}: "
+                                     f"{redact_chain(str(exc))}") from exc
+        return ChainStore(fs, settings)
+
+    return open_store
+
+
 def make_ssl_context(config: Config) -> ssl.SSLContext | None:
     if config.tls.cert is None or config.tls.key is None:
         return None
@@ -185,6 +213,7 @@ class Server:
                                  hostname=socket.gethostname(), mail=mail,
                                  imap_limits=imap_limits(config),
                                  pop3=config.pop3, lmtp=config.lmtp,
+                                 open_store=store_opener(mail.settings),
                                  auth_penalty=AuthPenalty(config.auth.failure_delay,
                                                           config.auth.failure_delay_max))
         # Stores that userdb ``mail`` fields opened: closed after the listeners stop.
