@@ -122,9 +122,9 @@ def mechanism(name: str) -> Mechanism | None:
 
 
 def decode_response(text: str, *, initial: bool = False) -> bytes:
-    """A response as IMAP, POP3 and ManageSieve carry it: base64, where an initial
-    response of ``=`` is an empty one (RFC 4959 3, RFC 5034 4).  ``*`` is not looked at
-    here (the caller knows whether it answers a challenge)."""
+    """A response as IMAP, POP3 and ManageSieve carry it: base64, where ``=`` is an
+    empty ``initial`` response (RFC 4959 3, RFC 5034 4).  ``*`` is not looked at here
+    (the caller knows whether it answers a challenge)."""
     if len(text) > MAX_RESPONSE:
         raise BadResponse(f"response longer than {MAX_RESPONSE} characters")
     if initial and text == "=":

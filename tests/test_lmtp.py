@@ -20,15 +20,17 @@ import ssl
 import subprocess
 import uuid
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import pytest
 
 from cloudcote.core.auth.passdb import StaticPassDb, UserEntry
-from cloudcote.core.mail.storage import StorageSettings
+from cloudcote.core.mail.storage import MailStore, StorageSettings
+from cloudcote.libfs import open_fs
 from cloudcote.libfs.api import ForwardingFs, FsUnavailable, WriteMode
 from cloudcote.protocols.listener import Connection
 from cloudcote.protocols.lmtp.delivery import message_id, split_detail
-from cloudcote.protocols.lmtp.session import LmtpSession, parse_path
+from cloudcote.protocols.lmtp.session import Address, LmtpSession, Transaction, parse_path
 from cloudcote.protocols.lmtp.settings import LmtpSettings
 from cloudcote.protocols.session import ServerContext
 
@@ -474,6 +476,40 @@ def test_quota_at_rcpt(srv: ImapServer) -> None:
     finally:
         client.quit()
     assert len(stored(srv, full)) == 1
+
+
+def test_rcpt_quota_is_core_rule(tmp_path: Path) -> None:
+    """RCPT refuses a recipient only when one more message (of MAIL's SIZE=, if given)
+    would go over the quota, as ``User.check_quota`` does: a mailbox filled exactly to
+    its limit still takes a RCPT without SIZE= (DATA then refuses the real message)."""
+
+    async def main() -> list[str]:
+        fs = await open_fs(f"posix:{tmp_path}")
+        store = MailStore(fs, StorageSettings())
+        ctx = ServerContext(passdb=StaticPassDb(PASSWORD, extra={
+            "userdb_quota_rule": "*:storage=100"}), ssl_context=None,
+            disable_plaintext_auth=False, mail=store)
+        conn = Connection(asyncio.StreamReader(), None, "lmtp-t", "local",  # type: ignore[arg-type]
+                          True, False)
+        session = LmtpSession(conn, ctx)
+        entry = await ctx.passdb.user_lookup("filled")
+        mail = await ctx.user_mail(entry)
+        head = b"Subject: exactly the quota\r\n\r\n"
+        await (await mail.mailbox("INBOX")).save(head + b"x" * (100 - len(head)))
+        assert (await mail.quota_usage()).bytes == 100
+        replies = []
+        for size in (None, 0, 1):
+            txn = Transaction(sender=Address("", "", None), size=size, body_type="7BIT",
+                              utf8=False)
+            addr, _ = parse_path("<filled>")
+            replies.append(await session.handler.handle_RCPT(session, txn, addr))
+            assert len(txn.recipients) == (1 if replies[-1].startswith("250") else 0)
+        await store.close()
+        await fs.close()
+        return replies
+
+    replies = asyncio.run(main())
+    assert [r[:9] for r in replies] == ["250 2.1.5", "250 2.1.5", "552 5.2.2"], replies
 
 
 def test_max_recipients(srv: ImapServer) -> None:
