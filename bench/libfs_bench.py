@@ -24,8 +24,9 @@ import time
 import uuid
 from typing import Any
 
+from servers import S3_TEST_BUCKET, SERVICES, ensure_test_buckets
+
 from cloudcote.libfs import Fs, open_fs
-from cloudcote.tests.conftest import S3_TEST_BUCKET, SERVICES, ensure_test_buckets
 
 TARGETS = ["posix", "seaweedfs", "moto", "cassandra", "postgresql", "mysql"]
 OPS = ["create", "read", "append", "list"]

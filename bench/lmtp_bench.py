@@ -54,8 +54,7 @@ from cc_server import ServerProcess  # noqa: E402
 from dovecot import Dovecot, DovecotError  # noqa: E402
 from imap_mixed import _proc_cpu, load_messages  # noqa: E402
 from libfs_bench import spec_for  # noqa: E402
-
-from cloudcote.tests.conftest import ensure_test_buckets  # noqa: E402
+from servers import ensure_test_buckets  # noqa: E402
 
 TARGETS = ["posix", "seaweedfs", "cassandra", "postgresql", "mysql"]
 ALL_TARGETS = ["posix", "seaweedfs", "moto", "cassandra", "postgresql", "mysql"]

@@ -53,11 +53,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from libfs_bench import spec_for
+from servers import ensure_test_buckets
 
 from cloudcote.core.mail.storage import MailStore, SaveRequest, StorageSettings, deliver
 from cloudcote.libfs.api import DEFAULT_CHUNK_SIZE, ForwardingFs, Fs, Stat, WriteMode
 from cloudcote.libfs.chain import open_fs
-from cloudcote.tests.conftest import ensure_test_buckets
 
 T = TypeVar("T")
 

@@ -407,7 +407,7 @@ class PosixFs(Fs):
         for name in await self._run(run, "iter", prefix):
             yield name
 
-    async def _run(self, fn, op: str, path: str):  # type: ignore[no-untyped-def]
+    async def _run(self, fn, op: str, path: str):
         try:
             return await asyncio.to_thread(fn)
         except OSError as exc:

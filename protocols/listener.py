@@ -140,7 +140,7 @@ class Listener:
                     self.server = await asyncio.start_server(
                         self._accept, sock=self.sock, ssl=self.ssl_context, limit=MAX_LINE * 2)
             elif self.path is not None:
-                _remove_stale_socket(self.path)
+                remove_stale_socket(self.path)
                 self.server = await asyncio.start_unix_server(
                     self._accept, path=self.path, ssl=self.ssl_context, limit=MAX_LINE * 2)
                 os.chmod(self.path, 0o660)
@@ -220,7 +220,7 @@ def _is_loopback(writer: asyncio.StreamWriter) -> bool:
     return host.startswith("127.") or host in ("::1", "::ffff:127.0.0.1")
 
 
-def _remove_stale_socket(path: str) -> None:
+def remove_stale_socket(path: str) -> None:
     """Remove a socket file left by a previous run; refuse to remove anything else."""
     try:
         st = os.stat(path)

@@ -3,6 +3,11 @@
 Addresses come from ``scripts/services.env`` (one place for every port), overridable by
 environment variables of the same names.  A test that needs a server it cannot reach
 fails when ``CI`` is set and is skipped with the reason otherwise.
+
+Every test that needs what ``scripts/services.sh`` provides carries the ``remote`` mark, so
+that ``pytest -m "not remote"`` runs the rest with nothing started: a test parametrized
+with a remote target (or using a fixture that is) gets it here, other tests are marked in
+their module.  A test without the mark that asks for a server fails and says so.
 """
 
 from __future__ import annotations
@@ -37,7 +42,56 @@ def _load_services_env() -> dict[str, str]:
 SERVICES = _load_services_env()
 
 
+#: The targets that live on a server of ``scripts/services.sh``.
+REMOTE_TARGETS = frozenset({"seaweedfs", "moto", "cassandra", "postgresql", "mysql"})
+
+_running: pytest.Item | None = None
+
+
+def _names_remote_target(value: object) -> bool:
+    if isinstance(value, str):
+        return value in REMOTE_TARGETS
+    if isinstance(value, tuple | list):
+        return any(isinstance(v, str) and v in REMOTE_TARGETS for v in value)
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and any(_names_remote_target(v)
+                                        for v in callspec.params.values()):
+            item.add_marker(pytest.mark.remote)
+        elif {"seaweedfs_bucket", "moto_bucket"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.remote)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    global _running
+    _running = item
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    try:
+        return (yield)
+    finally:
+        global _running
+        _running = None
+
+
+def _check_marked(what: str) -> None:
+    """Fail a test that reaches for a server without the ``remote`` mark: ``-m "not remote"``
+    must run without one."""
+    if _running is not None and _running.get_closest_marker("remote") is None:
+        pytest.fail(f"{_running.nodeid} needs {what} but is not marked remote: mark it "
+                    "(@pytest.mark.remote) or parametrize it with its target")
+
+
 def service(key: str) -> str:
+    _check_marked(key)
     try:
         return SERVICES[key]
     except KeyError:
@@ -54,6 +108,7 @@ def _reachable(host: str, port: int) -> bool:
 
 def require_server(name: str, url_or_hostport: str) -> None:
     """Fail (under CI) or skip when ``name`` does not answer at its address."""
+    _check_marked(name)
     if "://" in url_or_hostport:
         parts = urlsplit(url_or_hostport)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80

@@ -165,10 +165,12 @@ def test_wrappers_pass_the_feed_through(tmp_path: Path) -> None:
     run(body)
 
 
+@pytest.mark.remote
 def test_pg_notify_off_means_no_feed(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     assert_no_feed(driver_spec("postgresql", request, tmp_path) + ",notify=no")
 
 
+@pytest.mark.remote
 def test_pg_feed_connects_again(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """The listening connection is killed: the feed connects again, tells its subscribers
     (they may have missed changes), and hears later changes."""
@@ -300,6 +302,7 @@ def test_waiting_sessions_hear_another_process(target: str, request: pytest.Fixt
     run(body)
 
 
+@pytest.mark.remote
 def test_no_feed_keeps_polling(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """Without a feed (MySQL) a waiting session still hears another process's save, by the
     per-mailbox poll."""

@@ -32,6 +32,9 @@ import pytest
 
 from .conftest import driver_spec
 
+#: mbsync comes with scripts/services.sh, like the servers.
+pytestmark = pytest.mark.remote
+
 USER = "alice"
 PASSWORD = "secret"
 #: Flags both sides keep; mbsync maps them to the Maildir letters below.

@@ -594,6 +594,7 @@ def _swaks() -> str:
     return path
 
 
+@pytest.mark.remote  # swaks comes with scripts/services.sh
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 def test_swaks(srv: ImapServer, transport: str) -> None:
     swaks = _swaks()

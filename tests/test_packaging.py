@@ -1,7 +1,9 @@
-"""The distribution installs as one import package, ``cloudcote``, and nothing else."""
+"""The distribution installs as one import package, ``cloudcote``, and nothing else (the
+tests stay in the source tree)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -41,20 +43,53 @@ def test_all_packages_are_under_cloudcote() -> None:
         assert name == "cloudcote" or name.startswith("cloudcote.")
 
 
-@pytest.mark.slow
-def test_wheel_holds_only_cloudcote(tmp_path: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-         "-w", str(tmp_path), str(REPO)],
-        check=True, capture_output=True,
-    )
-    wheel = next(tmp_path.glob("cloudcote-*.whl"))
-    names = zipfile.ZipFile(wheel).namelist()
+def _clean_copy(dest: Path) -> Path:
+    """The source tree without build output, venvs or caches: a stale ``build/lib`` would
+    put files of a removed package into the wheel."""
+    ignore = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
+                                    "__pycache__", ".services", "cloudcote-data", ".*_cache",
+                                    ".hypothesis")
+    return Path(shutil.copytree(REPO, dest / "src", ignore=ignore, symlinks=True))
+
+
+def _assert_only_cloudcote(names: list[str]) -> None:
     top = {n.split("/", 1)[0] for n in names}
     assert top == {"cloudcote", next(t for t in top if t.endswith(".dist-info"))}
     packages = {str(Path(n).parent).replace("/", ".") for n in names if n.endswith("__init__.py")}
     assert packages == set(_pyproject()["tool"]["setuptools"]["packages"])
     assert "cloudcote/py.typed" in names
+    # The tests stay in the source tree: no test module, conftest or test data installs.
+    assert not [n for n in names if "/tests/" in n or Path(n).name.startswith("test_")
+                or Path(n).name == "conftest.py"]
+
+
+@pytest.mark.slow
+def test_wheel_holds_only_cloudcote(tmp_path: Path) -> None:
+    src = _clean_copy(tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+         "-w", str(tmp_path / "wheel"), str(src)],
+        check=True, capture_output=True,
+    )
+    wheel = next((tmp_path / "wheel").glob("cloudcote-*.whl"))
+    _assert_only_cloudcote(zipfile.ZipFile(wheel).namelist())
+
+
+@pytest.mark.slow
+def test_pip_install_holds_only_cloudcote(tmp_path: Path) -> None:
+    """``pip install .`` (not editable) into a fresh environment installs the same files."""
+    src = _clean_copy(tmp_path)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+         "--no-deps", "-q", str(src)],
+        check=True, capture_output=True,
+    )
+    site = next(venv.glob("lib/python3*/site-packages"))
+    names = [p.relative_to(site).as_posix() for p in site.rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts]
+    _assert_only_cloudcote(names)
 
 
 def test_no_generic_top_level_modules_importable() -> None:

@@ -7,7 +7,11 @@ import asyncio
 import uuid
 from urllib.parse import urlsplit
 
+import pytest
+
 from .conftest import require_server, service
+
+pytestmark = pytest.mark.remote
 
 
 def test_postgresql_row_round_trip() -> None:

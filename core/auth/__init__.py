@@ -1,8 +1,8 @@
 """Authentication: Dovecot-style password schemes, password databases and userdb fields.
 
-See ``schemes`` (``{SCHEME}hash`` values), ``passdb`` (passwd-file, static, ``open_passdb``),
-``sql`` (the SQL passdb), ``userdb`` (home, quota and mail store of a user) and ``penalty``
-(the delay that failed logins earn).
+See ``schemes`` (``{SCHEME}hash`` values), ``verify`` (the login check every passdb makes),
+``passdb`` (passwd-file, static, ``open_passdb``), ``sql`` (the SQL passdb), ``userdb`` (home,
+quota and mail store of a user) and ``penalty`` (the delay that failed logins earn).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from .passdb import (
     PassDb,
     PasswdFile,
     StaticPassDb,
-    UserEntry,
     add_user,
     check_user_name,
     delete_user,
@@ -42,13 +41,13 @@ from .schemes import (
     verify_password,
 )
 from .sql import SqlPassDb, SqlSettings
-from .userdb import QUOTA_RULE_RE, UserFields, user_fields
+from .userdb import UserFields, user_fields
+from .verify import UserEntry
 
 __all__ = [
     "DEFAULT_PASS_SCHEME",
     "DEFAULT_SCHEME",
     "GENERATE_SCHEMES",
-    "QUOTA_RULE_RE",
     "SCHEMES",
     "AuthConfigError",
     "AuthError",

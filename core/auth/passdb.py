@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import grp
-import ipaddress
 import os
 import pwd
 import re
-import secrets
 import stat
 import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import (
@@ -43,18 +41,7 @@ from .schemes import (
     scheme_of,
     verify_password,
 )
-
-
-@dataclass(frozen=True)
-class UserEntry:
-    """One user as a passdb returns it; ``extra`` holds the extra fields (``userdb_*`` too)."""
-
-    user: str
-    password: str = field(repr=False)  # the stored {SCHEME}value; kept out of logs
-    uid: int | None = None
-    gid: int | None = None
-    home: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+from .verify import UserEntry, check_login, dummy_hash, parse_allow_nets
 
 
 class PassDb(Protocol):
@@ -74,60 +61,6 @@ class PassDb(Protocol):
 
     async def close(self) -> None:
         """Release connections; called once when the server stops."""
-
-
-# -- login checks shared by every passdb ---------------------------------------------------
-
-
-def _parse_allow_nets(value: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network | str]:
-    """Dovecot's ``allow_nets=net,net,...``; ``local`` matches a connection with no IP."""
-    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network | str] = []
-    for item in value.split(","):
-        item = item.strip()
-        if item == "local":
-            nets.append(item)
-        elif item:
-            try:
-                nets.append(ipaddress.ip_network(item, strict=False))
-            except ValueError:
-                raise ValueError(f"allow_nets: {item!r} is not an IP address or network") \
-                    from None
-    return nets
-
-
-def _ip_allowed(allow_nets: str, remote_ip: str | None) -> bool:
-    nets = _parse_allow_nets(allow_nets)
-    if remote_ip is None:
-        return "local" in nets
-    try:
-        ip = ipaddress.ip_address(remote_ip.partition("%")[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(not isinstance(net, str) and ip in net for net in nets)
-
-
-def _login(entry: UserEntry, password: str, remote_ip: str | None) -> UserEntry | None:
-    """The entry if the password matches and the extra fields allow the login, else None."""
-    if not verify_password(entry.password, password):
-        return None
-    if "nologin" in entry.extra:  # checked after the hash, so the answer takes as long
-        return None
-    if "allow_nets" in entry.extra and not _ip_allowed(entry.extra["allow_nets"], remote_ip):
-        return None
-    return entry
-
-
-_fallback_dummy: str | None = None
-
-
-def _dummy_hash() -> str:
-    """A throwaway SHA512-CRYPT value for timing-equal answers when a file has no users."""
-    global _fallback_dummy
-    if _fallback_dummy is None:
-        _fallback_dummy = hash_password(secrets.token_urlsafe(16), DEFAULT_SCHEME)
-    return _fallback_dummy
 
 
 # -- passwd-file parsing ---------------------------------------------------------------------
@@ -158,7 +91,7 @@ def _parse_extra(text: str, user: str) -> dict[str, str]:
         if not key:
             raise ValueError(f"user {user!r} has an extra field without a name: {item!r}")
         if key == "allow_nets":
-            _parse_allow_nets(value)
+            parse_allow_nets(value)
         extra[key] = value
     return extra
 
@@ -296,7 +229,7 @@ class PasswdFile:
         if entry is None:
             verify_password(snapshot.dummy, password)
             return None
-        return _login(entry, password, remote_ip)
+        return check_login(entry, password, remote_ip)
 
     async def user_lookup(self, user: str) -> UserEntry | None:
         return self.lookup(user)
@@ -317,7 +250,7 @@ def _representative(entries: Mapping[str, UserEntry]) -> str:
             counts[scheme] += 1
             by_scheme.setdefault(scheme, entry.password)
     if not counts:
-        return _dummy_hash()
+        return dummy_hash()
     return by_scheme[counts.most_common(1)[0][0]]
 
 
@@ -512,7 +445,7 @@ class StaticPassDb:
         check_stored_password(password, default_scheme="PLAIN")
         if "allow_nets" in (extra or {}):
             try:
-                _parse_allow_nets((extra or {})["allow_nets"])
+                parse_allow_nets((extra or {})["allow_nets"])
             except ValueError as exc:
                 raise AuthConfigError(f"static passdb: {exc}") from None
         self._password = password
@@ -532,7 +465,7 @@ class StaticPassDb:
 
     async def authenticate(self, user: str, password: str, *,
                            remote_ip: str | None = None) -> UserEntry | None:
-        return await asyncio.to_thread(_login, self._entry(user), password, remote_ip)
+        return await asyncio.to_thread(check_login, self._entry(user), password, remote_ip)
 
     async def user_lookup(self, user: str) -> UserEntry | None:
         return self._entry(user)

@@ -48,8 +48,8 @@ from .errors import (
     SqlSettingError,
     UnknownScheme,
 )
-from .passdb import UserEntry, _dummy_hash, _login, _parse_allow_nets
 from .schemes import DEFAULT_PASS_SCHEME, check_stored_password, verify_password
+from .verify import UserEntry, check_login, dummy_hash, parse_allow_nets
 
 #: DSN scheme -> dialect.
 DSN_SCHEMES = {"postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql",
@@ -541,7 +541,7 @@ class SqlPassDb:
             stored = f"{{{self.settings.default_pass_scheme}}}{stored}"
         if "allow_nets" in extra:
             try:
-                _parse_allow_nets(extra["allow_nets"])
+                parse_allow_nets(extra["allow_nets"])
             except ValueError as exc:
                 raise AuthConfigError(f"sql passdb: user {user!r}: {exc}") from None
         return UserEntry(user=user, password=stored, extra=extra)
@@ -567,10 +567,10 @@ class SqlPassDb:
         the query or a stored value is wrong (both: a temporary failure for the client).
         """
         if not user or len(user) > MAX_USER_LENGTH or "\0" in user:
-            await asyncio.to_thread(verify_password, _dummy_hash(), password)
+            await asyncio.to_thread(verify_password, dummy_hash(), password)
             return None
         entry = await self._lookup(user, remote_ip)
         if entry is None:
-            await asyncio.to_thread(verify_password, _dummy_hash(), password)
+            await asyncio.to_thread(verify_password, dummy_hash(), password)
             return None
-        return await asyncio.to_thread(_login, entry, password, remote_ip)
+        return await asyncio.to_thread(check_login, entry, password, remote_ip)

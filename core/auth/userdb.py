@@ -15,15 +15,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cloudcote.core.mail.storage import QuotaLimits, parse_quota_rule
+from cloudcote.core.quota import QuotaLimits, parse_quota_rule
 from cloudcote.libfs.api import FsInvalidSpec
 from cloudcote.libfs.chain import parse_chain
 
 from .errors import UserdbError
-from .passdb import UserEntry
+from .verify import UserEntry
 
-#: Dovecot's quota rule as cloudcote reads it: ``*:storage=1G:messages=100000``.
-QUOTA_RULE_RE = re.compile(r"\*(:(storage=\d+(\.\d+)?[BKMGT]?|messages=\d+))+", re.I)
 #: ``~`` as a whole path or a path's first component, after a chain separator.
 _HOME_RE = re.compile(r"(?<=[:=,])~(/)?(?(1)|(?=$|[,:]))")
 _SECRET_RE = re.compile(r"((?:secret_key|password|access_key)=)[^,:\s]*|(://[^:/@\s]*:)[^@\s]*@")
@@ -59,10 +57,10 @@ def user_fields(entry: UserEntry) -> UserFields:
     quota = None
     rule = _field(entry, "quota_rule")
     if rule is not None:
-        if not QUOTA_RULE_RE.fullmatch(rule):
-            raise UserdbError(f"user {entry.user!r}: quota_rule {rule!r} is invalid: expected "
-                              "a rule like '*:storage=1G:messages=100000'")
-        quota = parse_quota_rule(rule)
+        try:
+            quota = parse_quota_rule(rule)
+        except ValueError as exc:
+            raise UserdbError(f"user {entry.user!r}: {exc}") from None
     mail = _field(entry, "mail")
     if mail is not None:
         if _HOME_RE.search(mail):

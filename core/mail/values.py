@@ -6,6 +6,9 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cloudcote.core.quota import QuotaLimits
+from cloudcote.core.quota import parse_quota_rule as parse_quota_rule  # re-exported
+
 from .index import Message
 from .prefetch import DEFAULT_COUNT as DEFAULT_PREFETCH_COUNT
 
@@ -43,36 +46,6 @@ class StorageSettings:
     #: and the bytes they may hold at once (see prefetch.py).
     prefetch_count: int = DEFAULT_PREFETCH_COUNT
     prefetch_bytes: int = 64 * 1024 * 1024
-
-
-@dataclass
-class QuotaLimits:
-    bytes: int = 0
-    messages: int = 0
-
-
-def parse_quota_rule(rule: str) -> QuotaLimits:
-    """Dovecot's ``quota_rule = *:storage=1G:messages=10000`` (sizes with B/K/M/G/T)."""
-    limits = QuotaLimits()
-    for part in rule.split(":"):
-        key, _, value = part.partition("=")
-        key = key.strip().lower()
-        if key == "storage":
-            limits.bytes = _parse_size(value)
-        elif key == "messages":
-            limits.messages = int(value)
-    return limits
-
-
-def _parse_size(text: str) -> int:
-    text = text.strip().upper()
-    mult = 1
-    for suffix, m in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10),
-                      ("B", 1)):
-        if text.endswith(suffix):
-            text, mult = text[:-1], m
-            break
-    return int(float(text) * mult)
 
 
 @dataclass

@@ -19,8 +19,8 @@ from typing import Any
 from cloudcote.core.auth.errors import SqlSettingError
 from cloudcote.core.auth.penalty import FAILURE_DELAY, FAILURE_DELAY_MAX
 from cloudcote.core.auth.sql import SqlPassDb, SqlSettings, redact_dsn
-from cloudcote.core.auth.userdb import QUOTA_RULE_RE
 from cloudcote.core.mail.prefetch import DEFAULT_COUNT as DEFAULT_PREFETCH_COUNT
+from cloudcote.core.quota import QUOTA_RULE_EXAMPLE, is_quota_rule
 from cloudcote.libfs.api import FsInvalidSpec
 from cloudcote.libfs.chain import parse_chain
 from cloudcote.protocols.imap.limits import ImapLimits
@@ -29,7 +29,6 @@ from cloudcote.protocols.pop3.settings import Pop3Settings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LAYOUTS = ("sdbox", "mdbox")
-_QUOTA_RULE = QUOTA_RULE_RE
 LISTENER_SECTIONS = ("imap", "imaps", "pop3", "pop3s", "lmtp")
 #: Unprivileged ports of the embedded default; the implicit-TLS listeners are off there.
 DEFAULT_LISTEN: dict[str, list[str]] = {
@@ -436,11 +435,10 @@ def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path 
 
     ml = _Section(origin, "mail", top.get("mail", dict, {}, "expected a table"))
     autocreate = ml.get("autocreate", bool, True, "expected true or false")
-    quota_rule = ml.get("quota_rule", str, "",
-                        "expected a quota rule like '*:storage=1G:messages=100000'")
-    if quota_rule and not _QUOTA_RULE.fullmatch(quota_rule):
+    quota_rule = ml.get("quota_rule", str, "", f"expected a quota rule like {QUOTA_RULE_EXAMPLE!r}")
+    if quota_rule and not is_quota_rule(quota_rule):
         raise ml.error("quota_rule", quota_rule,
-                       "expected a quota rule like '*:storage=1G:messages=100000'")
+                       f"expected a quota rule like {QUOTA_RULE_EXAMPLE!r}")
     max_size = ml.get("max_message_size", int, 50 * 1024 * 1024,
                       "expected a size in bytes, 1 KiB to 2 GiB")
     if not 1024 <= max_size <= 2 * 1024 ** 3:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cloudcote.protocols.listener import _remove_stale_socket
+from cloudcote.protocols.listener import remove_stale_socket
 
 from .config import Config
 from .server import StartupError, prepare_data_dir, raise_nofile, run_server
@@ -76,7 +76,7 @@ def bind_listeners(config: Config) -> tuple[dict[str, socket.socket], list[Bound
                 key = str(address)
                 try:
                     if address.path is not None:
-                        _remove_stale_socket(address.path)
+                        remove_stale_socket(address.path)
                         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                         sock.bind(address.path)
                         os.chmod(address.path, 0o660)
