@@ -265,7 +265,7 @@ def session_tasks(srv: ImapServer) -> set[asyncio.Task[None]]:
 
 
 #: Coroutines a session runs in tasks of its own (the store's shared work is not counted).
-_SESSION_CORO = re.compile(r"^(ImapSession|LineSession|Listener|StreamReader|Event)\.")
+_SESSION_CORO = re.compile(r"^(ImapSession|ImapWire|LineSession|Listener|StreamReader|Event)\.")
 
 
 def loop_tasks(srv: ImapServer) -> set[asyncio.Task[Any]]:

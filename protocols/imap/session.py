@@ -22,28 +22,24 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from cloudcote.core.mail import mime
 from cloudcote.core.mail import search as searchmod
 from cloudcote.core.mail import sort as sortmod
 from cloudcote.core.mail.errors import (
     InvalidMailboxName,
-    MailboxExists,
-    MailboxInUse,
     MailboxNotFound,
     MailError,
     MessageExpunged,
-    MessageTooLarge,
-    QuotaExceeded,
     StorageUnavailable,
 )
-from cloudcote.core.mail.index import ranges_of
 from cloudcote.core.mail.mailbox_list import SEP, normalize_name
 from cloudcote.core.mail.prefetch import Prefetch
 from cloudcote.core.mail.recent import claim_recent
 from cloudcote.core.mail.storage import SaveRequest, search_mailbox
 
+from ..session import Disconnect, decode_sasl_plain
 from . import catenate, sorting, utf7
 from . import notify as notifymod
 from .fetch import FetchRequest, UnknownCte, flags_list, parse_fetch_items, render
@@ -57,12 +53,27 @@ from .parser import (
     as_list,
     as_number,
     as_string,
-    literal_marker,
     parse_command,
-    strip_marker,
+    parse_date_time,
+    parse_flags,
     tag_of,
 )
+from .responses import (
+    CTL,
+    Bad,
+    No,
+    ReturnOptions,
+    all_flags,
+    esearch_line,
+    mail_error,
+    resp_code,
+    result_modseq,
+    saved_of,
+    seqset_text,
+)
+from .search_args import expand_saved, return_options
 from .values import astring, string, utf8_astring
+from .wire import ImapWire
 
 if TYPE_CHECKING:
     from cloudcote.core.mail.index import Message
@@ -71,51 +82,10 @@ if TYPE_CHECKING:
     from ..listener import Connection
     from ..session import ServerContext
 
-from ..session import Disconnect, IdleTimeout, LineSession, Shutdown, decode_sasl_plain
-
 log = logging.getLogger("cloudcote.imap")
 
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-_FLAG = re.compile(r"^\\?[!#$&'+-.0-9:<=>?@A-Z^-z|~]+$")
-_MONTHS = {m: i for i, m in enumerate(
-    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
-_DATE_TIME = re.compile(
-    r"^ ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)$")
-#: Literals one command may carry.
-MAX_LITERALS = 1000
 #: Searches one session keeps up to date (RFC 5267 UPDATE); NOUPDATE beyond.
 MAX_CONTEXTS = 16
-#: Bytes of output collected before they are written out.
-FLUSH_AT = 64 * 1024
-#: Octets of a literal read at once (each within the idle timeout).
-_LITERAL_CHUNK = 1024 * 1024
-#: What never goes into a response line as is (client text echoed in BAD or NO).
-_CTL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class No(Exception):
-    """A command that fails: tagged NO with an optional response code."""
-
-    def __init__(self, text: str, code: str | None = None) -> None:
-        super().__init__(text)
-        self.code = code
-
-
-class Bad(Exception):
-    """A command that is not valid here: tagged BAD."""
-
-
-_Disconnect = Disconnect
-
-
-class _LineTooLong(ImapParseError):
-    """A line longer than ``max_line``, read and dropped up to its end."""
-
-    def __init__(self, tag: str | None, tail: bytes) -> None:
-        super().__init__("command line too long")
-        self.tag = tag
-        #: Its last octets without CRLF: where a literal marker would be.
-        self.tail = tail
 
 
 @dataclass
@@ -159,209 +129,13 @@ class _Notified:
     status: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
-@dataclass
-class ReturnOptions:
-    """``RETURN (...)`` of SEARCH and SORT (RFC 4731, RFC 5182, RFC 5267)."""
-
-    items: set[str] = field(default_factory=set)  # MIN MAX ALL COUNT
-    save: bool = False
-    update: bool = False
-    partial: tuple[int, int] | None = None
-    #: UPDATE or CONTEXT with no result option: an ESEARCH with the tag alone.
-    tag_only: bool = False
-
-
-def _resp_code(code: str | None) -> str:
-    return f"[{code}] " if code else ""
-
-
-def _mail_error(exc: MailError) -> No:
-    if isinstance(exc, MailboxNotFound):
-        return No("Mailbox doesn't exist.", "NONEXISTENT")
-    if isinstance(exc, MailboxExists):
-        return No("Mailbox already exists.", "ALREADYEXISTS")
-    if isinstance(exc, InvalidMailboxName):
-        return No(f"Invalid mailbox name: {exc}.", "CANNOT")
-    if isinstance(exc, MailboxInUse):
-        return No(f"{exc}.", "CANNOT")
-    if isinstance(exc, QuotaExceeded):
-        return No("Quota exceeded.", "OVERQUOTA")
-    if isinstance(exc, MessageTooLarge):
-        return No(f"{exc}.", "TOOBIG")
-    if isinstance(exc, MessageExpunged):
-        return No("Some of the requested messages no longer exist.", "EXPUNGEISSUED")
-    if isinstance(exc, StorageUnavailable):
-        return No("Mail storage is temporarily unavailable, try again.", "UNAVAILABLE")
-    return No("Internal error occurred. Refer to server log for more information.",
-              "SERVERBUG")
-
-
-def parse_date_time(text: str) -> dt.datetime:
-    """RFC 3501 date-time ``"dd-Mon-yyyy hh:mm:ss +zzzz"``."""
-    m = _DATE_TIME.match(text)
-    if m is None:
-        raise ImapParseError("bad date-time")
-    day, mon, year, hh, mm, ss, sign, zh, zm = m.groups()
-    month = _MONTHS.get(mon.lower())
-    if month is None:
-        raise ImapParseError("bad month in date-time")
-    off = dt.timedelta(hours=int(zh), minutes=int(zm)) * (-1 if sign == "-" else 1)
-    try:
-        return dt.datetime(int(year), month, int(day), int(hh), int(mm), int(ss),
-                           tzinfo=dt.timezone(off))
-    except ValueError:
-        raise ImapParseError("bad date-time") from None
-
-
-def _return_options(args: list[Token]) -> tuple[ReturnOptions | None, list[Token]]:
-    """``RETURN (...)`` at the head of SEARCH or SORT arguments: MIN MAX ALL COUNT (RFC 4731,
-    RFC 5267), SAVE (RFC 5182), CONTEXT, UPDATE and ``PARTIAL lo:hi`` (RFC 5267); None
-    without RETURN.  With no result option but SAVE, UPDATE or CONTEXT, ALL is meant
-    (``RETURN ()`` too), except that SAVE alone returns nothing."""
-    if not (len(args) >= 2 and isinstance(args[0], str) and args[0].upper() == "RETURN"):
-        return None, args
-    opts = ReturnOptions()
-    toks = as_list(args[1], "RETURN options")
-    context_only = False
-    i = 0
-    while i < len(toks):
-        r = as_atom(toks[i], "return option").upper()
-        if r in ("MIN", "MAX", "ALL", "COUNT"):
-            opts.items.add(r)
-        elif r == "SAVE":
-            opts.save = True
-        elif r == "UPDATE":
-            opts.update = True
-            context_only = True
-        elif r == "CONTEXT":
-            context_only = True  # a hint that updates or partial results may follow
-        elif r == "PARTIAL" and i + 1 < len(toks) and opts.partial is None:
-            i += 1
-            m = re.fullmatch(r"([1-9]\d{0,9}):([1-9]\d{0,9})", as_atom(toks[i], "partial range"))
-            if m is None:
-                raise ImapParseError("PARTIAL needs a range lo:hi")
-            lo, hi = sorted((int(m.group(1)), int(m.group(2))))
-            opts.partial = (lo, hi)
-        else:
-            raise ImapParseError(f"unknown RETURN option {r[:20]}")
-        i += 1
-    if opts.partial is not None and "ALL" in opts.items:
-        raise ImapParseError("PARTIAL and ALL exclude each other")
-    if not toks:
-        opts.items.add("ALL")
-    opts.tag_only = context_only and not opts.items and opts.partial is None
-    return opts, args[2:]
-
-
-_SEARCH_ARG_KEYS = frozenset((
-    "BCC", "BEFORE", "BODY", "CC", "FROM", "KEYWORD", "LARGER", "ON", "SENTBEFORE", "SENTON",
-    "SENTSINCE", "SINCE", "SMALLER", "SUBJECT", "TEXT", "TO", "UNKEYWORD", "OLDER",
-    "YOUNGER", "HEADER", "MODSEQ", "CHARSET"))
-
-
-def _expand_saved(args: list[Token], saved: list[int]) -> list[Token]:
-    """Search criteria with ``$`` (RFC 5182) replaced by the UIDs of the saved result:
-    ``$`` and ``UID $`` become ``UID <set>`` (``NOT ALL`` when the result is empty)."""
-    out: list[Token] = []
-    for tok in args:
-        if isinstance(tok, list):
-            out.append(_expand_saved(tok, saved))
-            continue
-        prev = out[-1] if out else None
-        if tok != "$" or (isinstance(prev, str) and prev.upper() in _SEARCH_ARG_KEYS):
-            out.append(tok)
-            continue
-        if isinstance(prev, str) and prev.upper() == "UID":
-            out.pop()
-        out.append(["UID", seqset_text(saved)] if saved else ["NOT", "ALL"])
-    return out
-
-
-def esearch_line(tag: str, by_uid: bool, numbers: list[int], opts: ReturnOptions,
-                 ordered: bool, modseq: int | None = None) -> str | None:
-    """The ESEARCH response of SEARCH (``ordered`` False: ``numbers`` ascending) or SORT
-    (``ordered``: numbers in sort order, MIN and MAX the first and the last); None when
-    nothing was asked but SAVE."""
-    if not opts.items and opts.partial is None and not opts.tag_only:
-        return None
-
-    def as_set(nums: list[int]) -> str:
-        return ordered_set_text(nums) if ordered else seqset_text(nums)
-
-    parts = [f'(TAG "{tag}")'] + (["UID"] if by_uid else [])
-    if numbers:
-        if "MIN" in opts.items:
-            parts.append(f"MIN {numbers[0] if ordered else min(numbers)}")
-        if "MAX" in opts.items:
-            parts.append(f"MAX {numbers[-1] if ordered else max(numbers)}")
-        if "ALL" in opts.items:
-            parts.append(f"ALL {as_set(numbers)}")
-    if "COUNT" in opts.items:
-        parts.append(f"COUNT {len(numbers)}")
-    if opts.partial is not None:
-        lo, hi = opts.partial
-        window = numbers[lo - 1:hi]
-        parts.append(f"PARTIAL ({lo}:{hi} {as_set(window) if window else 'NIL'})")
-    if modseq is not None and numbers:
-        parts.append(f"MODSEQ {modseq}")
-    return "* ESEARCH " + " ".join(parts)
-
-
-def _result_modseq(found: list[tuple[int, Message]], opts: ReturnOptions | None) -> int:
-    """RFC 7162 3.1.5: the highest MODSEQ of the messages found, or of the one message
-    returned when only MIN or only MAX was asked for."""
-    if not found:
-        return 0
-    if opts is not None and opts.partial is None and opts.items and \
-            opts.items <= {"MIN", "MAX"}:
-        # RFC 4731 3.2: only the messages returned count.
-        ends = ([found[0]] if "MIN" in opts.items else []) + \
-            ([found[-1]] if "MAX" in opts.items else [])
-        return max(m.modseq for _, m in ends)
-    return max(m.modseq for _, m in found)
-
-
-def ordered_set_text(numbers: list[int]) -> str:
-    """Numbers in a given order as a sequence set that keeps it: ascending runs of
-    consecutive numbers become ``a:b`` (RFC 5267 ESORT, as Dovecot writes them)."""
-    out: list[str] = []
-    i = 0
-    while i < len(numbers):
-        j = i
-        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
-            j += 1
-        out.append(str(numbers[i]) if i == j else f"{numbers[i]}:{numbers[j]}")
-        i = j + 1
-    return ",".join(out)
-
-
-def saved_of(opts: ReturnOptions, uids: list[int], ordered: bool) -> list[int]:
-    """What SAVE keeps (RFC 5182 2.1): the MIN and/or MAX message when only those were
-    asked for, else every one found."""
-    if not uids or opts.items - {"MIN", "MAX"} or opts.partial is not None \
-            or not opts.items:
-        return sorted(uids)
-    first, last = (uids[0], uids[-1]) if ordered else (min(uids), max(uids))
-    keep = set()
-    if "MIN" in opts.items:
-        keep.add(first)
-    if "MAX" in opts.items:
-        keep.add(last)
-    return sorted(keep)
-
-
 def _renumber(node: sortmod.ThreadNode, to: Callable[[int], int]) -> sortmod.ThreadNode:
     """A thread tree with its sequence numbers mapped (UID THREAD)."""
     return sortmod.ThreadNode(None if node.seq is None else to(node.seq),
                               [_renumber(c, to) for c in node.children])
 
 
-def seqset_text(numbers: list[int]) -> str:
-    """``1:3,5`` of a list of numbers."""
-    return ",".join(f"{lo}" if lo == hi else f"{lo}:{hi}" for lo, hi in ranges_of(numbers))
-
-
-class ImapSession(LineSession):
+class ImapSession(ImapWire):
     protocol = "imap"
 
     def __init__(self, conn: Connection, ctx: ServerContext) -> None:
@@ -384,174 +158,6 @@ class ImapSession(LineSession):
         self.fetched = 0
         self.deleted = 0
         self.started = time.monotonic()
-
-    # -- output ---------------------------------------------------------------------------
-
-    async def maybe_flush(self) -> None:
-        if self.out_size >= FLUSH_AT:
-            await self.flush()
-
-    # -- input ----------------------------------------------------------------------------
-
-    async def _read_raw_line(self) -> bytes:
-        """One line with CRLF, at most ``max_line`` bytes; waits at most the idle timeout."""
-        reader = self.conn.reader
-        buf = bytearray()
-        while True:
-            try:
-                chunk = await reader.readuntil(b"\n")
-                buf += chunk
-                break
-            except asyncio.LimitOverrunError as exc:
-                buf += await reader.readexactly(exc.consumed)
-            except asyncio.IncompleteReadError as exc:
-                raise EOFError("connection closed") from exc
-            if len(buf) > self.limits.max_line:
-                self.bytes_in += len(buf)
-                tail = await self._skip_line(bytes(buf[-40:]))
-                raise _LineTooLong(tag_of(bytes(buf[:200])), tail)
-        self.bytes_in += len(buf)
-        if len(buf) > self.limits.max_line:
-            raise _LineTooLong(tag_of(bytes(buf[:200])), bytes(buf[-42:]).rstrip(b"\r\n"))
-        return bytes(buf)
-
-    async def _skip_line(self, tail: bytes) -> bytes:
-        """Drop the rest of an over-long line; its last octets, without CRLF."""
-        reader = self.conn.reader
-        while True:
-            try:
-                chunk = await reader.readuntil(b"\n")
-            except asyncio.LimitOverrunError as exc:
-                chunk = await reader.readexactly(exc.consumed)
-                self.bytes_in += len(chunk)
-                tail = (tail + chunk)[-40:]
-                continue
-            except asyncio.IncompleteReadError as exc:
-                raise EOFError("connection closed") from exc
-            self.bytes_in += len(chunk)
-            return (tail + chunk)[-42:].rstrip(b"\r\n")
-
-    async def read_line(self) -> bytes:
-        """The next line without CRLF, within the idle timeout; EOFError at its end."""
-        try:
-            line = await self.wait_or_stop(self._read_raw_line())
-        except Shutdown:
-            self.emit("* BYE Server shutting down.\r\n")
-            await self.flush()
-            raise _Disconnect() from None
-        except IdleTimeout:
-            await self._inactive()
-        return line.rstrip(b"\r\n")
-
-    async def _inactive(self) -> NoReturn:
-        self.emit("* BYE Disconnected for inactivity.\r\n")
-        await self.flush()
-        raise _Disconnect()
-
-    async def read_command(self) -> tuple[list[bytes], list[bytes]] | None:
-        """A command's lines and literals.  None when the command was refused while being
-        read (a line too long, a literal too large: BAD or NO was sent already)."""
-        lines: list[bytes] = []
-        literals: list[bytes] = []
-        total = 0  # octets of the command so far: one holds at most a message's worth
-        self.command_started = False
-        try:
-            line = await self.read_line()
-        except _LineTooLong as exc:
-            await self._refuse_long_line(exc, exc.tag)
-            return None
-        finally:
-            self.command_started = True
-        while True:
-            marker = literal_marker(line)
-            if marker is None:
-                lines.append(line)
-                return lines, literals
-            size, nonsync, _binary = marker
-            lines.append(strip_marker(line))
-            total += len(line) + size
-            first = lines[0].split(b" ", 2)
-            is_append = len(first) > 1 and first[1].upper() == b"APPEND"
-            limit = self.limits.max_append_literal if is_append else self.limits.max_literal
-            tag = tag_of(lines[0]) or "*"
-            if size > limit or len(literals) >= MAX_LITERALS \
-                    or total > self.limits.max_append_literal + self.limits.max_line:
-                what = "Message" if is_append else "Literal"
-                if nonsync:
-                    await self._discard(size, what)
-                    await self._skip_command_rest()
-                self.emit(f"{tag} NO [TOOBIG] {what} too large (limit {limit} bytes).\r\n")
-                await self.flush()
-                return None
-            if not nonsync:
-                self.emit("+ OK\r\n")
-                await self.flush()
-            literals.append(await self._read_literal(size))
-            try:
-                line = await self.read_line()
-            except _LineTooLong as exc:
-                await self._refuse_long_line(exc, tag_of(lines[0]))
-                return None
-
-    async def _refuse_long_line(self, exc: _LineTooLong, tag: str | None) -> None:
-        """BAD for a command with an over-long line; a non-synchronizing literal at its end
-        is skipped with the rest of the command, not taken for commands."""
-        marker = literal_marker(exc.tail)
-        if marker is not None and marker[1]:
-            await self._discard(marker[0])
-            await self._skip_command_rest()
-        await self._bad(tag, "Error in IMAP command: command line too long")
-
-    async def _read_chunk(self, size: int, exact: bool) -> bytes:
-        """Octets of a literal: ``size`` of them, or (not ``exact``) at most that many;
-        the client may pause at most the idle timeout."""
-        try:
-            async with asyncio.timeout(self.limits.idle_timeout):
-                if exact:
-                    data = await self.conn.reader.readexactly(size)
-                else:
-                    data = await self.conn.reader.read(size)
-        except TimeoutError:
-            await self._inactive()
-        except asyncio.IncompleteReadError as exc:
-            raise EOFError("connection closed in a literal") from exc
-        if not data:
-            raise EOFError("connection closed in a literal")
-        self.bytes_in += len(data)
-        return data
-
-    async def _read_literal(self, size: int) -> bytes:
-        if size <= _LITERAL_CHUNK:
-            return await self._read_chunk(size, exact=True) if size else b""
-        parts = []
-        while size > 0:
-            parts.append(await self._read_chunk(min(size, _LITERAL_CHUNK), exact=True))
-            size -= len(parts[-1])
-        return b"".join(parts)
-
-    async def _discard(self, size: int, what: str = "Literal") -> None:
-        """Skip a refused non-synchronizing literal; one far beyond any limit ends the
-        session instead (the client means to send it all)."""
-        if size > 2 * self.limits.max_append_literal:
-            self.emit(f"* BYE [TOOBIG] {what} too large.\r\n")
-            await self.flush()
-            raise _Disconnect()
-        while size > 0:
-            size -= len(await self._read_chunk(min(size, 65536), exact=False))
-
-    async def _skip_command_rest(self) -> None:
-        """After a refused non-synchronizing literal: the rest of the command."""
-        while True:
-            try:
-                line = await self.read_line()
-            except _LineTooLong as exc:
-                line = exc.tail
-            marker = literal_marker(line)
-            if marker is None or not marker[1]:
-                return
-            await self._discard(marker[0])
-
-    # -- the loop -------------------------------------------------------------------------
 
     def capabilities(self) -> str:
         caps = ["IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
@@ -585,13 +191,13 @@ class ImapSession(LineSession):
                     else:
                         got = await self.read_command()
                 except ImapParseError as exc:
-                    await self._bad(None, str(exc))
+                    await self.bad(None, str(exc))
                     continue
                 if got is None:
                     continue
                 await self.execute(*got)
                 await self.flush()
-        except (_Disconnect, EOFError, ConnectionError):
+        except (Disconnect, EOFError, ConnectionError):
             pass
         finally:
             self._log_logout()
@@ -604,43 +210,34 @@ class ImapSession(LineSession):
                  self.bytes_in, self.bytes_out, self.fetched, self.deleted,
                  time.monotonic() - self.started)
 
-    async def _bad(self, tag: str | None, text: str) -> None:
-        self.emit(f"{tag or '*'} BAD {_CTL.sub(' ', text[:200])}.\r\n")
-        self.bad_commands += 1
-        if self.bad_commands >= self.limits.max_bad_commands:
-            self.emit("* BYE Too many invalid commands.\r\n")
-            await self.flush()
-            raise _Disconnect()
-        await self.flush()
-
     async def execute(self, lines: list[bytes], literals: list[bytes]) -> None:
         try:
             cmd = parse_command(lines, literals, max_depth=self.limits.max_nesting)
         except ImapParseError as exc:
-            await self._bad(tag_of(lines[0]), f"Error in IMAP command: {exc}")
+            await self.bad(tag_of(lines[0]), f"Error in IMAP command: {exc}")
             return
         handler = self._handler(cmd.name)
         if handler is None:
-            await self._bad(cmd.tag, f"Error in IMAP command {cmd.name[:40]}: Unknown "
+            await self.bad(cmd.tag, f"Error in IMAP command {cmd.name[:40]}: Unknown "
                             "command" if not self._known(cmd.name) else
                             f"Command {cmd.name} is not valid in this state")
             return
         try:
             await handler(cmd)
         except ImapParseError as exc:
-            await self._bad(cmd.tag, f"Error in IMAP command {cmd.name}: {exc}")
+            await self.bad(cmd.tag, f"Error in IMAP command {cmd.name}: {exc}")
         except Bad as exc:
-            await self._bad(cmd.tag, str(exc))
+            await self.bad(cmd.tag, str(exc))
         except No as exc:
             await self._after_command(cmd)
-            self.emit(f"{cmd.tag} NO {_resp_code(exc.code)}{_CTL.sub(' ', str(exc))}\r\n")
+            self.emit(f"{cmd.tag} NO {resp_code(exc.code)}{CTL.sub(' ', str(exc))}\r\n")
         except MailError as exc:
-            no = _mail_error(exc)
+            no = mail_error(exc)
             if no.code == "SERVERBUG" or isinstance(exc, StorageUnavailable):
                 log.error("%s user=%s: %s failed: %s", self.conn.session_id, self.user,
                           cmd.name, exc)
-            self.emit(f"{cmd.tag} NO {_resp_code(no.code)}{no}\r\n")
-        except (_Disconnect, EOFError, OSError):
+            self.emit(f"{cmd.tag} NO {resp_code(no.code)}{no}\r\n")
+        except (Disconnect, EOFError, OSError):
             raise
         except Exception:
             # A bug in a handler: logged with its traceback; the client gets what Dovecot
@@ -670,7 +267,7 @@ class ImapSession(LineSession):
         await self.sync(allow_expunge=allow_expunge)
 
     def ok(self, cmd: Command, text: str = "", code: str | None = None) -> None:
-        self.emit(f"{cmd.tag} OK {_resp_code(code)}{text or cmd.name.title() + ' completed'}"
+        self.emit(f"{cmd.tag} OK {resp_code(code)}{text or cmd.name.title() + ' completed'}"
                   ".\r\n")
 
     # -- any state (RFC 3501 6.1) ---------------------------------------------------------
@@ -904,11 +501,11 @@ class ImapSession(LineSession):
         sel = Selected(box=box, readonly=readonly, view=view, known_modseq=st.highest_modseq,
                        keywords=frozenset(st.keywords))
         sel.version = (st.highest_modseq, st.next_uid, st.exists)
-        self.emit(f"* FLAGS ({' '.join(self._all_flags(sel.keywords))})\r\n")
+        self.emit(f"* FLAGS ({' '.join(all_flags(sel.keywords))})\r\n")
         if readonly:
             self.emit("* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n")
         else:
-            self.emit(f"* OK [PERMANENTFLAGS ({' '.join(self._all_flags(sel.keywords))} \\*)] "
+            self.emit(f"* OK [PERMANENTFLAGS ({' '.join(all_flags(sel.keywords))} \\*)] "
                       "Flags permitted.\r\n")
         self.emit(f"* {len(view)} EXISTS\r\n")
         if not self.rev2:
@@ -975,9 +572,6 @@ class ImapSession(LineSession):
         won = await claim_recent(box, max(uids) + 1) if uids else range(0)
         mine = self.sel.recent if self.sel is not None and self.sel.box is box else set()
         return {u for u in uids if u in won or u in mine}
-
-    def _all_flags(self, keywords: frozenset[str]) -> list[str]:
-        return list(SYSTEM_FLAGS) + sorted(keywords)
 
     async def _open_box(self, name: str) -> Mailbox:
         assert self.mail is not None
@@ -1158,7 +752,7 @@ class ImapSession(LineSession):
             when: dt.datetime | None = None
             tok = args[i]
             if isinstance(tok, list):
-                flags = self._flags(tok)
+                flags = parse_flags(tok)
                 i += 1
             if i + 1 < len(args):
                 tok = args[i]
@@ -1181,27 +775,11 @@ class ImapSession(LineSession):
             i += 1
         return out
 
-    def _flags(self, toks: list[Token]) -> list[str]:
-        out = []
-        for t in toks:
-            flag = as_atom(t, "flag")
-            if not _FLAG.match(flag):
-                raise ImapParseError(f"invalid flag {flag[:30]!r}")
-            if flag.startswith("\\"):
-                canon = next((f for f in SYSTEM_FLAGS if f.lower() == flag.lower()), None)
-                if canon is None:
-                    if flag.lower() == "\\recent":
-                        continue
-                    raise ImapParseError(f"invalid system flag {flag[:30]}")
-                flag = canon
-            out.append(flag)
-        return out
-
     async def do_idle(self, cmd: Command) -> None:
         """RFC 2177: changes as they happen, until DONE."""
         self.emit("+ idling\r\n")
         await self.flush()
-        read = asyncio.ensure_future(self._read_raw_line())
+        read = asyncio.ensure_future(self.read_raw_line())
         stop = asyncio.ensure_future(self.ctx.shutdown.wait())
         deadline = time.monotonic() + self.limits.idle_timeout
         try:
@@ -1222,11 +800,11 @@ class ImapSession(LineSession):
                 if stop in done:
                     self.emit("* BYE Server shutting down.\r\n")
                     await self.flush()
-                    raise _Disconnect()
+                    raise Disconnect()
                 if not done:
                     self.emit("* BYE Disconnected for inactivity.\r\n")
                     await self.flush()
-                    raise _Disconnect()
+                    raise Disconnect()
                 if change is not None and change in done:
                     try:
                         change.result()
@@ -1244,7 +822,7 @@ class ImapSession(LineSession):
                         await self._after_command(cmd)
                         self.ok(cmd, "Idle completed")
                     else:
-                        await self._bad(cmd.tag, "Expected DONE")
+                        await self.bad(cmd.tag, "Expected DONE")
                     return
         finally:
             stop.cancel()
@@ -1492,7 +1070,7 @@ class ImapSession(LineSession):
             except MailboxNotFound:
                 self.emit("* BYE Selected mailbox was deleted, have to disconnect.\r\n")
                 await self.flush()
-                raise _Disconnect() from None
+                raise Disconnect() from None
 
     async def sync(self, allow_expunge: bool) -> None:
         """Untagged EXPUNGE/VANISHED, EXISTS, RECENT, FLAGS and FETCH for changes the
@@ -1556,9 +1134,9 @@ class ImapSession(LineSession):
         if frozenset(st.keywords) == sel.keywords:
             return
         sel.keywords = frozenset(st.keywords)
-        self.emit(f"* FLAGS ({' '.join(self._all_flags(sel.keywords))})\r\n")
+        self.emit(f"* FLAGS ({' '.join(all_flags(sel.keywords))})\r\n")
         if not sel.readonly:
-            self.emit(f"* OK [PERMANENTFLAGS ({' '.join(self._all_flags(sel.keywords))}"
+            self.emit(f"* OK [PERMANENTFLAGS ({' '.join(all_flags(sel.keywords))}"
                       " \\*)] Flags permitted.\r\n")
 
     def _flag_update(self, seq: int, m: Message) -> str:
@@ -1673,19 +1251,19 @@ class ImapSession(LineSession):
         (RFC 5267); under IMAP4rev2 the answer is always ESEARCH (RFC 9051 6.4.4)."""
         sel = self.sel
         assert sel is not None
-        ret, args = _return_options(list(cmd.args))
+        ret, args = return_options(list(cmd.args))
         if ret is None and self.rev2:
             ret = ReturnOptions(items={"ALL"})
         charset = "UTF-8"
         if len(args) >= 2 and isinstance(args[0], str) and args[0].upper() == "CHARSET":
             charset = as_string(args[1], "charset").decode("ascii", "replace")
             args = args[2:]
-        args = _expand_saved(args, self._saved_uids())
+        args = expand_saved(args, self._saved_uids())
         if ret is not None and ret.save:
             sel.saved = []  # a SEARCH that fails leaves $ empty (RFC 5182 2.1)
         key, found = await self._matching(args, charset)
         numbers = [m.uid if by_uid else seq for seq, m in found]
-        modseq = _result_modseq(found, ret) if searchmod.uses_modseq(key) else None
+        modseq = result_modseq(found, ret) if searchmod.uses_modseq(key) else None
         if modseq is not None:
             self._enable_condstore()
         if ret is None:
@@ -1857,7 +1435,7 @@ class ImapSession(LineSession):
         (``SORT RETURN (...)``) with CONTEXT=SORT, and SAVE (RFC 5182)."""
         sel = self.sel
         assert sel is not None
-        ret, args = _return_options(list(cmd.args))
+        ret, args = return_options(list(cmd.args))
         if len(args) < 3:
             raise ImapParseError("SORT needs sort criteria, a charset and search criteria")
         try:
@@ -1866,7 +1444,7 @@ class ImapSession(LineSession):
         except ValueError as exc:
             raise ImapParseError(str(exc)) from None
         charset = as_string(args[1], "charset").decode("ascii", "replace")
-        criteria = _expand_saved(list(args[2:]), self._saved_uids())
+        criteria = expand_saved(list(args[2:]), self._saved_uids())
         if ret is not None and ret.save:
             sel.saved = []
         key, found = await self._matching(criteria, charset)
@@ -2089,7 +1667,7 @@ class ImapSession(LineSession):
         flag_toks = args[2] if isinstance(args[2], list) and len(args) == 3 else args[2:]
         if not isinstance(flag_toks, list):
             raise ImapParseError("bad flag list")
-        flags = self._flags(flag_toks)
+        flags = parse_flags(flag_toks)
         if self.sel.readonly:
             raise No("Mailbox is read-only.", "READ-ONLY")
         uids = self._set(cmd, args[0])
