@@ -307,7 +307,7 @@ def test_unauthenticate(imap: Clients) -> None:
 
 
 def test_searchres_expands_in_sequence_sets_only() -> None:
-    from cloudcote.protocols.imap.session import _expand_saved
+    from cloudcote.protocols.imap.search_args import expand_saved as _expand_saved
     assert _expand_saved(["$", "SEEN"], [1, 2, 3]) == [["UID", "1:3"], "SEEN"]
     assert _expand_saved(["UID", "$"], [5]) == [["UID", "5"]]
     assert _expand_saved(["KEYWORD", "$", "$"], []) == ["KEYWORD", "$", ["NOT", "ALL"]]

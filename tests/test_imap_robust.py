@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import imaplib
+import inspect
 import logging
 import re
 import socket
@@ -27,6 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloudcote.core.mail.storage import SaveRequest
+from cloudcote.protocols.imap import commands
+from cloudcote.protocols.imap.commands import COMMANDS, CommandSpec
 from cloudcote.protocols.imap.limits import ImapLimits
 from cloudcote.protocols.imap.session import _STATES, ImapSession
 
@@ -265,7 +268,8 @@ def session_tasks(srv: ImapServer) -> set[asyncio.Task[None]]:
 
 
 #: Coroutines a session runs in tasks of its own (the store's shared work is not counted).
-_SESSION_CORO = re.compile(r"^(ImapSession|LineSession|Listener|StreamReader|Event)\.")
+_SESSION_CORO = re.compile(r"^(ImapSession|ImapWire|MailboxView|LineSession|Listener|"
+                           r"StreamReader|Event)\.|^cmd_\w+\.|^notify_wait$")
 
 
 def loop_tasks(srv: ImapServer) -> set[asyncio.Task[Any]]:
@@ -296,6 +300,14 @@ def test_every_command_has_states() -> None:
              if n.startswith("do_")}
     missing = {n for n in names if n not in _STATES and n.replace(" ", "-") not in _STATES}
     assert not missing
+    # Handlers live in commands/*.py, each registered with its states.
+    handlers = {fn for mod in vars(commands).values() if inspect.ismodule(mod)
+                for name, fn in vars(mod).items() if name.startswith("cmd_")}
+    registered = {getattr(spec.handler, "func", spec.handler) for spec in COMMANDS.values()}
+    assert handlers and handlers <= registered
+    states = {"not-authenticated", "authenticated", "selected"}
+    assert all(spec.states and set(spec.states) <= states for spec in COMMANDS.values())
+    assert _STATES == {name: spec.states for name, spec in COMMANDS.items()}
 
 
 # -- fuzzing live sessions ----------------------------------------------------------------
@@ -656,7 +668,8 @@ def test_handler_bug_is_contained(server: ImapServer, raws: Callable[..., Raw],
     async def broken(self: ImapSession, cmd: Any) -> None:
         raise RuntimeError("handler bug")
 
-    monkeypatch.setattr(ImapSession, "do_namespace", broken)
+    spec = COMMANDS["NAMESPACE"]
+    monkeypatch.setitem(COMMANDS, "NAMESPACE", CommandSpec(spec.name, broken, spec.states))
     r = raws(server)
     r.login(server.new_user())
     _, tagged = r.cmd("NAMESPACE")

@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote_to_bytes
 
 from cloudcote.core.mail import mime
-from cloudcote.core.mail.errors import InvalidMailboxName, MailboxNotFound, MessageExpunged
+from cloudcote.core.mail.api import InvalidMailboxName, MailboxNotFound, MessageExpunged
 
 from . import utf7
 from .parser import Command, ImapParseError, Token, tokenize
 
 if TYPE_CHECKING:
-    from cloudcote.core.mail.index import Message
-    from cloudcote.core.mail.storage import Mailbox, UserMail
+    from cloudcote.core.mail import api
 
 __all__ = ["CatenateError", "ImapUrl", "assemble", "parse_url"]
 
@@ -220,7 +219,7 @@ def url_resp_text(url: str) -> str:
     return out[:1000] or "%20"
 
 
-async def assemble(mail: UserMail, user: str, parts: list[Token], cmd: Command, *,
+async def assemble(mail: api.User, user: str, parts: list[Token], cmd: Command, *,
                    selected: str | None, limit: int,
                    hosts: Collection[str] | None = None) -> bytes:
     """The message that the CATENATE ``parts`` (``TEXT literal`` / ``URL astring``) make,
@@ -277,7 +276,7 @@ def _too_big(limit: int) -> CatenateError:
     return CatenateError(f"Message too large (limit {limit} bytes).", "TOOBIG")
 
 
-async def _fetch(mail: UserMail, ref: ImapUrl, room: int) -> bytes:
+async def _fetch(mail: api.User, ref: ImapUrl, room: int) -> bytes:
     """The octets ``ref`` names; _TooBig, without reading them, if a whole message (or a
     partial of it) is more than ``room``."""
     box = await _mailbox(mail, ref.mailbox)
@@ -295,7 +294,7 @@ async def _fetch(mail: UserMail, ref: ImapUrl, room: int) -> bytes:
         raise BadUrl("the message was expunged") from None
 
 
-async def _mailbox(mail: UserMail, name: str) -> Mailbox:
+async def _mailbox(mail: api.User, name: str) -> api.Mailbox:
     try:
         return await mail.mailbox(name)
     except (MailboxNotFound, InvalidMailboxName):
@@ -310,7 +309,7 @@ async def _mailbox(mail: UserMail, name: str) -> Mailbox:
     raise BadUrl("no such mailbox")
 
 
-async def _section(box: Mailbox, msg: Message, ref: ImapUrl, room: int) -> bytes:
+async def _section(box: api.Mailbox, msg: api.Message, ref: ImapUrl, room: int) -> bytes:
     """``BODY[section]<partial>`` of ``msg`` (RFC 3501 6.4.5); a part that does not
     exist, and HEADER or TEXT of a part that is not a message, is a bad URL."""
     origin, length = ref.partial if ref.partial is not None else (0, None)

@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cloudcote.core.mail import mime
-from cloudcote.core.mail.storage import internal_datetime
+from cloudcote.core.mail.api import internal_datetime
 
 from .parser import ImapParseError, Section, Token, as_string
 from .values import Atom, astring, serialize, serialize_envelope
 
 if TYPE_CHECKING:
-    from cloudcote.core.mail.index import Message
-    from cloudcote.core.mail.storage import Mailbox
+    from cloudcote.core.mail import api
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _MACROS = {
@@ -183,7 +182,7 @@ def _section_text(parts: list[int], kind: str | None, fields: tuple[str, ...]) -
     return text
 
 
-def format_internaldate(msg: Message) -> bytes:
+def format_internaldate(msg: api.Message) -> bytes:
     when = internal_datetime(msg)
     return format_datetime(when)
 
@@ -204,7 +203,7 @@ def flags_list(flags: frozenset[str] | set[str], recent: bool = False) -> bytes:
     return b"(" + " ".join(names).encode("utf-8", "replace") + b")"
 
 
-async def render(box: Mailbox, msg: Message, req: FetchRequest, *, seq: int,
+async def render(box: api.Mailbox, msg: api.Message, req: FetchRequest, *, seq: int,
                  recent: bool, with_uid: bool, with_modseq: bool,
                  flags: frozenset[str] | None = None) -> bytes:
     """``* seq FETCH (...)`` of one message (CRLF included).  ``flags`` overrides the

@@ -8,14 +8,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cloudcote.core.mail.mailbox_list import SEP
+from cloudcote.core.mail.api import SEP
 
 from . import utf7
 from .parser import ImapParseError, Token, as_atom, as_list, as_string
 from .values import astring, utf8_astring
 
 if TYPE_CHECKING:
-    from cloudcote.core.mail.storage import UserMail
+    from cloudcote.core.mail import api
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
                 "SIZE", "DELETED")
@@ -140,7 +140,7 @@ def _canon_inbox(name: str) -> str:
     return ("INBOX" + sep + rest) if head.upper() == "INBOX" else name
 
 
-def list_responses(mail: UserMail, opts: ListOptions) -> Iterator[tuple[bytes, str | None]]:
+def list_responses(mail: api.User, opts: ListOptions) -> Iterator[tuple[bytes, str | None]]:
     """``(line, name)`` per matching mailbox; ``name`` is set where a LIST-STATUS line may
     follow (an existing, selectable mailbox)."""
     verb = "LSUB" if opts.lsub else "LIST"

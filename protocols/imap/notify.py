@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cloudcote.core.mail.mailbox_list import SEP
+from cloudcote.core.mail.api import SEP
 
 from .fetch import FetchRequest, parse_fetch_items
 from .parser import ImapParseError, Token, as_atom, as_list, as_string

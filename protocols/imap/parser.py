@@ -13,6 +13,7 @@ them into tokens:
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ __all__ = [
     "Token",
     "literal_marker",
     "parse_command",
+    "parse_date_time",
+    "parse_flags",
     "tokenize",
 ]
 
@@ -297,3 +300,47 @@ def as_number(tok: Token, what: str, limit: int = 2**32 - 1) -> int:
         if n <= limit:
             return n
     raise ImapParseError(f"{what}: expected a number")
+
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+_FLAG = re.compile(r"^\\?[!#$&'+-.0-9:<=>?@A-Z^-z|~]+$")
+_MONTHS = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+_DATE_TIME = re.compile(
+    r"^ ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)$")
+
+
+def parse_flags(toks: list[Token]) -> list[str]:
+    """A flag list of APPEND or STORE: system flags in their canonical case, keywords as
+    they are; ``\\Recent`` is dropped (a client cannot set it)."""
+    out = []
+    for t in toks:
+        flag = as_atom(t, "flag")
+        if not _FLAG.match(flag):
+            raise ImapParseError(f"invalid flag {flag[:30]!r}")
+        if flag.startswith("\\"):
+            canon = next((f for f in SYSTEM_FLAGS if f.lower() == flag.lower()), None)
+            if canon is None:
+                if flag.lower() == "\\recent":
+                    continue
+                raise ImapParseError(f"invalid system flag {flag[:30]}")
+            flag = canon
+        out.append(flag)
+    return out
+
+
+def parse_date_time(text: str) -> dt.datetime:
+    """RFC 3501 date-time ``"dd-Mon-yyyy hh:mm:ss +zzzz"``."""
+    m = _DATE_TIME.match(text)
+    if m is None:
+        raise ImapParseError("bad date-time")
+    day, mon, year, hh, mm, ss, sign, zh, zm = m.groups()
+    month = _MONTHS.get(mon.lower())
+    if month is None:
+        raise ImapParseError("bad month in date-time")
+    off = dt.timedelta(hours=int(zh), minutes=int(zm)) * (-1 if sign == "-" else 1)
+    try:
+        return dt.datetime(int(year), month, int(day), int(hh), int(mm), int(ss),
+                           tzinfo=dt.timezone(off))
+    except ValueError:
+        raise ImapParseError("bad date-time") from None

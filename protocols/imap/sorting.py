@@ -25,8 +25,7 @@ from cloudcote.core.mail import sort as sortmod
 from cloudcote.core.mail.prefetch import Prefetch
 
 if TYPE_CHECKING:
-    from cloudcote.core.mail.index import Message
-    from cloudcote.core.mail.storage import Mailbox
+    from cloudcote.core.mail import api
 
 #: The pseudo sort key under which the THREAD data of a message is kept.
 _THREAD = "THREAD"
@@ -109,10 +108,10 @@ class _Derived:
 _RESULTS_KEPT = 8
 
 
-_DERIVED: weakref.WeakKeyDictionary[Mailbox, _Derived] = weakref.WeakKeyDictionary()
+_DERIVED: weakref.WeakKeyDictionary[api.Mailbox, _Derived] = weakref.WeakKeyDictionary()
 
 
-def _derived(box: Mailbox) -> _Derived:
+def _derived(box: api.Mailbox) -> _Derived:
     uidvalidity = box.state.uidvalidity
     data = _DERIVED.get(box)
     if data is None or data.uidvalidity != uidvalidity:
@@ -120,12 +119,12 @@ def _derived(box: Mailbox) -> _Derived:
     return data
 
 
-def forget(box: Mailbox) -> None:
+def forget(box: api.Mailbox) -> None:
     """Drop what is kept for ``box`` (tests; memory pressure)."""
     _DERIVED.pop(box, None)
 
 
-def _prune(column: dict[int, Any], box: Mailbox) -> None:
+def _prune(column: dict[int, Any], box: api.Mailbox) -> None:
     """Drop the values of expunged messages once they are a fifth of the table."""
     present = box.state.messages
     if len(column) > 64 and len(column) * 4 > len(present) * 5:
@@ -133,16 +132,16 @@ def _prune(column: dict[int, Any], box: Mailbox) -> None:
             del column[uid]
 
 
-async def _entries(box: Mailbox, msgs: list[Message],
-                   headers: bool) -> list[tuple[Message, dict[str, Any], str | None]]:
+async def _entries(box: api.Mailbox, msgs: list[api.Message],
+                   headers: bool) -> list[tuple[api.Message, dict[str, Any], str | None]]:
     """The cache entry (and, if ``headers``, the cached header block) of each of ``msgs``:
     loose entries at once, cache chunks one read each (read ahead like FETCH), and only
     a message whose entry or header block the cache lacks read from the store."""
     st = box.state
-    count = box.mail_store.settings.prefetch_count
-    done: list[tuple[Message, dict[str, Any]]] = []
-    by_chunk: dict[str, list[Message]] = defaultdict(list)
-    slow: list[Message] = []
+    count = box.mail_store.settings.prefetch_count  # not in api.Mailbox yet
+    done: list[tuple[api.Message, dict[str, Any]]] = []
+    by_chunk: dict[str, list[api.Message]] = defaultdict(list)
+    slow: list[api.Message] = []
     for m in msgs:
         entry = st.loose_cache.get(m.guid)
         if entry is not None:
@@ -167,8 +166,8 @@ async def _entries(box: Mailbox, msgs: list[Message],
         async with Prefetch(slow, box.cache_entry, count=count) as ahead:
             async for got in ahead:
                 done.append((got.job, got.result()))
-    out: list[tuple[Message, dict[str, Any], str | None]] = []
-    uncached: list[tuple[Message, dict[str, Any]]] = []
+    out: list[tuple[api.Message, dict[str, Any], str | None]] = []
+    uncached: list[tuple[api.Message, dict[str, Any]]] = []
     for m, entry in done:
         if not headers:
             out.append((m, entry, None))
@@ -186,7 +185,7 @@ async def _entries(box: Mailbox, msgs: list[Message],
     return out
 
 
-def _thread_data(m: Message, entry: dict[str, Any], header: str | None,
+def _thread_data(m: api.Message, entry: dict[str, Any], header: str | None,
                  ) -> tuple[str | None, tuple[str, ...], str, bool, int]:
     """(Message-ID, parent ids, casefolded base subject, reply, sent date) of a message,
     as ``sortmod.thread_message`` and ``sortmod.thread_info`` derive them."""
@@ -206,18 +205,18 @@ def _thread_data(m: Message, entry: dict[str, Any], header: str | None,
             sys.intern(base.casefold()), reply, sortmod.sent_date_micros(date, m.internaldate))
 
 
-def _compute(name: str, m: Message, entry: dict[str, Any], header: str | None) -> Any:
+def _compute(name: str, m: api.Message, entry: dict[str, Any], header: str | None) -> Any:
     if name == _THREAD:
         return _thread_data(m, entry, header)
     return sortmod.envelope_key(name, entry.get("env"), m.internaldate)
 
 
-async def _columns(box: Mailbox, msgs: list[Message], names: list[str],
+async def _columns(box: api.Mailbox, msgs: list[api.Message], names: list[str],
                    ) -> dict[str, dict[int, Any]]:
     """The tables of ``names`` (sort keys or _THREAD), filled for every one of ``msgs``."""
     data = _derived(box)
     tables = {}
-    missing: dict[int, Message] = {}
+    missing: dict[int, api.Message] = {}
     for name in names:
         table = data.columns.get(name)
         if table is None:
@@ -238,7 +237,7 @@ async def _columns(box: Mailbox, msgs: list[Message], names: list[str],
     return tables
 
 
-async def sort_order(box: Mailbox, found: list[tuple[int, Message]],
+async def sort_order(box: api.Mailbox, found: list[tuple[int, api.Message]],
                      keys: list[tuple[str, bool]]) -> list[int]:
     """The sequence numbers of ``found`` in the order of the sort ``keys``."""
     found = sorted(found, key=lambda f: f[0])
@@ -269,7 +268,7 @@ async def sort_order(box: Mailbox, found: list[tuple[int, Message]],
     return list(order)
 
 
-async def threads(box: Mailbox, found: list[tuple[int, Message]],
+async def threads(box: api.Mailbox, found: list[tuple[int, api.Message]],
                   algorithm: str) -> list[sortmod.ThreadNode]:
     """The threads of ``found`` (by sequence number) under ``algorithm``.  The same request
     again (same messages, same sequence numbers) gets the same forest back: it is shared,
