@@ -153,8 +153,8 @@ async def _entries(box: api.Mailbox, msgs: list[api.Message],
         else:
             by_chunk[chunk].append(m)
     if by_chunk:
-        async with Prefetch(list(by_chunk), box.cache_chunk, count=count) as ahead:
-            async for got in ahead:
+        async with Prefetch(list(by_chunk), box.cache_chunk, count=count) as chunks:
+            async for got in chunks:
                 data = got.result()
                 for m in by_chunk[got.job]:
                     entry = data.get(m.guid) if data is not None else None
@@ -163,9 +163,9 @@ async def _entries(box: api.Mailbox, msgs: list[api.Message],
                     else:
                         done.append((m, entry))
     if slow:
-        async with Prefetch(slow, box.cache_entry, count=count) as ahead:
-            async for got in ahead:
-                done.append((got.job, got.result()))
+        async with Prefetch(slow, box.cache_entry, count=count) as reads:
+            async for read in reads:
+                done.append((read.job, read.result()))
     out: list[tuple[api.Message, dict[str, Any], str | None]] = []
     uncached: list[tuple[api.Message, dict[str, Any]]] = []
     for m, entry in done:
@@ -178,10 +178,11 @@ async def _entries(box: api.Mailbox, msgs: list[api.Message],
     if uncached:
         # Header blocks too large for the cache: from the message itself.
         entries = {m.uid: entry for m, entry in uncached}
-        async with Prefetch([m for m, _ in uncached], box.header_block, count=count) as ahead:
-            async for got in ahead:
-                block = got.result().decode("utf-8", "surrogateescape")
-                out.append((got.job, entries[got.job.uid], block))
+        async with Prefetch([m for m, _ in uncached], box.header_block,
+                            count=count) as blocks:
+            async for block in blocks:
+                text = block.result().decode("utf-8", "surrogateescape")
+                out.append((block.job, entries[block.job.uid], text))
     return out
 
 
@@ -281,7 +282,7 @@ async def threads(box: api.Mailbox, found: list[tuple[int, api.Message]],
     criteria = ("THREAD", algorithm)
     kept = data.result(uids, seqs, criteria)
     if kept is not None:
-        return kept  # type: ignore[no-any-return]
+        return kept
     table = (await _columns(box, [m for _, m in found], [_THREAD]))[_THREAD]
     with _no_cycle_collection():
         infos = [sortmod.ThreadInfo(seq, *table[uid])
