@@ -4,102 +4,11 @@ Chain syntax::
 
     cassandra:127.0.0.1:9042;10.0.0.2,keyspace=mail,replication=SimpleStrategy:3
 
-Settings: the hosts (positional, or ``hosts``; ``;``-separated ``host[:port]``, IPv6 as
-``[::1]:9042``; default ``127.0.0.1:9042``), ``keyspace`` (cloudcote), ``prefix`` (key
-namespace), ``replication`` (used when this driver creates the keyspace:
-``SimpleStrategy:1`` (default) or ``NetworkTopologyStrategy:dc1=3;dc2=3``), ``consistency``
-(LOCAL_QUORUM), ``serial_consistency`` (SERIAL; or LOCAL_SERIAL), ``chunk_size`` (256k,
-4k..4MB: the largest cell this driver writes), ``create_schema`` (yes: create the keyspace
-and tables if missing when the chain is opened; no: a missing one is an FsInvalidSpec
-naming it), ``username``/``password`` (PlainTextAuthProvider), ``timeout`` (12s per
-request), ``retries`` (3, with backoff, for what is safe to retry), ``local_dc`` (the
-DC-aware load balancer's local data centre; default: the first contact point's),
-``protocol`` (native protocol version, 5; Cassandra 3.x needs 4).
-
-Schema (``chunk``, ``size`` and ``mtime`` describe the payload; ``lid`` is the listing id)::
-
-    objects (path text PRIMARY KEY, kind text, id uuid, lid uuid, size bigint, chunk int,
-             mtime timestamp, metadata map<text,text>, data blob)
-    chunks  (blob uuid, n int, data blob, PRIMARY KEY (blob, n))
-    segments(log uuid, seq bigint, nonce uuid, size bigint, chunk int, blob uuid,
-             data blob, PRIMARY KEY (log, seq))
-    listing (dir text, name text, lid uuid, PRIMARY KEY (dir, name, lid))
-
-An ``objects`` row is the object: ``kind`` is ``inline`` (the bytes are in ``data``, for
-objects up to ``chunk_size``), ``chunked`` (the bytes are the ``chunks`` rows of blob ``id``)
-or ``log`` (an append log whose records are the ``segments`` rows of log ``id``).  ``id`` is
-fresh for every write, so readers follow a pointer and never see a mix.
-
-- ``write(CREATE)``: chunks first, under a fresh blob id; then ONE
-  ``INSERT ... IF NOT EXISTS`` (a Paxos round) publishes the row.  A loser deletes its
-  chunks and gets FsExists.
-- ``write(REPLACE)``, ``delete``: compare-and-set on the row's ``id`` (``UPDATE ... IF``,
-  ``DELETE ... IF``), then the displaced payload is deleted.  Every write to ``objects`` is
-  thus a lightweight transaction: Cassandra warns against mixing LWT and plain writes on
-  one row (a plain delete stamped by a clock running ahead would hide a later LWT create
-  that reported success), and the compare-and-set tells each replacer exactly which blob it
-  displaced, so no chunks are orphaned by two concurrent replacers.
-- ``append``: a log row (``kind=log``, ``id`` = the log's generation) is created with
-  ``IF NOT EXISTS`` on first use; each record is a ``segments`` row created with
-  ``INSERT ... IF NOT EXISTS`` at the next sequence number (cached per log, else found by
-  ``ORDER BY seq DESC LIMIT 1``), so the order is total and gap-free without a lock.
-  Appends to one path that wait in this process are sent together as one conditional
-  single-partition batch (group commit: all or nothing, one Paxos round).  Every record
-  carries a random ``nonce`` (``token`` is a reserved word in CQL): after an uncertain
-  outcome (a timeout of the Paxos round) a SERIAL read of that sequence number tells
-  whether the record is ours, so it is never written twice.  A loser of a round pauses a
-  random moment (1 ms, doubling per loss) before it tries the next number.  An append
-  returns its record's offset: the sizes of the segments before its sequence number,
-  known from this process's own appends and reads, else read once (at ``consistency``,
-  or SERIAL if that read shows a gap) after the insert, when they are immutable.  Records larger
-  than ``chunk_size`` are chunked like objects.  ``delete`` of a log removes the row
-  first, then the generation's segments; a later log under the same path gets a new
-  generation, so stale segments never reappear.  One log is one partition: keep logs
-  bounded (the mail index rotates them through snapshots).
-- uncertain outcomes elsewhere: a CREATE or delete whose Paxos round timed out is settled
-  by a SERIAL read of the row (ours, someone else's, or absent: try again); a REPLACE whose
-  row then holds neither the old nor the new id raises FsUnavailable (its write may have
-  been applied and replaced already, so it is not repeated).
-- reads: one row read at ``consistency``, then the payload.  A reader of a chunked object
-  that finds a chunk gone (a concurrent replace or delete) re-reads the row and starts
-  over; ``read_stream`` does so too for objects up to 4 MiB (it fetches them whole before
-  yielding), while a larger stream that loses its blob after its first chunk raises
-  FsNotFound, as the contract allows.
-- ``copy``: through the client (Cassandra has no server-side copy), one chunk at a time.
-
-Listing: Cassandra cannot range-scan partition keys, so the ``listing`` table keeps one
-partition per "directory": the entry ``(dir, name, lid)`` for each object, and a
-``(parent, "sub/")`` entry for each directory on the way (written once, cached in
-process, never deleted: an empty directory is only a little wasted scanning; a process
-that saw the tables truncated under it must be restarted).
-``iter(prefix)`` reads the prefix's directory from the clustering range ``name >= start``
-(stopping at the first name without the prefix) and descends into matching
-subdirectories.  A create writes its entry before it publishes the row, a delete removes
-it after the row, both at ``consistency``; entries carry the object's listing id so a
-delete never removes the entry of a newer object under the same name.  Hence, with a
-quorum ``consistency``, an object whose create has returned is always listed
-(``Feature.CONSISTENT_LIST``; with ``LOCAL_QUORUM``, within one data centre); the
-listing may also show a path whose create failed or
-crashed before publishing, or whose delete crashed after unpublishing (a reader then gets
-FsNotFound, as after any concurrent delete).
-
-Timestamps: plain writes (chunks, segments deletes, listing) carry the driver's monotonic
-client timestamps; every ``objects`` write is Paxos-ordered.  Errors: authentication and
-authorization -> FsPermission; Unavailable, timeouts, NoHostAvailable, OperationTimedOut,
-overload -> bounded retries with backoff where the request is idempotent or certainly not
-applied, else resolved by a SERIAL read, else FsUnavailable.
-
-Schema: created at open when missing (``IF NOT EXISTS``, about a second per statement),
-never per operation; the check is the driver's schema metadata, so opening an existing
-keyspace costs no DDL.  Create it once before starting many processes on a multi-node
-cluster: concurrent first-time CREATE TABLEs on different coordinators can disagree.
-
-``Feature.BATCH_LOG_READ`` is claimed: a log range is one sizes query plus one query per
-``SPAN_BYTES`` (4 MiB) of records, however many records that is.
-
-Not claimed: ``Feature.DURABLE`` (Cassandra acknowledges writes before its commit log is
-synced unless the server runs ``commitlog_sync: batch``/``group``), ``Feature.COPY``,
-``Feature.APPEND`` (emulated).
+Every write to ``objects`` is a lightweight transaction; an append inserts ``IF NOT
+EXISTS`` at the next sequence number of its log's ``segments`` partition; ``listing`` keeps
+one partition per "directory" for ``iter``.  The settings, the schema, how each operation
+and each uncertain outcome is handled, and what is claimed: docs/libfs.md, section
+"Cassandra".
 """
 
 from __future__ import annotations
@@ -433,7 +342,7 @@ class _Unsettled(FsUnavailable):
 
 
 class CassandraFs(Fs):
-    """Objects in a Cassandra keyspace; see the module docstring for the guarantees."""
+    """Objects in a Cassandra keyspace; see docs/libfs.md for the guarantees."""
 
     name = "cassandra"
 
@@ -1217,7 +1126,7 @@ class CassandraFs(Fs):
         return await self._head(self._key(path), path) is not None
 
     async def iter(self, prefix: str = "") -> AsyncIterator[str]:
-        """Walk the listing partitions under ``prefix`` (see the module docstring for what
+        """Walk the listing partitions under ``prefix`` (see docs/libfs.md for what
         is promised). Raises FsUnavailable."""
         check_prefix(prefix)
         if not prefix or prefix.endswith("/"):

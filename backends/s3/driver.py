@@ -4,98 +4,10 @@ Chain syntax::
 
     s3:mail,endpoint=http://127.0.0.1:8333,access_key=...,secret_key=...,prefix=site1
 
-Settings: ``bucket`` (also the positional setting), ``endpoint`` (absent: AWS), ``region``
-(us-east-1), ``prefix`` (key namespace), ``access_key``/``secret_key`` (else the standard
-AWS credential chain), ``addressing`` (path|virtual|auto; path when ``endpoint`` is given,
-else auto), ``pool`` (connections, 32), ``multipart_threshold`` (16MB), ``part_size`` (8MB,
-at least 5MB), ``retries`` (5), ``timeout`` (30s), ``create_bucket`` (no), ``atomic_create``
-(yes: the store honours ``If-None-Match: *`` atomically; say no for moto, which checks then
-puts: it only drops Feature.ATOMIC_CREATE and adds the checks noted below),
-``multipart_create`` (copy|complete, default copy; see below), ``segment_cache`` (8MB of
-immutable append segments kept in memory; 0 disables).
-
-How each operation maps onto S3:
-
-- ``write(CREATE)``: ``PutObject`` with ``If-None-Match: *``; 412 -> FsExists.  The content
-  type carries a random token (``application/octet-stream; token=...``): when botocore had
-  to resend the request and the resend got 412, a ``HeadObject`` tells whether the object
-  is ours (the first send won, its reply was lost) or someone else's.
-- ``write(REPLACE)``: plain ``PutObject`` (S3 replaces atomically).
-- ``write`` above ``multipart_threshold``, ``write_stream`` above
-  ``min(part_size, multipart_threshold)``: a multipart upload holding one part in memory
-  (deciding against the threshold itself would mean buffering the whole threshold).
-  REPLACE completes at the path.  CREATE, with ``multipart_create=copy`` (the default),
-  completes at a temporary key ``<prefix>/.cloudcote-tmp/<uuid>``, publishes it with one
-  server-side ``CopyObject`` + ``If-None-Match: *`` and deletes the temporary key; this is
-  because SeaweedFS (4.48) checks ``If-None-Match`` on ``CompleteMultipartUpload`` outside
-  its object lock: 8 concurrent conditional completes of one key all succeeded in 4 of 5
-  rounds, while conditional ``CopyObject`` had exactly one winner in every round.
-  CopyObject caps this at 5 GiB; a larger CREATE fails (use ``multipart_create=complete``
-  on a store whose conditional complete is atomic, such as AWS).  A crash leaves the
-  temporary object behind (garbage for a purge; incomplete uploads want a bucket lifecycle
-  rule ``AbortIncompleteMultipartUpload``).
-- ``copy``: ``HeadObject`` of the source, then server-side ``CopyObject`` with
-  ``x-amz-copy-source-if-match`` (the object we looked at) and, for CREATE,
-  ``If-None-Match: *``.  With ``atomic_create=no`` a CREATE copy also checks the
-  destination first, since such stores (moto) ignore ``If-None-Match`` on CopyObject: that
-  copy is check-then-copy, not atomic.  Sources that are append logs, or larger than
-  CopyObject's 5 GiB, are copied through the client by streaming.
-- ``read_range``: ``GetObject`` with ``Range``; ``read_stream``: one ``GetObject`` whose
-  body is read chunk by chunk (so a concurrent replace never mixes in).
-- ``iter``: ``ListObjectsV2`` pages (S3 listings are strongly consistent); the reserved
-  areas are skipped with one extra listing that starts after them.
-- ``delete``: ``HeadObject`` (is it a log?), ``DeleteObject``, then the log's segments.
-
-Append emulation (S3 has no append).  A log's record 0 *is* the object at the path's own
-key (the "head"), so a log and a whole object share one key and cannot coexist: a CREATE
-write on a log path gets 412, and listing shows a log once, as its head.  The head's
-content type is ``application/x-cloudcote-log; gen=<16 hex>; token=...``; ``gen`` is a
-random generation chosen when the head is created.  Record n >= 1 is the segment object::
-
-    <prefix>/.cloudcote-seg/<path>/<gen>.<n as 12 digits>
-
-created with ``If-None-Match: *`` at the next free number (found by ``ListObjectsV2``
-after the last number this driver knows; the tail is cached per path).  On 412 the
-appender re-lists the tail and tries the next number: a gap-free total order, no lock
-between processes (within one process appends to a path take turns).
-Why this key scheme:
-
-- it cannot collide with a user path: the top-level names ``.cloudcote-seg`` and
-  ``.cloudcote-tmp`` are reserved (paths starting with them are refused, as posix reserves
-  ``.cloudcote-tmp``).  Keys made unrepresentable as paths (an empty, ``.`` or ``..``
-  segment) do not survive SeaweedFS, which folds ``a//b`` into ``a/b`` and refuses
-  ``.``/``..`` segments;
-- the random ``gen`` makes segments of a deleted log unreachable: ``delete`` removes the
-  head first, which is atomic for readers, then the segments; segments that a crash or a
-  racing appender leaves behind belong to a dead generation and never reappear in a log
-  created later under the same path (they are garbage until a purge);
-- segments are immutable for the life of their generation, so their sizes and bytes can
-  be cached safely; every read and append first looks at the head (one request) to learn
-  whether the generation it cached is still the live one.
-
-An append costs ``HeadObject`` + ``PutObject`` when the tail is cached and uncontended.
-It returns its record's offset without reading anything back: the head is at 0, and
-segment n is taken only when the sizes of records 0..n-1 are known (from this driver's own
-appends or the tail listing, which reports sizes).  A read of a byte range costs one GET
-per segment it spans (no ``Feature.BATCH_LOG_READ``).
-A segment's content type carries the attempt's token, for the same lost-reply check as a
-CREATE.  ``write(REPLACE)`` over a log replaces the head only; the old segments become
-garbage.  ``append`` on a path written whole raises FsExists.
-
-Retries: botocore's standard retry mode (``retries`` resends) covers 5xx, SlowDown,
-throttling and connection errors; whatever is left is FsUnavailable.  ``self.requests``
-counts the HTTP requests sent, per S3 operation, resends included.
-
-SeaweedFS notes (4.48):
-
-- when several writers race for one key, the losers of a conditional write may be held
-  for about a second each before their 412 (about three are released per second); a
-  loser for a key that already exists gets its 412 at once;
-- a key with objects under ``key/`` is a filer directory: a conditional PUT of ``key``
-  then gets 412 although HEAD says 404 (a plain PUT works).  As on posix, a path cannot
-  be created once it has "children"; ``append`` says so instead of retrying forever;
-- Feature.DURABLE is the S3 API's promise; SeaweedFS syncs volume writes only when
-  configured to (``fs.configure -locationPrefix=/buckets/<bucket>/ -fsync -apply``).
+Creates are conditional PUTs (``If-None-Match: *``); an append log is its head object at
+the path plus one segment object per append (or group of appends) under the reserved
+``.cloudcote-seg/``.  The settings, how each operation maps onto S3, the key scheme and
+the SeaweedFS notes: docs/libfs.md, section "S3".
 """
 
 from __future__ import annotations
@@ -238,7 +150,7 @@ def _body(data: bytes | bytearray | io.BytesIO) -> bytes | bytearray | io.BytesI
 
 
 class S3Fs(Fs):
-    """Objects in one S3 bucket; see the module docstring for the guarantees."""
+    """Objects in one S3 bucket; see docs/libfs.md for the guarantees."""
 
     name = "s3"
 
