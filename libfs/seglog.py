@@ -36,10 +36,11 @@ class RecordIndex:
     Records are immutable while their generation lives, so this only ever grows and what
     it says stays true; ``mtime`` is the newest record's time as far as known."""
 
-    __slots__ = ("ends", "mtime")
+    ends: list[int]  # ends[n]: the log's size through record n
+    mtime: float
 
     def __init__(self, mtime: float = 0.0) -> None:
-        self.ends: list[int] = []  # ends[n]: the log's size through record n
+        self.ends = []
         self.mtime = mtime
 
     @property
@@ -61,6 +62,14 @@ class RecordIndex:
         """Record ``count`` holds ``size`` bytes."""
         self.ends.append(self.size + size)
         if mtime > self.mtime:
+            self.mtime = mtime
+
+    def note(self, n: int, size: int, mtime: float = 0.0) -> None:
+        """Record ``n`` holds ``size`` bytes: kept when it is the next one (a record after
+        a gap is not), its time noted either way."""
+        if n == self.count:
+            self.add(size, mtime)
+        elif mtime > self.mtime:
             self.mtime = mtime
 
     def span(self, start: int, stop: int) -> range:

@@ -272,18 +272,9 @@ class _Log(RecordIndex):
     """Known segment sizes of one log generation, and where this process will try its
     next append (None: look up the tail)."""
 
-    __slots__ = ("next_seq",)
-
     def __init__(self) -> None:
         super().__init__()
         self.next_seq: int | None = None
-
-    def note(self, seq: int, size: int, stamp: float) -> None:
-        """Segment ``seq`` holds ``size`` bytes (kept when it is the next one known)."""
-        if seq == self.count:
-            self.add(size, stamp)
-        elif stamp > self.mtime:
-            self.mtime = stamp
 
 
 class _Uncertain(Exception):

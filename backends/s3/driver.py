@@ -100,8 +100,6 @@ class _Log(RecordIndex):
     head, record n >= 1 segment n.  Segments are immutable while their generation lives,
     so this only ever grows."""
 
-    __slots__ = ("gen", "tail_known")
-
     def __init__(self, gen: str, head_size: int, mtime: float) -> None:
         super().__init__(mtime)
         self.gen = gen
