@@ -20,9 +20,7 @@ exponential backoff and resolves that uncertainty instead of guessing:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
@@ -36,6 +34,7 @@ from .api import (
     Stat,
     WriteMode,
 )
+from .backoff import backoff
 
 if TYPE_CHECKING:
     from .chain import Settings
@@ -67,8 +66,7 @@ class RetryFs(ForwardingFs):
         return cls(parent, attempts, backoff, max_backoff)
 
     async def _sleep(self, attempt: int) -> None:
-        delay = min(self.max_backoff, self.backoff * (2 ** attempt))
-        await asyncio.sleep(random.uniform(delay / 2, delay))
+        await backoff(attempt, self.backoff, self.max_backoff)
 
     async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
         for attempt in range(self.attempts):

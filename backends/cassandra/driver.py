@@ -4,122 +4,30 @@ Chain syntax::
 
     cassandra:127.0.0.1:9042;10.0.0.2,keyspace=mail,replication=SimpleStrategy:3
 
-Settings: the hosts (positional, or ``hosts``; ``;``-separated ``host[:port]``, IPv6 as
-``[::1]:9042``; default ``127.0.0.1:9042``), ``keyspace`` (cloudcote), ``prefix`` (key
-namespace), ``replication`` (used when this driver creates the keyspace:
-``SimpleStrategy:1`` (default) or ``NetworkTopologyStrategy:dc1=3;dc2=3``), ``consistency``
-(LOCAL_QUORUM), ``serial_consistency`` (SERIAL; or LOCAL_SERIAL), ``chunk_size`` (256k,
-4k..4MB: the largest cell this driver writes), ``create_schema`` (yes: create the keyspace
-and tables if missing when the chain is opened; no: a missing one is an FsInvalidSpec
-naming it), ``username``/``password`` (PlainTextAuthProvider), ``timeout`` (12s per
-request), ``retries`` (3, with backoff, for what is safe to retry), ``local_dc`` (the
-DC-aware load balancer's local data centre; default: the first contact point's),
-``protocol`` (native protocol version, 5; Cassandra 3.x needs 4).
-
-Schema (``chunk``, ``size`` and ``mtime`` describe the payload; ``lid`` is the listing id)::
-
-    objects (path text PRIMARY KEY, kind text, id uuid, lid uuid, size bigint, chunk int,
-             mtime timestamp, metadata map<text,text>, data blob)
-    chunks  (blob uuid, n int, data blob, PRIMARY KEY (blob, n))
-    segments(log uuid, seq bigint, nonce uuid, size bigint, chunk int, blob uuid,
-             data blob, PRIMARY KEY (log, seq))
-    listing (dir text, name text, lid uuid, PRIMARY KEY (dir, name, lid))
-
-An ``objects`` row is the object: ``kind`` is ``inline`` (the bytes are in ``data``, for
-objects up to ``chunk_size``), ``chunked`` (the bytes are the ``chunks`` rows of blob ``id``)
-or ``log`` (an append log whose records are the ``segments`` rows of log ``id``).  ``id`` is
-fresh for every write, so readers follow a pointer and never see a mix.
-
-- ``write(CREATE)``: chunks first, under a fresh blob id; then ONE
-  ``INSERT ... IF NOT EXISTS`` (a Paxos round) publishes the row.  A loser deletes its
-  chunks and gets FsExists.
-- ``write(REPLACE)``, ``delete``: compare-and-set on the row's ``id`` (``UPDATE ... IF``,
-  ``DELETE ... IF``), then the displaced payload is deleted.  Every write to ``objects`` is
-  thus a lightweight transaction: Cassandra warns against mixing LWT and plain writes on
-  one row (a plain delete stamped by a clock running ahead would hide a later LWT create
-  that reported success), and the compare-and-set tells each replacer exactly which blob it
-  displaced, so no chunks are orphaned by two concurrent replacers.
-- ``append``: a log row (``kind=log``, ``id`` = the log's generation) is created with
-  ``IF NOT EXISTS`` on first use; each record is a ``segments`` row created with
-  ``INSERT ... IF NOT EXISTS`` at the next sequence number (cached per log, else found by
-  ``ORDER BY seq DESC LIMIT 1``), so the order is total and gap-free without a lock.
-  Appends to one path that wait in this process are sent together as one conditional
-  single-partition batch (group commit: all or nothing, one Paxos round).  Every record
-  carries a random ``nonce`` (``token`` is a reserved word in CQL): after an uncertain
-  outcome (a timeout of the Paxos round) a SERIAL read of that sequence number tells
-  whether the record is ours, so it is never written twice.  A loser of a round pauses a
-  random moment (1 ms, doubling per loss) before it tries the next number.  An append
-  returns its record's offset: the sizes of the segments before its sequence number,
-  known from this process's own appends and reads, else read once (at ``consistency``,
-  or SERIAL if that read shows a gap) after the insert, when they are immutable.  Records larger
-  than ``chunk_size`` are chunked like objects.  ``delete`` of a log removes the row
-  first, then the generation's segments; a later log under the same path gets a new
-  generation, so stale segments never reappear.  One log is one partition: keep logs
-  bounded (the mail index rotates them through snapshots).
-- uncertain outcomes elsewhere: a CREATE or delete whose Paxos round timed out is settled
-  by a SERIAL read of the row (ours, someone else's, or absent: try again); a REPLACE whose
-  row then holds neither the old nor the new id raises FsUnavailable (its write may have
-  been applied and replaced already, so it is not repeated).
-- reads: one row read at ``consistency``, then the payload.  A reader of a chunked object
-  that finds a chunk gone (a concurrent replace or delete) re-reads the row and starts
-  over; ``read_stream`` does so too for objects up to 4 MiB (it fetches them whole before
-  yielding), while a larger stream that loses its blob after its first chunk raises
-  FsNotFound, as the contract allows.
-- ``copy``: through the client (Cassandra has no server-side copy), one chunk at a time.
-
-Listing: Cassandra cannot range-scan partition keys, so the ``listing`` table keeps one
-partition per "directory": the entry ``(dir, name, lid)`` for each object, and a
-``(parent, "sub/")`` entry for each directory on the way (written once, cached in
-process, never deleted: an empty directory is only a little wasted scanning; a process
-that saw the tables truncated under it must be restarted).
-``iter(prefix)`` reads the prefix's directory from the clustering range ``name >= start``
-(stopping at the first name without the prefix) and descends into matching
-subdirectories.  A create writes its entry before it publishes the row, a delete removes
-it after the row, both at ``consistency``; entries carry the object's listing id so a
-delete never removes the entry of a newer object under the same name.  Hence, with a
-quorum ``consistency``, an object whose create has returned is always listed
-(``Feature.CONSISTENT_LIST``; with ``LOCAL_QUORUM``, within one data centre); the
-listing may also show a path whose create failed or
-crashed before publishing, or whose delete crashed after unpublishing (a reader then gets
-FsNotFound, as after any concurrent delete).
-
-Timestamps: plain writes (chunks, segments deletes, listing) carry the driver's monotonic
-client timestamps; every ``objects`` write is Paxos-ordered.  Errors: authentication and
-authorization -> FsPermission; Unavailable, timeouts, NoHostAvailable, OperationTimedOut,
-overload -> bounded retries with backoff where the request is idempotent or certainly not
-applied, else resolved by a SERIAL read, else FsUnavailable.
-
-Schema: created at open when missing (``IF NOT EXISTS``, about a second per statement),
-never per operation; the check is the driver's schema metadata, so opening an existing
-keyspace costs no DDL.  Create it once before starting many processes on a multi-node
-cluster: concurrent first-time CREATE TABLEs on different coordinators can disagree.
-
-``Feature.BATCH_LOG_READ`` is claimed: a log range is one sizes query plus one query per
-``SPAN_BYTES`` (4 MiB) of records, however many records that is.
-
-Not claimed: ``Feature.DURABLE`` (Cassandra acknowledges writes before its commit log is
-synced unless the server runs ``commitlog_sync: batch``/``group``), ``Feature.COPY``,
-``Feature.APPEND`` (emulated).
+Every write to ``objects`` is a lightweight transaction; an append inserts ``IF NOT
+EXISTS`` at the next sequence number of its log's ``segments`` partition; ``listing`` keeps
+one partition per "directory" for ``iter``.  The settings, the schema, how each operation
+and each uncertain outcome is handled, and what is claimed: docs/libfs.md, section
+"Cassandra".
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
-import random
 import re
 import socket
 import time
 import uuid
 import warnings
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from cachetools import LRUCache
 from cassandra import (
     AuthenticationFailed,
     ConsistencyLevel,
@@ -179,6 +87,9 @@ from cloudcote.libfs.api import (
     check_path,
     check_prefix,
 )
+from cloudcote.libfs.backoff import backoff
+from cloudcote.libfs.kit import Changed, chunk_count, chunk_span, clip
+from cloudcote.libfs.seglog import GroupCommit, RecordIndex, claim
 
 from .aio import Page, blocking, execute
 
@@ -357,35 +268,13 @@ class _Payload:
     data: bytes | None
 
 
-@dataclass
-class _Log:
-    """Known segment sizes of one log generation; segments are immutable while it lives,
-    so this only grows."""
+class _Log(RecordIndex):
+    """Known segment sizes of one log generation, and where this process will try its
+    next append (None: look up the tail)."""
 
-    ends: list[int] = field(default_factory=list)  # ends[i]: log size through segment i
-    mtime: float = 0.0
-    next_seq: int | None = None  # where this process will try its next append
-
-    @property
-    def count(self) -> int:
-        return len(self.ends)
-
-    @property
-    def size(self) -> int:
-        return self.ends[-1] if self.ends else 0
-
-    def start(self, seq: int) -> int:
-        return self.ends[seq - 1] if seq else 0
-
-    def add(self, seq: int, size: int, stamp: float) -> None:
-        if seq == len(self.ends):
-            self.ends.append(self.size + size)
-        if stamp > self.mtime:
-            self.mtime = stamp
-
-
-class _Vanished(Exception):
-    """A chunk or segment the row pointed to is gone: the object changed under us."""
+    def __init__(self) -> None:
+        super().__init__()
+        self.next_seq: int | None = None
 
 
 class _Uncertain(Exception):
@@ -394,14 +283,6 @@ class _Uncertain(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
-
-
-@dataclass
-class _AppendQueue:
-    """Records waiting to be appended to one path by this process, in call order."""
-
-    items: deque[tuple[bytes, asyncio.Future[int]]] = field(default_factory=deque)
-    task: asyncio.Task[None] | None = None
 
 
 def _connection_class() -> type:
@@ -452,7 +333,7 @@ class _Unsettled(FsUnavailable):
 
 
 class CassandraFs(Fs):
-    """Objects in a Cassandra keyspace; see the module docstring for the guarantees."""
+    """Objects in a Cassandra keyspace; see docs/libfs.md for the guarantees."""
 
     name = "cassandra"
 
@@ -484,9 +365,13 @@ class CassandraFs(Fs):
         self.timeout = timeout
         self.attempts = retries + 1
         self._ps: dict[str, PreparedStatement] = {}
-        self._logs: OrderedDict[uuid.UUID, _Log] = OrderedDict()
-        self._dirs: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._appends: dict[str, _AppendQueue] = {}
+        self._logs: LRUCache[uuid.UUID, _Log] = LRUCache(LOG_CACHE_ENTRIES)
+        #: Directory entries known to be written.
+        self._dirs: LRUCache[tuple[str, str], None] = LRUCache(DIR_CACHE_ENTRIES)
+        # Small records waiting for one path go as one conditional batch of up to a
+        # chunk's bytes; a larger (chunked) record goes alone.
+        self._appends: GroupCommit[str] = GroupCommit(
+            self._append_batch, max_records=BATCH_RECORDS, max_bytes=chunk_size)
         # A range read fetches its segments in spans of SPAN_BYTES: BATCH_LOG_READ.
         feats = {Feature.ATOMIC_CREATE, Feature.METADATA, Feature.BATCH_LOG_READ}
         if consistency in QUORUM_LEVELS:
@@ -692,10 +577,7 @@ class CassandraFs(Fs):
         return "cassandra:" + ",".join(parts)
 
     async def close(self) -> None:
-        """Wait for queued appends, then close the cluster connections."""
-        tasks = [q.task for q in self._appends.values() if q.task is not None]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        """Close the cluster connections."""
         await _shutdown(self.cluster)
 
     # -- keys --------------------------------------------------------------------------------
@@ -715,10 +597,6 @@ class CassandraFs(Fs):
         return dirs, (d, parts[-1])
 
     # -- running statements --------------------------------------------------------------------
-
-    async def _sleep(self, attempt: int) -> None:
-        delay = min(1.0, 0.05 * (2 ** attempt))
-        await asyncio.sleep(random.uniform(delay / 2, delay))
 
     def _map(self, exc: BaseException, op: str, path: str) -> FsError:
         msg = f"cassandra {op} {path!r}: {type(exc).__name__}: {exc}"
@@ -746,7 +624,7 @@ class CassandraFs(Fs):
                 if _transient(exc) and attempt < self.attempts - 1:
                     log.info("cassandra %s %r: retrying after %s: %s", op, path,
                              type(exc).__name__, exc)
-                    await self._sleep(attempt)
+                    await backoff(attempt, 0.05, 1.0)
                     continue
                 raise self._map(exc, op, path) from exc
         raise AssertionError("unreachable")
@@ -778,7 +656,7 @@ class CassandraFs(Fs):
                     raise self._map(exc, op, path) from exc
                 if attempt < self.attempts - 1:
                     log.info("cassandra %s %r: retrying after %s", op, path, exc)
-                    await self._sleep(attempt)
+                    await backoff(attempt, 0.05, 1.0)
                     continue
                 raise self._map(exc, op, path) from exc
             except Exception as exc:
@@ -815,7 +693,7 @@ class CassandraFs(Fs):
                 part = data[n * size:(n + 1) * size]
                 await self._run("put_chunk", (blob, n, part), op="write", path=path)
 
-        await asyncio.gather(*(put(n) for n in range((len(data) + size - 1) // size)))
+        await asyncio.gather(*(put(n) for n in range(chunk_count(len(data), size))))
 
     async def _payload(self, data: bytes, path: str) -> _Payload:
         if len(data) <= self.chunk_size:
@@ -854,7 +732,7 @@ class CassandraFs(Fs):
     async def _get_chunk(self, blob: uuid.UUID, n: int, path: str) -> bytes:
         page = await self._run("get_chunk", (blob, n), op="read", path=path)
         if not page.rows or page.rows[0].get("data") is None:
-            raise _Vanished(f"chunk {n} of blob {blob}")
+            raise Changed(f"chunk {n} of blob {blob}")
         return bytes(page.rows[0]["data"])
 
     async def _blob_range(self, blob: uuid.UUID, chunk: int, size: int, start: int,
@@ -862,7 +740,7 @@ class CassandraFs(Fs):
         """Bytes ``[start, end)`` of a chunked payload, chunks fetched in parallel."""
         if start >= end:
             return b""
-        first, last = start // chunk, (end - 1) // chunk
+        first, last = chunk_span(start, end, chunk)
         sem = asyncio.Semaphore(CHUNK_WINDOW)
 
         async def get(n: int) -> bytes:
@@ -870,9 +748,7 @@ class CassandraFs(Fs):
                 return await self._get_chunk(blob, n, path)
 
         parts = await asyncio.gather(*(get(n) for n in range(first, last + 1)))
-        whole = b"".join(parts)
-        offset = first * chunk
-        return whole[start - offset:end - offset]
+        return clip(b"".join(parts), first * chunk, start, end)
 
     # -- listing entries -----------------------------------------------------------------------
 
@@ -887,8 +763,6 @@ class CassandraFs(Fs):
         await asyncio.gather(*calls)
         for item in todo:
             self._dirs[item] = None
-        while len(self._dirs) > DIR_CACHE_ENTRIES:
-            self._dirs.popitem(last=False)
 
     async def _drop_entry(self, path: str, lid: uuid.UUID | None) -> None:
         if lid is None:
@@ -1124,7 +998,7 @@ class CassandraFs(Fs):
             try:
                 await self.write_stream(dst, self._stream(src, skey, row, self.chunk_size),
                                         mode, row.metadata)
-            except _Vanished:
+            except Changed:
                 continue
             return
         raise FsUnavailable(f"cassandra copy {src!r}: the source keeps changing",
@@ -1145,7 +1019,7 @@ class CassandraFs(Fs):
             row = await self._existing(key, path)
             try:
                 return await self._row_range(row, path, start, end)
-            except _Vanished:
+            except Changed:
                 continue  # replaced or deleted meanwhile: look again
         raise FsUnavailable(f"cassandra read {path!r}: the object keeps changing",
                             path=path, op="read")
@@ -1170,7 +1044,7 @@ class CassandraFs(Fs):
             if row.kind != "log" and row.size <= STREAM_WHOLE:
                 try:
                     data = await self._row_range(row, path, 0, None)
-                except _Vanished:
+                except Changed:
                     continue
                 for i in range(0, len(data), chunk_size):
                     yield data[i:i + chunk_size]
@@ -1181,7 +1055,7 @@ class CassandraFs(Fs):
                     started = True
                     yield piece
                 return
-            except _Vanished:
+            except Changed:
                 if started:
                     raise FsNotFound(f"cassandra: {path!r} was replaced or deleted while "
                                      "being read", path=path, op="read") from None
@@ -1190,7 +1064,7 @@ class CassandraFs(Fs):
 
     async def _stream(self, path: str, key: str, row: _Row,
                       piece: int) -> AsyncIterator[bytes]:
-        """The payload of ``row`` in pieces of at most ``piece`` bytes; raises _Vanished
+        """The payload of ``row`` in pieces of at most ``piece`` bytes; raises Changed
         when part of it is gone."""
         if row.kind == "inline":
             data = row.data or b""
@@ -1202,7 +1076,7 @@ class CassandraFs(Fs):
                 for i in range(0, len(part), piece):
                     yield part[i:i + piece]
             return
-        count = (row.size + row.chunk - 1) // row.chunk
+        count = chunk_count(row.size, row.chunk)
         ahead: deque[asyncio.Task[bytes]] = deque()
         nxt = 0
         try:
@@ -1232,7 +1106,7 @@ class CassandraFs(Fs):
                 return Stat(path, row.size, row.mtime, row.metadata)
             try:
                 info = await self._log_info(row, path)
-            except _Vanished:
+            except Changed:
                 continue
             return Stat(path, info.size, info.mtime or row.mtime, {})
         raise FsUnavailable(f"cassandra stat {path!r}: the object keeps changing",
@@ -1243,7 +1117,7 @@ class CassandraFs(Fs):
         return await self._head(self._key(path), path) is not None
 
     async def iter(self, prefix: str = "") -> AsyncIterator[str]:
-        """Walk the listing partitions under ``prefix`` (see the module docstring for what
+        """Walk the listing partitions under ``prefix`` (see docs/libfs.md for what
         is promised). Raises FsUnavailable."""
         check_prefix(prefix)
         if not prefix or prefix.endswith("/"):
@@ -1278,10 +1152,6 @@ class CassandraFs(Fs):
         info = self._logs.get(gen)
         if info is None:
             info = self._logs[gen] = _Log()
-            while len(self._logs) > LOG_CACHE_ENTRIES:
-                self._logs.popitem(last=False)
-        else:
-            self._logs.move_to_end(gen)
         return info
 
     async def _log_sizes(self, gen: uuid.UUID, path: str) -> _Log:
@@ -1293,17 +1163,17 @@ class CassandraFs(Fs):
                 seq = seg["seq"]
                 if seq != info.count:
                     break  # no holes (next number only): don't trust what follows one
-                info.add(seq, int(seg["size"]), (seg.get("wt") or 0) / 1e6)
+                info.note(seq, int(seg["size"]), (seg.get("wt") or 0) / 1e6)
         return info
 
     async def _log_info(self, row: _Row, path: str) -> _Log:
-        """The sizes of log ``row``; raises _Vanished if it has no segment because it was
+        """The sizes of log ``row``; raises Changed if it has no segment because it was
         deleted after ``row`` was read (rather than not appended to yet)."""
         info = await self._log_sizes(row.id, path)
         if not info.count:
             now = await self._head(self._key(path), path)
             if now is None or now.id != row.id:
-                raise _Vanished(f"log {row.id}")
+                raise Changed(f"log {row.id}")
         return info
 
     async def _log_range(self, row: _Row, path: str, start: int, end: int | None) -> bytes:
@@ -1327,11 +1197,12 @@ class CassandraFs(Fs):
     async def _log_segments(self, gen: uuid.UUID, path: str, info: _Log, start: int,
                             stop: int) -> AsyncIterator[tuple[int, bytes]]:
         """The segments covering bytes ``[start, stop)``, fetched in spans of about
-        ``SPAN_BYTES``.  Raises _Vanished when the log was deleted meanwhile."""
+        ``SPAN_BYTES``.  Raises Changed when the log was deleted meanwhile."""
         ends = info.ends
-        first = bisect.bisect_right(ends, start)
-        last = bisect.bisect_left(ends, stop)  # the segment holding byte stop-1
-        seq = first
+        records = info.span(start, stop)
+        if not records:
+            return
+        seq, last = records[0], records[-1]
         while seq <= last:
             span_end = seq
             while span_end < last and ends[span_end + 1] - info.start(seq) <= SPAN_BYTES:
@@ -1342,16 +1213,16 @@ class CassandraFs(Fs):
             rows = page.rows
             for seg in rows:
                 if seg["seq"] != expect:
-                    raise _Vanished(f"segment {expect} of log {gen}")
+                    raise Changed(f"segment {expect} of log {gen}")
                 data = seg.get("data")
                 if seg.get("blob") is not None:
-                    size = ends[expect] - info.start(expect)
+                    size = info.record_size(expect)
                     data = await self._blob_range(seg["blob"], seg["chunk"], size, 0,
                                                   size, path)
                 yield expect, bytes(data or b"")
                 expect += 1
             if expect != span_end + 1:
-                raise _Vanished(f"segment {expect} of log {gen}")
+                raise Changed(f"segment {expect} of log {gen}")
             seq = span_end + 1
 
     async def append(self, path: str, data: bytes) -> int:
@@ -1362,61 +1233,7 @@ class CassandraFs(Fs):
         self._key(path)
         if not data:
             raise FsError("cassandra append: empty record", path=path, op="append")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
-        queue = self._appends.get(path)
-        if queue is None:
-            queue = self._appends[path] = _AppendQueue()
-        queue.items.append((bytes(data), fut))
-        if queue.task is None:
-            queue.task = asyncio.ensure_future(self._append_worker(path, queue))
-        return await fut
-
-    async def _append_worker(self, path: str, queue: _AppendQueue) -> None:
-        """Drain ``queue`` in order, a batch at a time."""
-        try:
-            while queue.items:
-                batch: list[tuple[bytes, asyncio.Future[int]]] = []
-                inline = 0
-                while queue.items and len(batch) < BATCH_RECORDS:
-                    data, fut = queue.items[0]
-                    if fut.cancelled():
-                        queue.items.popleft()
-                        continue
-                    big = len(data) > self.chunk_size
-                    if batch and (big or inline + len(data) > self.chunk_size):
-                        break
-                    queue.items.popleft()
-                    batch.append((data, fut))
-                    inline += 0 if big else len(data)
-                    if big:
-                        break
-                if not batch:
-                    continue
-                try:
-                    offsets = await self._append_batch(path, [d for d, _ in batch])
-                except Exception as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                except BaseException:
-                    for _, fut in batch:
-                        fut.cancel()
-                    raise
-                else:
-                    for (_, fut), offset in zip(batch, offsets, strict=True):
-                        if not fut.done():
-                            fut.set_result(offset)
-        finally:
-            queue.task = None
-            if self._appends.get(path) is queue:
-                if queue.items:  # cancelled midway: fail what is left rather than hang it
-                    for _, fut in queue.items:
-                        if not fut.done():
-                            fut.set_exception(FsUnavailable(
-                                f"cassandra append {path!r}: cancelled", path=path,
-                                op="append"))
-                del self._appends[path]
+        return await self._appends.append(path, path, bytes(data))
 
     async def _log_row(self, key: str, path: str) -> _Row:
         """The live log row at ``path``, created if absent. Raises FsExists."""
@@ -1435,7 +1252,7 @@ class CassandraFs(Fs):
             return row
         raise FsUnavailable(f"cassandra append {path!r}: gave up", path=path, op="append")
 
-    async def _append_batch(self, path: str, records: list[bytes]) -> list[int]:
+    async def _append_batch(self, path: str, _path: str, records: list[bytes]) -> list[int]:
         """Append ``records`` at consecutive sequence numbers, all or none; their offsets."""
         key = self._key(path)
         row = await self._log_row(key, path)
@@ -1447,43 +1264,42 @@ class CassandraFs(Fs):
             blob = uuid.uuid4()
             await self._put_chunks(blob, records[0], path)
         applied = unsettled = False
-        try:
-            seq = info.next_seq
-            if seq is None:
-                seq = await self._next_seq(gen, path)
-            rounds = unsure = 0
+        unsure = 0
+
+        async def create(seq: int) -> bool:
+            nonlocal unsure
             while True:
                 stmt = self._segment_batch(gen, seq, tokens, records, blob)
                 try:
                     res = await self._cas(stmt, None, op="append", path=path)
                 except _Uncertain as unc:
                     owner = await self._settle_segment(gen, seq, path, unc)
-                    if owner == tokens[0]:
-                        applied = True
-                    elif owner is None:
+                    if owner is None:
                         unsure += 1
                         if unsure >= self.attempts:
                             raise self._map(unc.cause, "append", path) from unc.cause
                         continue  # certainly not there: the same number again
-                    else:
-                        seq = await self._next_seq(gen, path)
-                        continue
-                else:
-                    applied = bool(res.get("[applied]"))
-                    if not applied and res.get("seq") == seq and res.get("nonce") == tokens[0]:
-                        applied = True  # an earlier uncertain round of ours got through
-                if applied:
-                    info.next_seq = seq + len(records)
-                    break
-                rounds += 1
-                if rounds > MAX_APPEND_ROUNDS:
-                    raise FsUnavailable(f"cassandra append {path!r}: too much contention",
-                                        path=path, op="append")
-                # Lost to another appender: step back a random moment, so that the losers
-                # do not all start their next Paxos round together (measured: about 1.5x
-                # the throughput of 8 contending processes).
-                await asyncio.sleep(random.uniform(0, APPEND_JITTER * 2 ** min(rounds, 5)))
+                    return owner == tokens[0]
+                if res.get("[applied]"):
+                    return True
+                # Not applied: ours anyway if an earlier uncertain round got through.
+                return res.get("seq") == seq and res.get("nonce") == tokens[0]
+
+        async def pause(lost: int) -> None:
+            # Lost to another appender: step back a random moment, so that the losers do
+            # not all start their next Paxos round together (measured: about 1.5x the
+            # throughput of 8 contending processes).
+            await backoff(lost, APPEND_JITTER, APPEND_JITTER * 32, full=True)
+
+        try:
+            seq = info.next_seq
+            if seq is None:
                 seq = await self._next_seq(gen, path)
+            seq = await claim(seq, create, lambda _: self._next_seq(gen, path),
+                              rounds=MAX_APPEND_ROUNDS, pause=pause,
+                              what="cassandra append", path=path)
+            applied = True
+            info.next_seq = seq + len(records)
         except _Unsettled:
             unsettled = True
             raise
@@ -1497,7 +1313,7 @@ class CassandraFs(Fs):
         now = time.time()
         for i, data in enumerate(records):
             offsets.append(offset)
-            info.add(seq + i, len(data), now)  # known from now on: the next append's start
+            info.note(seq + i, len(data), now)  # known from now on: the next append's start
             offset += len(data)
         return offsets
 
@@ -1515,7 +1331,7 @@ class CassandraFs(Fs):
             for seg in page.rows:
                 if seg["seq"] != info.count:
                     break
-                info.add(seg["seq"], int(seg["size"]), 0.0)
+                info.note(seg["seq"], int(seg["size"]), 0.0)
         if info.count < seq:
             # Only a delete removes segments: the log went away under our append.
             raise FsUnavailable(f"cassandra append {path!r}: the log was deleted while the "

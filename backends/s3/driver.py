@@ -4,98 +4,10 @@ Chain syntax::
 
     s3:mail,endpoint=http://127.0.0.1:8333,access_key=...,secret_key=...,prefix=site1
 
-Settings: ``bucket`` (also the positional setting), ``endpoint`` (absent: AWS), ``region``
-(us-east-1), ``prefix`` (key namespace), ``access_key``/``secret_key`` (else the standard
-AWS credential chain), ``addressing`` (path|virtual|auto; path when ``endpoint`` is given,
-else auto), ``pool`` (connections, 32), ``multipart_threshold`` (16MB), ``part_size`` (8MB,
-at least 5MB), ``retries`` (5), ``timeout`` (30s), ``create_bucket`` (no), ``atomic_create``
-(yes: the store honours ``If-None-Match: *`` atomically; say no for moto, which checks then
-puts: it only drops Feature.ATOMIC_CREATE and adds the checks noted below),
-``multipart_create`` (copy|complete, default copy; see below), ``segment_cache`` (8MB of
-immutable append segments kept in memory; 0 disables).
-
-How each operation maps onto S3:
-
-- ``write(CREATE)``: ``PutObject`` with ``If-None-Match: *``; 412 -> FsExists.  The content
-  type carries a random token (``application/octet-stream; token=...``): when botocore had
-  to resend the request and the resend got 412, a ``HeadObject`` tells whether the object
-  is ours (the first send won, its reply was lost) or someone else's.
-- ``write(REPLACE)``: plain ``PutObject`` (S3 replaces atomically).
-- ``write`` above ``multipart_threshold``, ``write_stream`` above
-  ``min(part_size, multipart_threshold)``: a multipart upload holding one part in memory
-  (deciding against the threshold itself would mean buffering the whole threshold).
-  REPLACE completes at the path.  CREATE, with ``multipart_create=copy`` (the default),
-  completes at a temporary key ``<prefix>/.cloudcote-tmp/<uuid>``, publishes it with one
-  server-side ``CopyObject`` + ``If-None-Match: *`` and deletes the temporary key; this is
-  because SeaweedFS (4.48) checks ``If-None-Match`` on ``CompleteMultipartUpload`` outside
-  its object lock: 8 concurrent conditional completes of one key all succeeded in 4 of 5
-  rounds, while conditional ``CopyObject`` had exactly one winner in every round.
-  CopyObject caps this at 5 GiB; a larger CREATE fails (use ``multipart_create=complete``
-  on a store whose conditional complete is atomic, such as AWS).  A crash leaves the
-  temporary object behind (garbage for a purge; incomplete uploads want a bucket lifecycle
-  rule ``AbortIncompleteMultipartUpload``).
-- ``copy``: ``HeadObject`` of the source, then server-side ``CopyObject`` with
-  ``x-amz-copy-source-if-match`` (the object we looked at) and, for CREATE,
-  ``If-None-Match: *``.  With ``atomic_create=no`` a CREATE copy also checks the
-  destination first, since such stores (moto) ignore ``If-None-Match`` on CopyObject: that
-  copy is check-then-copy, not atomic.  Sources that are append logs, or larger than
-  CopyObject's 5 GiB, are copied through the client by streaming.
-- ``read_range``: ``GetObject`` with ``Range``; ``read_stream``: one ``GetObject`` whose
-  body is read chunk by chunk (so a concurrent replace never mixes in).
-- ``iter``: ``ListObjectsV2`` pages (S3 listings are strongly consistent); the reserved
-  areas are skipped with one extra listing that starts after them.
-- ``delete``: ``HeadObject`` (is it a log?), ``DeleteObject``, then the log's segments.
-
-Append emulation (S3 has no append).  A log's record 0 *is* the object at the path's own
-key (the "head"), so a log and a whole object share one key and cannot coexist: a CREATE
-write on a log path gets 412, and listing shows a log once, as its head.  The head's
-content type is ``application/x-cloudcote-log; gen=<16 hex>; token=...``; ``gen`` is a
-random generation chosen when the head is created.  Record n >= 1 is the segment object::
-
-    <prefix>/.cloudcote-seg/<path>/<gen>.<n as 12 digits>
-
-created with ``If-None-Match: *`` at the next free number (found by ``ListObjectsV2``
-after the last number this driver knows; the tail is cached per path).  On 412 the
-appender re-lists the tail and tries the next number: a gap-free total order, no lock
-between processes (within one process appends to a path take turns).
-Why this key scheme:
-
-- it cannot collide with a user path: the top-level names ``.cloudcote-seg`` and
-  ``.cloudcote-tmp`` are reserved (paths starting with them are refused, as posix reserves
-  ``.cloudcote-tmp``).  Keys made unrepresentable as paths (an empty, ``.`` or ``..``
-  segment) do not survive SeaweedFS, which folds ``a//b`` into ``a/b`` and refuses
-  ``.``/``..`` segments;
-- the random ``gen`` makes segments of a deleted log unreachable: ``delete`` removes the
-  head first, which is atomic for readers, then the segments; segments that a crash or a
-  racing appender leaves behind belong to a dead generation and never reappear in a log
-  created later under the same path (they are garbage until a purge);
-- segments are immutable for the life of their generation, so their sizes and bytes can
-  be cached safely; every read and append first looks at the head (one request) to learn
-  whether the generation it cached is still the live one.
-
-An append costs ``HeadObject`` + ``PutObject`` when the tail is cached and uncontended.
-It returns its record's offset without reading anything back: the head is at 0, and
-segment n is taken only when the sizes of records 0..n-1 are known (from this driver's own
-appends or the tail listing, which reports sizes).  A read of a byte range costs one GET
-per segment it spans (no ``Feature.BATCH_LOG_READ``).
-A segment's content type carries the attempt's token, for the same lost-reply check as a
-CREATE.  ``write(REPLACE)`` over a log replaces the head only; the old segments become
-garbage.  ``append`` on a path written whole raises FsExists.
-
-Retries: botocore's standard retry mode (``retries`` resends) covers 5xx, SlowDown,
-throttling and connection errors; whatever is left is FsUnavailable.  ``self.requests``
-counts the HTTP requests sent, per S3 operation, resends included.
-
-SeaweedFS notes (4.48):
-
-- when several writers race for one key, the losers of a conditional write may be held
-  for about a second each before their 412 (about three are released per second); a
-  loser for a key that already exists gets its 412 at once;
-- a key with objects under ``key/`` is a filer directory: a conditional PUT of ``key``
-  then gets 412 although HEAD says 404 (a plain PUT works).  As on posix, a path cannot
-  be created once it has "children"; ``append`` says so instead of retrying forever;
-- Feature.DURABLE is the S3 API's promise; SeaweedFS syncs volume writes only when
-  configured to (``fs.configure -locationPrefix=/buckets/<bucket>/ -fsync -apply``).
+Creates are conditional PUTs (``If-None-Match: *``); an append log is its head object at
+the path plus one segment object per append (or group of appends) under the reserved
+``.cloudcote-seg/``.  The settings, how each operation maps onto S3, the key scheme and
+the SeaweedFS notes: docs/libfs.md, section "S3".
 """
 
 from __future__ import annotations
@@ -107,16 +19,15 @@ import logging
 import secrets
 import time
 import uuid
-import weakref
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from cachetools import LRUCache
 
 from cloudcote.libfs.api import (
     DEFAULT_CHUNK_SIZE,
@@ -134,6 +45,9 @@ from cloudcote.libfs.api import (
     check_path,
     check_prefix,
 )
+from cloudcote.libfs.backoff import backoff
+from cloudcote.libfs.kit import Changed
+from cloudcote.libfs.seglog import GroupCommit, RecordIndex, claim
 
 if TYPE_CHECKING:
     from cloudcote.libfs.chain import Settings
@@ -158,6 +72,12 @@ LOG_CACHE_ENTRIES = 4096
 SEGMENT_FETCH_WHOLE = MIB
 #: Give up on an operation whose object keeps changing under it.
 MAX_RESTARTS = 20
+#: Appends to one path waiting in this process go as one object of at most this many
+#: records and bytes (a larger record alone).
+BATCH_RECORDS = 64
+BATCH_BYTES = MIB
+#: Segment numbers lost to other appenders before giving up (each one means progress).
+MAX_APPEND_ROUNDS = 10_000
 
 _PERMISSION_CODES = frozenset({
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
@@ -175,57 +95,21 @@ class S3AccessDenied(FsInvalidSpec, FsPermission):
     (the chain cannot be opened) and a permission error (retrying will not help)."""
 
 
-@dataclass
-class _Log:
-    """What this driver knows about one generation of an append log.
+class _Log(RecordIndex):
+    """What this driver knows about one generation of an append log: record 0 is the
+    head, record n >= 1 segment n.  Segments are immutable while their generation lives,
+    so this only ever grows."""
 
-    ``sizes[0]`` is the head's size (record 0), ``sizes[n]`` segment n's.  Segments are
-    immutable while their generation lives, so this only ever grows."""
-
-    gen: str
-    sizes: list[int]
-    mtime: float
-    tail_known: bool = False
-    offsets: list[int] = field(default_factory=lambda: [0])
-
-    def offset(self, n: int) -> int:
-        """Byte offset of record ``n`` in the log (``n == len(sizes)``: the size)."""
-        while len(self.offsets) <= n:
-            i = len(self.offsets) - 1
-            self.offsets.append(self.offsets[i] + self.sizes[i])
-        return self.offsets[n]
-
-    @property
-    def size(self) -> int:
-        return self.offset(len(self.sizes))
+    def __init__(self, gen: str, head_size: int, mtime: float) -> None:
+        super().__init__(mtime)
+        self.gen = gen
+        self.tail_known = False
+        self.add(head_size)
 
 
-class _Restart(Exception):
-    """A log changed generation (or lost a segment) while we read it: start over."""
-
-
-class _SegmentCache:
-    """Immutable segment bytes by key, least recently used first out, bounded in bytes."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.items: OrderedDict[str, bytes] = OrderedDict()
-
-    def get(self, key: str) -> bytes | None:
-        data = self.items.get(key)
-        if data is not None:
-            self.items.move_to_end(key)
-        return data
-
-    def put(self, key: str, data: bytes) -> None:
-        if len(data) > self.limit // 8 or key in self.items:
-            return
-        self.items[key] = data
-        self.used += len(data)
-        while self.used > self.limit:
-            _, old = self.items.popitem(last=False)
-            self.used -= len(old)
+def _segment_cache(limit: int) -> LRUCache[str, bytes]:
+    """Immutable segment bytes by key, bounded in bytes (0: nothing is kept)."""
+    return LRUCache(maxsize=limit, getsizeof=len)
 
 
 def _parse_ctype(value: str | None) -> tuple[str, dict[str, str]]:
@@ -264,7 +148,7 @@ def _body(data: bytes | bytearray | io.BytesIO) -> bytes | bytearray | io.BytesI
 
 
 class S3Fs(Fs):
-    """Objects in one S3 bucket; see the module docstring for the guarantees."""
+    """Objects in one S3 bucket; see docs/libfs.md for the guarantees."""
 
     name = "s3"
 
@@ -297,13 +181,14 @@ class S3Fs(Fs):
         self.multipart_create = multipart_create
         #: HTTP requests sent, by S3 operation name (resends included).
         self.requests: Counter[str] = Counter()
-        self._logs: OrderedDict[str, _Log] = OrderedDict()
-        self._segments = _SegmentCache(segment_cache)
-        # One append per path at a time in this process: racing our own tasks for a segment
-        # number only costs 412s and listings, and on a store whose conditional PUT is not
-        # atomic (atomic_create=no) two of them could both "win" and one record be lost.
-        self._append_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
-            weakref.WeakValueDictionary())
+        self._logs: LRUCache[str, _Log] = LRUCache(LOG_CACHE_ENTRIES)
+        self._segments = _segment_cache(segment_cache)
+        # One append per path at a time in this process, the ones waiting meanwhile going
+        # together as the next segment: racing our own tasks for a segment number would
+        # only cost 412s and listings, and on a store whose conditional PUT is not atomic
+        # (atomic_create=no) two of them could both "win" and one record be lost.
+        self._appends: GroupCommit[str] = GroupCommit(
+            self._append, max_records=BATCH_RECORDS, max_bytes=BATCH_BYTES)
         self._fetch_slots = asyncio.Semaphore(max(1, pool // 2))
         feats = {Feature.COPY, Feature.METADATA, Feature.CONSISTENT_LIST, Feature.DURABLE}
         if atomic_create:
@@ -495,7 +380,7 @@ class S3Fs(Fs):
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
                 if code == "ConditionalRequestConflict" and attempt < 5:
-                    await asyncio.sleep(0.05 * 2 ** attempt)
+                    await backoff(attempt, 0.05, 1.6)
                     continue
                 raise self._map(exc, op, path) from exc
             except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
@@ -520,12 +405,7 @@ class S3Fs(Fs):
         """The cached state of generation ``gen`` of ``path``'s log (fresh if unknown)."""
         state = self._logs.get(path)
         if state is None or state.gen != gen:
-            state = _Log(gen, [head_size], mtime)
-            self._logs[path] = state
-            while len(self._logs) > LOG_CACHE_ENTRIES:
-                self._logs.popitem(last=False)
-        else:
-            self._logs.move_to_end(path)
+            state = self._logs[path] = _Log(gen, head_size, mtime)
         return state
 
     def _as_log(self, path: str, resp: Mapping[str, Any], head_size: int) -> _Log | None:
@@ -541,8 +421,8 @@ class S3Fs(Fs):
         from there, not from zero).  Stops at a hole: only a log being deleted has one."""
         prefix = self._seg_prefix(path, state.gen)
         kwargs: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/"}
-        if len(state.sizes) > 1:
-            kwargs["StartAfter"] = self._seg_key(path, state.gen, len(state.sizes) - 1)
+        if state.count > 1:
+            kwargs["StartAfter"] = self._seg_key(path, state.gen, state.count - 1)
         while True:
             page = await self._call("list_objects_v2", "append-list", path, **kwargs)
             for obj in page.get("Contents", ()):
@@ -550,15 +430,14 @@ class S3Fs(Fs):
                 if len(suffix) != 12 or not suffix.isdigit():
                     continue
                 n = int(suffix)
-                if n < len(state.sizes):
+                if n < state.count:
                     continue
-                if n > len(state.sizes):
+                if n > state.count:
                     log.warning("%s %r: log generation %s has no segment %d; reading it up "
-                                "to there", self.describe(), path, state.gen, len(state.sizes))
+                                "to there", self.describe(), path, state.gen, state.count)
                     state.tail_known = True
                     return
-                state.sizes.append(int(obj["Size"]))
-                state.mtime = max(state.mtime, _mtime(obj))
+                state.add(int(obj["Size"]), _mtime(obj))
             if not page.get("IsTruncated"):
                 break
             kwargs.pop("StartAfter", None)
@@ -568,9 +447,9 @@ class S3Fs(Fs):
     async def _fetch_segment(
         self, path: str, state: _Log, n: int, start: int = 0, end: int | None = None
     ) -> bytes:
-        """Bytes ``[start, end)`` of segment ``n >= 1``; raises _Restart if it is gone."""
+        """Bytes ``[start, end)`` of segment ``n >= 1``; raises Changed if it is gone."""
         key = self._seg_key(path, state.gen, n)
-        size = state.sizes[n]
+        size = state.record_size(n)
         end = size if end is None else min(end, size)
         if start >= end:
             return b""
@@ -584,11 +463,11 @@ class S3Fs(Fs):
                 try:
                     resp = await self._call("get_object", "read", path, **kwargs)
                 except FsNotFound:
-                    raise _Restart from None
+                    raise Changed from None
                 data = await self._read_body(resp, "read", path)
             if not whole:
                 return data
-            self._segments.put(key, data)
+            self._cache_segment(key, data)
         return data[start:end]
 
     async def _read_body(self, resp: Mapping[str, Any], op: str, path: str) -> bytes:
@@ -610,11 +489,8 @@ class S3Fs(Fs):
         if start >= end:
             return b""
         jobs = []
-        for n in range(len(state.sizes)):
-            lo, hi = state.offset(n), state.offset(n + 1)
-            if hi <= start or lo >= end:
-                continue
-            a, b = max(start, lo) - lo, min(end, hi) - lo
+        for n in state.span(start, end):
+            a, b = state.cut(n, start, end)
             if n == 0:
                 jobs.append(self._head_range(path, state, head, a, b))
             else:
@@ -629,7 +505,7 @@ class S3Fs(Fs):
                                 Range=f"bytes={a}-{b - 1}")
         data = await self._read_body(resp, "read", path)
         if _parse_ctype(resp.get("ContentType"))[1].get("gen") != state.gen:
-            raise _Restart
+            raise Changed
         return data
 
     # -- reads ----------------------------------------------------------------------------
@@ -646,7 +522,7 @@ class S3Fs(Fs):
                 return data
             try:
                 return await self._log_range(path, state, data, 0, None)
-            except _Restart:
+            except Changed:
                 continue
         raise FsUnavailable(f"{self.describe()} read {path!r}: log keeps changing", path=path)
 
@@ -667,7 +543,7 @@ class S3Fs(Fs):
                 if state is not None:
                     try:
                         return await self._log_range(path, state, None, start, end)
-                    except _Restart:
+                    except Changed:
                         continue
             rng = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
             try:
@@ -682,7 +558,7 @@ class S3Fs(Fs):
                     return b""
                 try:
                     return await self._log_range(path, state, None, start, end)
-                except _Restart:
+                except Changed:
                     continue
             data = await self._read_body(resp, "read", path)
             main, params = _parse_ctype(resp.get("ContentType"))
@@ -692,7 +568,7 @@ class S3Fs(Fs):
             state = self._log_for(path, params.get("gen", ""), total, _mtime(resp))
             try:
                 return await self._log_range(path, state, None, start, end)
-            except _Restart:
+            except Changed:
                 continue
         raise FsUnavailable(f"{self.describe()} read {path!r}: log keeps changing", path=path)
 
@@ -734,7 +610,7 @@ class S3Fs(Fs):
         self, path: str, state: _Log, head: bytes, chunk_size: int
     ) -> AsyncIterator[bytes]:
         await self._list_tail(path, state)
-        count = len(state.sizes)
+        count = state.count
         window = 8
         pending: list[asyncio.Task[bytes]] = []
         buf = bytearray(head)
@@ -752,7 +628,7 @@ class S3Fs(Fs):
                     break
                 try:
                     buf += await pending.pop(0)
-                except _Restart:
+                except Changed:
                     raise FsNotFound(f"{self.describe()} read {path!r}: the log was deleted "
                                      "while being read", path=path, op="read") from None
             if buf:
@@ -956,19 +832,26 @@ class S3Fs(Fs):
         """PutObject If-None-Match * of the next segment (the head for the first record);
         on 412 re-list the tail and take the next number.  Gap-free total order; a resent
         request that got 412 checks the segment's token, so a record is never stored
-        twice.  Returns the record's offset: 0 for the head, else the sum of the sizes of
-        the segments before ours, all known once we pick our number.  FsExists if ``path``
-        was written whole."""
+        twice.  Appends to the path waiting in this process go as one segment.  Returns
+        the record's offset: 0 for the head, else the sum of the sizes of the segments
+        before ours, all known once we pick our number.  FsExists if ``path`` was written
+        whole."""
         key = self._key(path)
         if not data:
             raise FsError("s3 append: empty record", path=path, op="append")
-        lock = self._append_locks.get(key)
-        if lock is None:
-            lock = self._append_locks[key] = asyncio.Lock()
-        async with lock:
-            return await self._append(path, key, data)
+        return await self._appends.append(key, path, bytes(data))
 
-    async def _append(self, path: str, key: str, data: bytes) -> int:
+    async def _append(self, key: str, path: str, records: list[bytes]) -> list[int]:
+        """Store ``records`` as one object, the head or the next segment; their offsets."""
+        data = records[0] if len(records) == 1 else b"".join(records)
+        offset = await self._append_object(path, key, data)
+        offsets = []
+        for record in records:
+            offsets.append(offset)
+            offset += len(record)
+        return offsets
+
+    async def _append_object(self, path: str, key: str, data: bytes) -> int:
         token = _token()
         phantom = 0
         for _ in range(MAX_RESTARTS):
@@ -1006,43 +889,57 @@ class S3Fs(Fs):
                             path=path, op="append")
 
     async def _append_segment(self, path: str, state: _Log, data: bytes, token: str) -> int:
-        """Segment ``len(state.sizes)`` (or the next free one after it); its offset."""
+        """Segment ``state.count`` (or the next free one after it); its offset."""
         if not state.tail_known:
             await self._list_tail(path, state)
         unseen = 0
-        while True:
-            n = len(state.sizes)
+        lost: FsExists | None = None
+
+        async def create(n: int) -> bool:
+            nonlocal lost
             seg_key = self._seg_key(path, state.gen, n)
             try:
                 await self._call("put_object", "append", path, Key=seg_key, Body=_body(data),
                                  ContentType=f"{CT_SEG}; token={token}", IfNoneMatch="*")
             except FsExists as exc:
                 if _retried(exc) and await self._holds_token(seg_key, token, "append", path):
-                    break
-                await self._list_tail(path, state)
-                if len(state.sizes) > n:
-                    unseen = 0
-                    continue
-                # 412 for a segment the listing does not show yet: give it a moment.
-                unseen += 1
-                if unseen > MAX_RESTARTS:
-                    raise FsUnavailable(f"{self.describe()} append {path!r}: segment {n} "
-                                        "is taken but never listed", path=path,
-                                        op="append") from exc
-                await asyncio.sleep(0.01 * unseen)
-                continue
-            break
+                    return True
+                lost = exc
+                return False
+            return True
+
+        async def tail(n: int) -> int:
+            nonlocal unseen
+            await self._list_tail(path, state)
+            if state.count > n:
+                unseen = 0
+                return state.count
+            # 412 for a segment the listing does not show yet: give it a moment.
+            unseen += 1
+            if unseen > MAX_RESTARTS:
+                raise FsUnavailable(f"{self.describe()} append {path!r}: segment {n} "
+                                    "is taken but never listed", path=path,
+                                    op="append") from lost
+            await asyncio.sleep(0.01 * unseen)
+            return n
+
+        n = await claim(state.count, create, tail, rounds=MAX_APPEND_ROUNDS,
+                        what=f"{self.describe()} append", path=path)
         # The writer may read its own record back soon.
-        self._segments.put(seg_key, bytes(data))
-        # Segment n is ours, and n was len(state.sizes) when we took it: the sizes of
-        # records 0..n-1 are known (they only ever grow), hence our exact offset.
-        offset = state.offset(n)
-        if len(state.sizes) == n:
-            state.sizes.append(len(data))
-            state.mtime = time.time()
+        self._cache_segment(self._seg_key(path, state.gen, n), data)
+        # Segment n is ours, and n was state.count when we took it: the sizes of records
+        # 0..n-1 are known (they only ever grow), hence our exact offset.
+        offset = state.start(n)
+        if state.count == n:
+            state.add(len(data), time.time())
         else:  # the listing overtook us (our own segment was listed)
             state.tail_known = False
         return offset
+
+    def _cache_segment(self, key: str, data: bytes) -> None:
+        """Keep a segment's bytes unless it is large for the cache (over 1/8 of it)."""
+        if len(data) <= self._segments.maxsize // 8 and key not in self._segments:
+            self._segments[key] = bytes(data)
 
     async def copy(self, src: str, dst: str, mode: WriteMode = WriteMode.CREATE) -> None:
         """Server-side CopyObject of the object HeadObject saw (copy-source-if-match),

@@ -1,33 +1,17 @@
 """The two SQL dialects of :mod:`cloudcote.backends.sql.driver`: PostgreSQL through asyncpg
 and MySQL/MariaDB through aiomysql.
 
-A dialect owns its client library: it opens the pool, hands out :class:`Session` objects
-(one pooled connection, with a per-statement timeout), classifies the library's
-exceptions (:class:`ErrorKind`), converts keys and ids to the column types, and holds the
-text of every statement the driver runs, keyed by name.  The driver itself never sees SQL
-syntax that differs between the servers.
-
-Isolation: every connection runs at READ COMMITTED, set explicitly (PostgreSQL:
-``default_transaction_isolation``; MySQL: ``SET SESSION TRANSACTION ISOLATION LEVEL``)
-rather than inherited from the server's default.  Why READ COMMITTED:
-
-- nothing the driver does relies on a snapshot spanning statements: a create is one
-  primary-key insert, a replace or delete takes the row lock (``SELECT ... FOR UPDATE``)
-  before it reads what it displaces, and a reader joins the ``objects`` row to its chunks
-  or segments in ONE statement, which sees one snapshot at any level;
-- InnoDB's default REPEATABLE READ takes next-key (gap) locks for locking reads and for
-  ``INSERT ... SELECT``; concurrent appenders probing the tail of the same log then
-  deadlock on the gap (error 1213).  READ COMMITTED takes record locks only;
-- PostgreSQL's REPEATABLE READ/SERIALIZABLE would turn every lost race on a row into a
-  serialization failure (40001) to retry; at READ COMMITTED a conflicting insert waits
-  for the other transaction and then reports the conflict, which is the answer we want.
+A dialect hands out :class:`Session` objects (one pooled connection, with a per-statement
+timeout), converts keys and ids to the column types, and holds the text of every statement
+the driver runs, keyed by name; the pool, the DSN and error classification come from
+:mod:`cloudcote.backends.sql.client`.  Every connection runs at READ COMMITTED (why:
+docs/libfs.md, "PostgreSQL and MySQL/MariaDB").
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import enum
 import logging
 import re
 import uuid
@@ -35,7 +19,8 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .client import DSN_SCHEMES, ErrorKind, classify, close_pool, open_pool, parse_dsn
 
 log = logging.getLogger("cloudcote.backends.sql")
 
@@ -45,16 +30,6 @@ MAX_KEY_BYTES = 2048
 
 #: Object kinds in the ``objects`` table.
 INLINE, CHUNKED, LOG = "inline", "chunked", "log"
-
-
-class ErrorKind(enum.Enum):
-    """What a client-library exception means to the driver."""
-
-    TRANSIENT = "transient"  # connection refused/lost, timeout, deadlock, serialization
-    AUTH = "auth"  # bad credentials
-    PERMISSION = "permission"  # authenticated, but not allowed
-    MISSING = "missing"  # a table (or the database) does not exist
-    OTHER = "other"
 
 
 class Session(abc.ABC):
@@ -96,7 +71,7 @@ class Session(abc.ABC):
 
 
 class Dialect(abc.ABC):
-    """What differs between the servers; see the module docstring."""
+    """What differs between the servers; see docs/libfs.md."""
 
     #: ``postgresql`` or ``mysql``.
     name: str = ""
@@ -115,11 +90,10 @@ class Dialect(abc.ABC):
         #: Statements sent to the server, by statement name ("script" for literal text,
         #: "begin"/"commit"/"rollback" for MySQL's transaction control): requests per op.
         self.requests: Counter[str] = Counter()
-        parts = urlsplit(dsn)
-        self.host = parts.hostname or "localhost"
-        self.port = parts.port or self.default_port
-        self.user = unquote(parts.username or "")
-        self.database = unquote(parts.path.lstrip("/"))
+        #: The parsed DSN (raises DsnError, a ValueError, when it cannot be used).
+        self.conninfo = parse_dsn(dsn, mysql_options=frozenset({"unix_socket", "charset"}))
+        self.user = self.conninfo.user
+        self.pool: Any = None
         self.tables = {
             "objects": f"{table}_objects",
             "chunks": f"{table}_chunks",
@@ -156,22 +130,29 @@ class Dialect(abc.ABC):
 
     def where(self) -> str:
         """``host:port/db`` for messages (never the password)."""
-        return f"{self.host}:{self.port}/{self.database}"
+        return self.conninfo.address()
 
     def safe_dsn(self) -> str:
-        parts = urlsplit(self.dsn)
-        user = f"{parts.username}@" if parts.username else ""
-        return f"{parts.scheme}://{user}{self.host}:{self.port}/{self.database}"
+        return self.conninfo.safe()
 
     # -- pool -----------------------------------------------------------------------------
 
-    @abc.abstractmethod
     async def connect(self, pool_size: int) -> None:
         """Open the pool with at least one connection (so bad credentials show now)."""
+        self.pool = await open_pool(
+            self.conninfo, min_size=1, max_size=pool_size, timeout=self.timeout,
+            application_name="cloudcote", read_committed=True, recycle=3600.0,
+            reset=self._reset())
 
-    @abc.abstractmethod
+    def _reset(self) -> object:
+        """asyncpg's hook for a connection going back to the pool (None: its default)."""
+        return None
+
     async def close(self) -> None:
         """Close the pool."""
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            await close_pool(self.name, pool, self.timeout)
 
     @abc.abstractmethod
     def session(self) -> Any:
@@ -223,9 +204,9 @@ class Dialect(abc.ABC):
 
     # -- errors ---------------------------------------------------------------------------
 
-    @abc.abstractmethod
     def classify(self, exc: BaseException) -> ErrorKind:
         """What ``exc`` (raised by the client library) means."""
+        return classify(self.name, exc)
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------
@@ -284,36 +265,10 @@ class PgDialect(Dialect):
     name = "postgresql"
     default_port = 5432
 
-    # Error classes by SQLSTATE (PostgreSQL appendix A).
-    _TRANSIENT_CLASSES = ("08", "40", "53", "57P", "58")
-    _TRANSIENT_CODES = ("57014", "55P03", "55006")
-
     can_notify = True
 
-    def __init__(self, stage: str, dsn: str, table: str, timeout: float, *,
-                 notify: bool = False) -> None:
-        super().__init__(stage, dsn, table, timeout, notify=notify)
-        self.pool: Any = None
-
-    async def connect(self, pool_size: int) -> None:
-        import asyncpg
-
-        self.pool = await asyncpg.create_pool(
-            dsn=self.dsn, min_size=1, max_size=pool_size, timeout=self.timeout,
-            command_timeout=self.timeout, max_inactive_connection_lifetime=300.0,
-            reset=_keep_session,
-            server_settings={
-                "default_transaction_isolation": "read committed",  # see module docstring
-                "application_name": "cloudcote",
-            })
-
-    async def close(self) -> None:
-        if self.pool is not None:
-            pool, self.pool = self.pool, None
-            try:
-                await asyncio.wait_for(pool.close(), self.timeout)
-            except (TimeoutError, Exception):
-                pool.terminate()
+    def _reset(self) -> object:
+        return _keep_session
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[PgSession]:
@@ -458,28 +413,6 @@ class PgDialect(Dialect):
                 stmts[name] += f" RETURNING pg_notify({ch}, {path})"
         return stmts
 
-    def classify(self, exc: BaseException) -> ErrorKind:
-        import asyncpg
-
-        if isinstance(exc, (OSError, asyncio.TimeoutError, ConnectionError)):
-            return ErrorKind.TRANSIENT
-        if isinstance(exc, asyncpg.PostgresError):
-            state = getattr(exc, "sqlstate", "") or ""
-            if state.startswith("28"):
-                return ErrorKind.AUTH
-            if state == "42501":
-                return ErrorKind.PERMISSION
-            if state in ("42P01", "3D000"):
-                return ErrorKind.MISSING
-            if state.startswith(self._TRANSIENT_CLASSES) or state in self._TRANSIENT_CODES:
-                return ErrorKind.TRANSIENT
-            return ErrorKind.OTHER
-        if isinstance(exc, asyncpg.InterfaceError):
-            text = str(exc)
-            if "closed" in text and "pool" not in text:
-                return ErrorKind.TRANSIENT  # the connection went away under us
-        return ErrorKind.OTHER
-
 
 # --- MySQL / MariaDB ----------------------------------------------------------------------
 
@@ -582,57 +515,6 @@ class MySqlDialect(Dialect):
 
     name = "mysql"
     default_port = 3306
-
-    _TRANSIENT_CODES = frozenset({
-        1040,  # too many connections
-        1053,  # server shutdown in progress
-        1152, 1153, 1154, 1155, 1156, 1157, 1158, 1159, 1160, 1161,  # network errors
-        1180, 1181,  # got error during COMMIT/ROLLBACK
-        1205,  # lock wait timeout
-        1213,  # deadlock: the transaction was rolled back
-        1317,  # query interrupted
-        1927,  # connection killed
-        2002, 2003, 2005, 2006, 2013, 2014, 2027, 2055,  # client: cannot connect / lost
-        4031,  # disconnected by the server for inactivity
-    })
-    _AUTH_CODES = frozenset({1045, 1698, 1251, 2059, 2061})
-    _PERMISSION_CODES = frozenset({1044, 1142, 1143, 1227, 1370})
-    _MISSING_CODES = frozenset({1049, 1146})
-
-    def __init__(self, stage: str, dsn: str, table: str, timeout: float, *,
-                 notify: bool = False) -> None:
-        super().__init__(stage, dsn, table, timeout)
-        parts = urlsplit(dsn)
-        self.password = unquote(parts.password or "")
-        self.options = dict(parse_qsl(parts.query))
-        unknown = set(self.options) - {"unix_socket", "charset"}
-        if unknown:
-            from cloudcote.libfs.api import FsInvalidSpec
-
-            raise FsInvalidSpec(
-                f"{stage}: unknown DSN option {sorted(unknown)[0]!r} (known: unix_socket)")
-        self.pool: Any = None
-
-    async def connect(self, pool_size: int) -> None:
-        import aiomysql
-
-        self.pool = await aiomysql.create_pool(
-            host=self.host, port=self.port, user=self.user, password=self.password,
-            db=self.database, unix_socket=self.options.get("unix_socket"),
-            minsize=1, maxsize=pool_size, autocommit=True, charset="utf8mb4",
-            connect_timeout=self.timeout, pool_recycle=3600,
-            sql_mode="'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
-            # See the module docstring for why READ COMMITTED.
-            init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-
-    async def close(self) -> None:
-        if self.pool is not None:
-            pool, self.pool = self.pool, None
-            pool.close()
-            try:
-                await asyncio.wait_for(pool.wait_closed(), self.timeout)
-            except (TimeoutError, Exception):
-                pool.terminate()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[MySqlSession]:
@@ -773,25 +655,6 @@ class MySqlDialect(Dialect):
             **self._shared_statements(o, s),
         }
 
-    def classify(self, exc: BaseException) -> ErrorKind:
-        import pymysql
-
-        if isinstance(exc, (OSError, asyncio.TimeoutError, ConnectionError)):
-            return ErrorKind.TRANSIENT
-        if isinstance(exc, pymysql.err.InterfaceError):
-            return ErrorKind.TRANSIENT  # "Not connected", "Cancelled during execution"
-        if isinstance(exc, pymysql.err.MySQLError):
-            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
-            if code in self._AUTH_CODES:
-                return ErrorKind.AUTH
-            if code in self._PERMISSION_CODES:
-                return ErrorKind.PERMISSION
-            if code in self._MISSING_CODES:
-                return ErrorKind.MISSING
-            if code in self._TRANSIENT_CODES:
-                return ErrorKind.TRANSIENT
-        return ErrorKind.OTHER
-
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -834,10 +697,8 @@ TOP_BYTES = b"\xff" * (MAX_KEY_BYTES + 1)
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
 DIALECTS: dict[str, type[Dialect]] = {
-    "postgresql": PgDialect,
-    "postgres": PgDialect,
-    "mysql": MySqlDialect,
-    "mariadb": MySqlDialect,
+    scheme: PgDialect if dialect == "postgresql" else MySqlDialect
+    for scheme, dialect in DSN_SCHEMES.items()
 }
 
 

@@ -6,100 +6,18 @@ Chain syntax (the DSN is the positional setting; it may not contain ``,``)::
     mysql:mysql://user:pass@127.0.0.1:3306/mail,chunk_size=512k
     sql:postgresql://...        (``sql`` takes the dialect from the DSN's scheme)
 
-Settings: the DSN (positional, or ``dsn``; ``postgresql://``/``postgres://`` through asyncpg,
-``mysql://``/``mariadb://`` through aiomysql; percent-encode special characters of the
-password), ``prefix`` (key namespace), ``table`` (table-name prefix, ``cloudcote_fs``:
-tables ``<table>_objects``, ``_chunks``, ``_segments``), ``pool`` (most connections, 10),
-``chunk_size`` (1MB: objects up to this size live in their row, larger ones in chunks of
-this size; on MySQL it must fit the server's ``max_allowed_packet`` twice over, as values
-travel hex-encoded), ``create_schema`` (yes: create missing tables when the chain is
-opened; no: a missing table is an FsInvalidSpec naming it), ``timeout`` (30s per
-statement, connect and pool wait), ``retries`` (3, with backoff, for transient failures),
-``notify`` (PostgreSQL, yes: every change announces its path with ``pg_notify`` in the
-statement that makes it, for the change feed of :mod:`cloudcote.backends.sql.feed`; all
-processes on one table must agree, a process with ``notify=no`` is not heard).
-
-Schema (PostgreSQL types; MySQL uses VARBINARY(2048) keys, BINARY(16) ids, LONGBLOB, JSON)::
-
-    objects  (path text COLLATE "C" PRIMARY KEY, kind text, blob_id uuid, size bigint,
-              chunk integer, mtime float8, metadata jsonb, data bytea)
-    chunks   (blob_id uuid, n integer, data bytea, PRIMARY KEY (blob_id, n))
-    segments (log_id uuid, seq bigint, token uuid, size integer, mtime float8, data bytea,
-              PRIMARY KEY (log_id, seq))
-
-An ``objects`` row is the object.  ``kind`` is ``inline`` (the bytes are in ``data``: objects
-up to ``chunk_size``), ``chunked`` (the ``chunks`` rows of ``blob_id``) or ``log`` (an append
-log: the ``segments`` rows of ``log_id = blob_id``, in ``seq`` order).  ``blob_id`` is fresh
-for every write, so a reader follows the pointer and never sees a mix; every read of a
-payload joins the row it belongs to in ONE statement, which sees one snapshot.
-
-- ``write(CREATE)``: a primary-key insert (``ON CONFLICT DO NOTHING`` / ``ON DUPLICATE KEY
-  UPDATE`` no-op: 0 rows means FsExists).  A chunked object inserts its chunks under a
-  fresh blob id and then the row, in one transaction: a loser or a crash leaves nothing.
-- ``write(REPLACE)``, ``copy(REPLACE)``, ``delete``: one transaction takes the row lock
-  (``SELECT ... FOR UPDATE``), learns which payload it displaces, writes the row (one
-  update, or insert) and deletes the displaced chunks or segments, so nothing is orphaned
-  even by concurrent replacers.  A reader streaming the old object may then hit
-  FsNotFound mid-stream (allowed by the contract).
-- ``write_stream``: chunks are inserted one statement at a time inside one transaction
-  (one chunk in memory, never one huge statement), then the row is published.
-- ``append``: the first record creates the ``log`` row and segment 0 in one transaction.
-  Later records insert ``segments(log_id, seq)`` at the next seq (cached per log, else
-  ``MAX(seq)+1``, a plain non-locking read) with one ``INSERT ... SELECT ... FROM objects
-  WHERE path = ? AND blob_id = ?``: the segment goes in only while the path is still that
-  log.  A taken seq (0 rows) is resolved by one probe that returns the log's current id,
-  the token at that seq and the tail; the loser retries at tail+1.  No locking read ever
-  touches the tail, so concurrent appenders cannot deadlock on InnoDB's gap locks.
-  Appends to one log that wait in this process are written together: the caller at the
-  head of the queue inserts up to 256 records at consecutive seqs in one statement (in a
-  transaction, all or none), then hands the lead to the next waiter (group commit).
-  Each seq commits only after its
-  predecessor has (a conflicting insert waits for the other transaction), so every
-  snapshot sees a gap-free prefix: readers agree on one total order.  Each record carries
-  a random token; after an uncertain failure (connection lost after the statement was
-  sent) the retry looks for its token before writing again, and a collision at that seq
-  is checked against the token, so a record is never stored twice.  Segments belong to
-  the log's id, not its path: a log deleted and created again gets a new id, and a
-  stale cached seq or a late append can never splice into the new log.
-  An append returns its record's offset: the bytes of the records before its seq, which
-  are committed and immutable once it is in.  The process remembers the size of the log up
-  to its own last record, so an uncontended append costs nothing more; otherwise one
-  ``COUNT(*), SUM(size)`` over the records it did not see (the count proves none was
-  missing: a log deleted meanwhile is FsUnavailable, not a wrong offset).
-- ``copy``: inside the server (``INSERT ... SELECT``), under a share lock on the source.
-- ``iter``: a keyset-paginated range scan ``path >= prefix AND path < successor(prefix)``
-  on the primary key (byte order: "C" collation, VARBINARY): strongly consistent.
-
-Isolation is READ COMMITTED on both servers, set explicitly; why is explained in
-:mod:`cloudcote.backends.sql.dialects`.  Errors: connection refused or lost, timeouts,
-deadlocks, serialization failures and lock-wait timeouts are retried ``retries`` times with
-jittered exponential backoff (writes resolve their uncertainty as above), then raised as
-FsUnavailable; bad credentials at open are an FsInvalidSpec naming the stage and host,
-later refusals FsPermission.
-
-Features: ATOMIC_CREATE, CONSISTENT_LIST, METADATA, COPY, BATCH_LOG_READ (a log range is
-one statement for the sizes and one for the records); DURABLE only when the server
-syncs its commits (PostgreSQL ``fsync=on`` and ``synchronous_commit`` not off; InnoDB
-``innodb_flush_log_at_trx_commit=1``), as checked at open.  APPEND is emulated.
-
-Change feed: PostgreSQL (with ``notify``) has one, a LISTEN connection per Fs
-(:mod:`cloudcote.backends.sql.feed`); MySQL has none (callers poll).
-
-Limits: keys (with the prefix) up to 2048 UTF-8 bytes; an append record must fit one
-statement (MySQL: under half of ``max_allowed_packet``; PostgreSQL: 1 GB).  A DSN with
-``?options`` contains ``=``: give it as ``dsn=...``.  A record appended in a race with the
-delete or replace of its log may be left behind as an unreachable segment row of the
-dead log id (never visible: no row points at that id).
+An ``objects`` row is the object (inline, chunked, or an append log whose records are
+``segments`` rows); every read of a payload joins its row in one statement.  The
+settings, the schema, how each operation maps onto SQL, READ COMMITTED and the limits:
+docs/libfs.md, section "PostgreSQL and MySQL/MariaDB".
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import random
 import uuid
-from collections import Counter, OrderedDict, deque
+from collections import Counter
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -109,9 +27,10 @@ from collections.abc import (
     Mapping,
 )
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
+
+from cachetools import LRUCache
 
 from cloudcote.libfs.api import (
     DEFAULT_CHUNK_SIZE,
@@ -130,7 +49,11 @@ from cloudcote.libfs.api import (
     check_path,
     check_prefix,
 )
+from cloudcote.libfs.backoff import backoff
+from cloudcote.libfs.kit import Changed, chunk_count, chunk_span, clip
+from cloudcote.libfs.seglog import GroupCommit, RecordIndex
 
+from .client import ErrorKind
 from .dialects import (
     CHUNKED,
     DIALECTS,
@@ -140,7 +63,6 @@ from .dialects import (
     TOP_BYTES,
     TOP_STR,
     Dialect,
-    ErrorKind,
     Session,
     valid_table,
 )
@@ -170,7 +92,7 @@ MAX_SEQ = (1 << 62)
 
 
 class SqlFs(Fs):
-    """Objects as rows of PostgreSQL or MySQL/MariaDB; see the module docstring."""
+    """Objects as rows of PostgreSQL or MySQL/MariaDB; see docs/libfs.md."""
 
     name = "sql"
 
@@ -200,10 +122,11 @@ class SqlFs(Fs):
         self._features = frozenset(feats)
         #: key -> (log id, next seq to try, bytes before that seq): saves the MAX(seq) probe
         #: and the offset aggregate on every append.
-        self._logs: OrderedDict[Any, tuple[uuid.UUID, int, int]] = OrderedDict()
-        #: Appends waiting per log, and the logs that have a batch being written.
-        self._queues: dict[Any, deque[_Record]] = {}
-        self._leading: set[Any] = set()
+        self._logs: LRUCache[Any, tuple[uuid.UUID, int, int]] = LRUCache(LOG_CACHE)
+        #: Appends waiting for one log go in one statement (group commit).
+        self._appends: GroupCommit[Any] = GroupCommit(
+            self._append_batch, max_records=BATCH_RECORDS,
+            max_bytes=min(max_value, BATCH_BYTES))
         self._feed: ChangeFeed | None = None
 
     # -- opening --------------------------------------------------------------------------
@@ -320,15 +243,11 @@ class SqlFs(Fs):
         kind = self.dialect.classify(exc)
         cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         msg = f"{self.stage}: {op} {path!r} at {self.dialect.where()}: {cause}"
-        if kind is ErrorKind.TRANSIENT:
+        if kind.transient:
             return FsUnavailable(msg, path=path, op=op)
         if kind in (ErrorKind.AUTH, ErrorKind.PERMISSION):
             return FsPermission(msg, path=path, op=op)
         return FsError(msg, path=path, op=op)
-
-    async def _backoff(self, attempt: int) -> None:
-        delay = min(2.0, 0.05 * (2 ** attempt))
-        await asyncio.sleep(random.uniform(delay / 2, delay))
 
     async def _call(
         self, op: str, path: str, fn: Callable[[Session, bool], Awaitable[T]]
@@ -341,7 +260,7 @@ class SqlFs(Fs):
             try:
                 async with self.dialect.session() as s:
                     return await fn(s, uncertain)
-            except (FsError, _Retry):
+            except (FsError, Changed):
                 raise
             except Exception as exc:
                 err = self._error(exc, op, path)
@@ -353,16 +272,13 @@ class SqlFs(Fs):
                 log.info("%s: %s %r: retrying after %s: %s", self.stage, op, path,
                          type(exc).__name__, exc)
                 uncertain = True
-                await self._backoff(attempt)
+                await backoff(attempt, 0.05, 2.0)
         raise AssertionError("unreachable")
 
     def _remember(self, key: Any, log_id: uuid.UUID, next_seq: int, size: int) -> None:
         """The records before ``next_seq`` in log ``log_id`` of ``key`` hold ``size``
         bytes (they are immutable, so this stays true while the log lives)."""
         self._logs[key] = (log_id, next_seq, size)
-        self._logs.move_to_end(key)
-        while len(self._logs) > LOG_CACHE:
-            self._logs.popitem(last=False)
 
     async def _drop_payload(self, s: Session, key: Any, kind: str, blob: Any) -> None:
         """Delete what a row that is going away pointed to (same transaction)."""
@@ -415,13 +331,11 @@ class SqlFs(Fs):
             stop = size if end is None else min(end, size)
             if start >= stop:
                 return b""
-            first, last = start // chunk, (stop - 1) // chunk
+            first, last = chunk_span(start, stop, chunk)
             rows = await s.fetch("chunks", key, blob, first, last)
             if len(rows) != last - first + 1:
                 return None
-            whole = b"".join(_bytes(r[0]) for r in rows)
-            base = first * chunk
-            return whole[start - base:stop - base]
+            return clip(b"".join(_bytes(r[0]) for r in rows), first * chunk, start, stop)
         # A log: every record, or only those that overlap the range.
         if start == 0 and end is None:
             rows = await s.fetch("segments", key, blob, 0, MAX_SEQ)
@@ -429,20 +343,17 @@ class SqlFs(Fs):
         sizes = await s.fetch("segment_sizes", key, blob)
         if not sizes:
             return None
-        offset, lo, hi, lo_off = 0, None, None, 0
-        for seq, n in sizes:
-            if offset + n > start and (end is None or offset < end):
-                if lo is None:
-                    lo, lo_off = seq, offset
-                hi = seq
-            offset += n
-        if lo is None or hi is None:
+        index = RecordIndex()
+        for _, n in sizes:
+            index.add(n)
+        span = index.span(start, index.size if end is None else min(end, index.size))
+        if not span:
             return b""
+        lo, hi = sizes[span[0]][0], sizes[span[-1]][0]
         rows = await s.fetch("segments", key, blob, lo, hi)
         if len(rows) != hi - lo + 1:
             return None
-        whole = b"".join(_bytes(r[0]) for r in rows)
-        return whole[start - lo_off:None if end is None else end - lo_off]
+        return clip(b"".join(_bytes(r[0]) for r in rows), index.start(span[0]), start, end)
 
     async def read_stream(
         self, path: str, chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -492,7 +403,7 @@ class SqlFs(Fs):
         """Yield a chunked object's chunks or a log's records in batches of about
         ``budget`` bytes; yield None (and stop) when the row stopped pointing at ``blob``."""
         if kind == CHUNKED:
-            for n in range((size + chunk - 1) // chunk):
+            for n in range(chunk_count(size, chunk)):
                 rows = await self._call(
                     "read_stream", path,
                     lambda s, u, n=n: s.fetch("chunks", key, blob, n, n))  # type: ignore[misc]
@@ -685,56 +596,14 @@ class SqlFs(Fs):
             raise FsError(f"{self.stage}: append record of {len(data)} bytes is larger than "
                           f"one statement may carry ({self.max_value})", path=path,
                           op="append")
-        key = self._key(path)
-        record = _Record(bytes(data), uuid.uuid4(), asyncio.get_running_loop().create_future())
-        queue = self._queues.setdefault(key, deque())
-        queue.append(record)
-        if key in self._leading:
-            # Another call is writing to this log: it takes our record into its batch, or
-            # hands us the lead when it is done.
-            result = await record.done
-            if result is not _LEAD:
-                return int(result)
-        else:
-            self._leading.add(key)
-        batch = self._take(queue)
-        try:
-            offsets = await self._append_batch(key, path, batch)
-        except BaseException as exc:
-            for other in batch[1:]:
-                if not other.done.done():
-                    other.done.set_exception(_copy_error(exc, path))
-            raise
-        else:
-            for other, offset in zip(batch[1:], offsets[1:], strict=True):
-                if not other.done.done():
-                    other.done.set_result(offset)
-        finally:
-            while queue and queue[0].done.done():  # cancelled while waiting
-                queue.popleft()
-            if queue:
-                queue[0].done.set_result(_LEAD)
-            else:
-                self._leading.discard(key)
-                self._queues.pop(key, None)
-        return offsets[0]
+        return await self._appends.append(self._key(path), path, bytes(data))
 
-    def _take(self, queue: deque[_Record]) -> list[_Record]:
-        """Our record (the head) and those queued behind it, up to one statement's worth."""
-        batch = [queue.popleft()]
-        size = len(batch[0].data)
-        budget = min(self.max_value, BATCH_BYTES)
-        while queue and len(batch) < BATCH_RECORDS and size + len(queue[0].data) <= budget:
-            other = queue.popleft()
-            if not other.done.done():  # skip callers cancelled while waiting
-                batch.append(other)
-                size += len(other.data)
-        return batch
-
-    async def _append_batch(self, key: Any, path: str, batch: list[_Record]) -> list[int]:
-        """Write ``batch`` at consecutive seqs of the path's log, all or none; return each
+    async def _append_batch(self, key: Any, path: str, records: list[bytes]) -> list[int]:
+        """Write ``records`` at consecutive seqs of the path's log, all or none; return each
         record's offset."""
-        count, first = len(batch), batch[0].token
+        # Each record's token, kept across retries: an uncertain attempt finds its own.
+        tokens = [uuid.uuid4() for _ in records]
+        count, first = len(records), tokens[0]
         new_log = uuid.uuid4()  # the id we give the log if we create it; kept across retries
         cached = self._logs.get(key)
         state: dict[str, Any] = {
@@ -759,7 +628,8 @@ class SqlFs(Fs):
                                 created = await s.execute("insert", key, LOG, new_log, 0, 0,
                                                           "{}", None)
                                 if created:
-                                    await self._insert_records(s, key, new_log, 0, batch, True)
+                                    await self._insert_records(s, key, new_log, 0, tokens,
+                                                                  records, True)
                         except BaseException:
                             state["pending"] = 0  # the commit may have happened
                             raise
@@ -789,7 +659,8 @@ class SqlFs(Fs):
                     state["seq"] = 0 if last is None else int(last) + 1
                 seq = state["seq"]
                 try:
-                    inserted = await self._insert_records(s, key, log_id, seq, batch, False)
+                    inserted = await self._insert_records(s, key, log_id, seq, tokens, records,
+                                                           False)
                 except BaseException:
                     state["pending"] = seq
                     raise
@@ -831,33 +702,30 @@ class SqlFs(Fs):
                 offset += int(row[1])
                 state["known"] = (seq, offset)
             offsets = []
-            for rec in batch:
+            for record in records:
                 offsets.append(offset)
-                offset += len(rec.data)
+                offset += len(record)
             self._remember(key, log_id, seq + count, offset)
             return offsets
 
         return await self._call("append", path, run)
 
     async def _insert_records(
-        self, s: Session, key: Any, log_id: uuid.UUID, seq: int, batch: list[_Record],
-        in_transaction: bool,
+        self, s: Session, key: Any, log_id: uuid.UUID, seq: int, tokens: list[uuid.UUID],
+        records: list[bytes], in_transaction: bool,
     ) -> bool:
-        """Segments ``seq...`` for ``batch``, all or none; False if a seq was taken or the
+        """Segments ``seq...`` for ``records``, all or none; False if a seq was taken or the
         path is no longer this log."""
-        if len(batch) == 1:
-            rec = batch[0]
-            return await s.execute("append", log_id, seq, rec.token, len(rec.data), rec.data,
-                                   key) == 1
-        tokens = [r.token for r in batch]
-        records = [r.data for r in batch]
+        if len(records) == 1:
+            return await s.execute("append", log_id, seq, tokens[0], len(records[0]),
+                                   records[0], key) == 1
         if in_transaction:
-            return await s.append_many(log_id, seq, tokens, records, key) == len(batch)
+            return await s.append_many(log_id, seq, tokens, records, key) == len(records)
         try:
             async with s.transaction():
-                if await s.append_many(log_id, seq, tokens, records, key) != len(batch):
-                    raise _Retry()  # some seqs were taken: undo the rest
-        except _Retry:
+                if await s.append_many(log_id, seq, tokens, records, key) != len(records):
+                    raise Changed()  # some seqs were taken: undo the rest
+        except Changed:
             return False
         return True
 
@@ -889,7 +757,7 @@ class SqlFs(Fs):
                     if mode is WriteMode.CREATE:
                         raise self._exists(dst, "copy")
                     # Created by someone since our look: the transaction retries as a whole.
-                    raise _Retry()
+                    raise Changed()
                 kind, sblob = source
                 if kind == CHUNKED:
                     await s.execute("copy_chunks", blob, sblob)
@@ -902,7 +770,7 @@ class SqlFs(Fs):
             try:
                 await self._call("copy", dst, run)
                 return
-            except _Retry:
+            except Changed:
                 continue
         raise FsUnavailable(f"{self.stage}: {dst!r} kept changing while copied to", path=dst,
                             op="copy")
@@ -948,34 +816,8 @@ class SqlFs(Fs):
             statement, bound = "list_after", rows[-1][0]
 
 
-class _Retry(Exception):
-    """A transaction lost a race that a fresh attempt resolves."""
-
-
 class _InputError(Exception):
     """The chunks given to ``write_stream`` failed; raised again as they were."""
-
-
-#: What a queued append's future is set to when its caller is to lead the next batch.
-_LEAD = object()
-
-
-@dataclass(eq=False)
-class _Record:
-    """One append waiting for its batch: the bytes, its token, and the caller's future."""
-
-    data: bytes
-    token: uuid.UUID
-    done: asyncio.Future[Any]
-
-
-def _copy_error(exc: BaseException, path: str) -> BaseException:
-    """The failure of a batch, as the other callers whose records it carried see it."""
-    if isinstance(exc, FsError):
-        return type(exc)(str(exc), path=exc.path, op=exc.op)
-    return FsUnavailable(f"the append batch carrying this record was interrupted "
-                         f"({type(exc).__name__}); it may or may not have been written",
-                         path=path, op="append")
 
 
 def _bytes(value: Any) -> bytes:
@@ -1000,17 +842,17 @@ async def _connect(dialect: Dialect, pool: int, retries: int) -> None:
                 raise FsInvalidSpec(
                     f"{stage}: authentication failed for user {dialect.user!r} at {where}: "
                     f"{exc}") from None
-            if kind in (ErrorKind.PERMISSION, ErrorKind.MISSING):
+            if kind in (ErrorKind.PERMISSION, ErrorKind.NO_DATABASE, ErrorKind.NO_TABLE):
                 raise FsInvalidSpec(f"{stage}: cannot use database at {where} as "
                                     f"{dialect.user!r}: {exc}") from None
-            if kind is not ErrorKind.TRANSIENT:
+            if not kind.transient:
                 raise FsInvalidSpec(f"{stage}: cannot connect to {where}: "
                                     f"{type(exc).__name__}: {exc}") from None
             if attempt == retries:
                 raise FsUnavailable(f"{stage}: cannot connect to {where}: "
                                     f"{type(exc).__name__}: {exc}") from exc
             log.info("%s: connecting to %s: %s; retrying", stage, where, exc)
-            await asyncio.sleep(min(2.0, 0.1 * (2 ** attempt)))
+            await backoff(attempt, 0.1, 2.0)
 
 
 async def _prepare(dialect: Dialect, create: bool) -> tuple[bool, int]:
@@ -1043,7 +885,7 @@ async def _prepare(dialect: Dialect, create: bool) -> tuple[bool, int]:
                 try:
                     await s.script(f"SELECT {columns} FROM {dialect.quote(table)} WHERE 1 = 0")
                 except Exception as exc:
-                    if dialect.classify(exc) is ErrorKind.TRANSIENT:
+                    if dialect.classify(exc).transient:
                         raise
                     raise FsInvalidSpec(
                         f"{stage}: table {table!r} in {where} does not have the expected "
@@ -1052,7 +894,7 @@ async def _prepare(dialect: Dialect, create: bool) -> tuple[bool, int]:
     except FsError:
         raise
     except Exception as exc:
-        if dialect.classify(exc) is ErrorKind.TRANSIENT:
+        if dialect.classify(exc).transient:
             raise FsUnavailable(f"{stage}: preparing {where}: {exc}") from exc
         raise FsInvalidSpec(f"{stage}: preparing {where}: {type(exc).__name__}: "
                             f"{exc}") from None

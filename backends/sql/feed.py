@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from typing import TYPE_CHECKING, Any
 
 from cloudcote.libfs.api import (
@@ -25,6 +24,7 @@ from cloudcote.libfs.api import (
     Subscription,
     check_prefix,
 )
+from cloudcote.libfs.backoff import backoff_delay
 
 if TYPE_CHECKING:
     from .dialects import Dialect
@@ -125,11 +125,11 @@ class PgChangeFeed(ChangeFeed):
             try:
                 await self._listening()
             except Exception as exc:  # noqa: BLE001 - retried
-                delay = min(30.0, 0.2 * (2 ** attempt))
+                delay = backoff_delay(attempt, 0.2, 30.0)
                 attempt += 1
                 log.info("%s: listening at %s: %s; retrying in %.1fs", self.dialect.stage,
                          self.dialect.where(), exc, delay)
-                await asyncio.sleep(random.uniform(delay / 2, delay))
+                await asyncio.sleep(delay)
                 continue
             log.info("%s: listening for changes at %s again", self.dialect.stage,
                      self.dialect.where())

@@ -38,7 +38,18 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+
+from cloudcote.backends.sql import client
+from cloudcote.backends.sql.client import (
+    CLIENTS,
+    Dsn,
+    DsnError,
+    ErrorKind,
+    classify,
+    close_pool,
+    open_pool,
+)
+from cloudcote.backends.sql.client import redact_dsn as redact_dsn  # the config's
 
 from .errors import (
     AuthConfigError,
@@ -51,11 +62,6 @@ from .errors import (
 from .schemes import DEFAULT_PASS_SCHEME, check_stored_password, verify_password
 from .verify import UserEntry, check_login, dummy_hash, parse_allow_nets
 
-#: DSN scheme -> dialect.
-DSN_SCHEMES = {"postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql",
-               "mariadb": "mysql"}
-#: dialect -> (client library, pip extra).
-CLIENTS = {"postgresql": "asyncpg", "mysql": "aiomysql"}
 #: Variable names (short and long spellings) -> what they stand for.
 VARIABLES = {"u": "user", "n": "username", "d": "domain", "r": "rip",
              "user": "user", "username": "username", "domain": "domain", "rip": "rip",
@@ -140,49 +146,12 @@ class SqlSettings:
         return settings
 
 
-@dataclass(frozen=True)
-class Dsn:
-    dialect: str
-    url: str
-    host: str
-    port: int
-    user: str
-    password: str = ""
-    database: str = ""
-    options: tuple[tuple[str, str], ...] = ()
-
-    def where(self) -> str:
-        """``dialect://user@host:port/database`` for messages: never the password."""
-        user = f"{self.user}@" if self.user else ""
-        return f"{self.dialect}://{user}{self.host}:{self.port}/{self.database}"
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN with its password replaced by ``***``."""
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", dsn)
-
-
 def parse_dsn(dsn: str) -> Dsn:
-    scheme, sep, _ = dsn.partition("://")
-    dialect = DSN_SCHEMES.get(scheme.lower()) if sep else None
-    if dialect is None:
-        raise SqlSettingError("connect", "expected a URL like 'postgresql://user:password@host"
-                              "/database' or 'mysql://user:password@host/database'")
-    parts = urlsplit(dsn)
+    """The ``connect`` setting parsed; raises ``SqlSettingError("connect", ...)``."""
     try:
-        port = parts.port or (5432 if dialect == "postgresql" else 3306)
-    except ValueError:
-        raise SqlSettingError("connect", "the port is not a number 1-65535") from None
-    options = tuple(parse_qsl(parts.query))
-    if dialect == "mysql":
-        unknown = sorted({k for k, _ in options} - {"unix_socket"})
-        if unknown:
-            raise SqlSettingError("connect", f"unknown option {unknown[0]!r} (known: "
-                                  "unix_socket)")
-    url = "postgresql" + dsn[len(scheme):] if dialect == "postgresql" else dsn
-    return Dsn(dialect=dialect, url=url, host=parts.hostname or "localhost", port=port,
-               user=unquote(parts.username or ""), password=unquote(parts.password or ""),
-               database=unquote(parts.path.lstrip("/")), options=options)
+        return client.parse_dsn(dsn)
+    except DsnError as exc:
+        raise SqlSettingError("connect", str(exc)) from None
 
 
 # -- the query -------------------------------------------------------------------------------
@@ -355,43 +324,18 @@ class _Outcome:
     QUERY = "query"  # the server refused the query: AuthConfigError
 
 
-_PG_LOST = ("57P01", "57P02", "08003", "08006")
-_PG_DOWN_CLASSES = ("08", "28", "53", "57P", "58", "3D")
-_MYSQL_LOST = frozenset({2006, 2013, 2055, 4031, 1927})
-_MYSQL_DOWN = frozenset({1040, 1044, 1045, 1049, 1053, 1152, 1153, 1154, 1155, 1156, 1157,
-                         1158, 1159, 1160, 1161, 1205, 1213, 1317, 1698, 2002, 2003, 2005,
-                         2014, 2027, 2059, 2061})
-
-
-def _classify(dialect: str, exc: BaseException) -> str:
-    if isinstance(exc, (OSError, TimeoutError, ConnectionError, EOFError)):
-        return _Outcome.DOWN
-    if dialect == "postgresql":
-        import asyncpg
-
-        state = str(getattr(exc, "sqlstate", "") or "")
-        if isinstance(exc, (asyncpg.ConnectionDoesNotExistError,
-                            asyncpg.InternalClientError)) or state in _PG_LOST or (
-                isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
-                and "pool" not in str(exc)):
-            # A pooled connection the server dropped (restart, pg_terminate_backend):
-            # asyncpg may report it as a protocol state error on first use.
-            return _Outcome.LOST
-        if isinstance(exc, asyncpg.PostgresError) and state.startswith(_PG_DOWN_CLASSES):
-            return _Outcome.DOWN
-        if isinstance(exc, asyncpg.PostgresError):
-            return _Outcome.QUERY
-        return _Outcome.DOWN
-    import pymysql
-
-    code = exc.args[0] if isinstance(exc, pymysql.MySQLError) and exc.args else None
-    if code in _MYSQL_LOST:
-        return _Outcome.LOST
-    if code in _MYSQL_DOWN or isinstance(exc, pymysql.err.InterfaceError):
-        return _Outcome.DOWN
-    if isinstance(exc, pymysql.MySQLError) and isinstance(code, int) and code < 2000:
-        return _Outcome.QUERY
-    return _Outcome.DOWN
+#: What each kind of client error is to a login.
+_OUTCOMES = {
+    ErrorKind.LOST: _Outcome.LOST,
+    ErrorKind.UNREACHABLE: _Outcome.DOWN,
+    ErrorKind.CONFLICT: _Outcome.DOWN,
+    ErrorKind.AUTH: _Outcome.DOWN,
+    ErrorKind.NO_DATABASE: _Outcome.DOWN,
+    ErrorKind.UNKNOWN: _Outcome.DOWN,
+    ErrorKind.PERMISSION: _Outcome.QUERY,
+    ErrorKind.NO_TABLE: _Outcome.QUERY,
+    ErrorKind.REFUSED: _Outcome.QUERY,
+}
 
 
 class SqlPassDb:
@@ -421,22 +365,9 @@ class SqlPassDb:
     # -- pool ---------------------------------------------------------------------------
 
     async def _open_pool(self) -> Any:
-        size, timeout = self.settings.pool_size, self.settings.timeout
-        if self.dsn.dialect == "postgresql":
-            import asyncpg
-
-            return await asyncpg.create_pool(
-                dsn=self.dsn.url, min_size=0, max_size=size, timeout=timeout,
-                command_timeout=timeout, max_inactive_connection_lifetime=300.0,
-                server_settings={"application_name": "cloudcote-auth"})
-        import aiomysql
-
-        options = dict(self.dsn.options)
-        return await aiomysql.create_pool(
-            minsize=0, maxsize=size, host=self.dsn.host, port=self.dsn.port,
-            user=self.dsn.user, password=self.dsn.password, db=self.dsn.database or None,
-            unix_socket=options.get("unix_socket"), connect_timeout=timeout,
-            autocommit=True, charset="utf8mb4", pool_recycle=300)
+        return await open_pool(self.dsn, min_size=0, max_size=self.settings.pool_size,
+                               timeout=self.settings.timeout,
+                               application_name="cloudcote-auth")
 
     async def _get_pool(self) -> Any:
         if self._pool is not None:
@@ -470,14 +401,7 @@ class SqlPassDb:
                 pool = opening.result()
         if pool is None:
             return
-        if self.dsn.dialect == "postgresql":
-            try:
-                await asyncio.wait_for(pool.close(), self.settings.timeout)
-            except Exception:
-                pool.terminate()
-        else:
-            pool.close()
-            await pool.wait_closed()
+        await close_pool(self.dsn.dialect, pool, self.settings.timeout)
 
     # -- query --------------------------------------------------------------------------
 
@@ -508,7 +432,7 @@ class SqlPassDb:
             except AuthError:
                 raise
             except Exception as exc:
-                outcome = _classify(self.dsn.dialect, exc)
+                outcome = _OUTCOMES[classify(self.dsn.dialect, exc)]
                 if outcome == _Outcome.LOST and not retried:
                     retried = True
                     continue
