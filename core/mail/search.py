@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, TypeAlias, TypeVar
 
 from . import mime
-from .mime import decode_rfc2047
+from .mime import decode_rfc2047  # kept importable from here, where it used to live
 from .prefetch import DEFAULT_MAX_BYTES, Prefetch
 
 __all__ = [
