@@ -30,6 +30,11 @@ Structure rules (RFC 2045, RFC 2046):
   :data:`MAX_DEPTH` or more than :data:`MAX_PARTS` parts stops the splitting: the rest is
   kept as one opaque part shown as ``application/octet-stream``.
 
+Message text for SEARCH and SORT is decoded here too, with one charset rule
+(:func:`decode_text`, :func:`text_readings`, docs/storage.md "Charsets"): RFC 2047
+encoded-words (:func:`decode_rfc2047`), header fields (:func:`header_fields`,
+:func:`header_values`) and the text of the text/* parts (:func:`decoded_text`).
+
 ``BINARY[section]`` (RFC 3516) is the same slice with the Content-Transfer-Encoding of
 every leaf part in it removed (:func:`binary_section`); :func:`protect_binary` re-encodes, on
 the way in, the binary parts that could not be stored or sent as they are.
@@ -45,10 +50,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.errors
+import email.header
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from email.headerregistry import HeaderRegistry
 from typing import NamedTuple
 
 __all__ = [
@@ -61,15 +67,19 @@ __all__ = [
     "UnknownTransferEncoding",
     "binary_section",
     "bodystructure",
-    "decode_words",
+    "decode_rfc2047",
+    "decode_text",
     "decoded_text",
     "envelope",
     "header_block",
+    "header_fields",
+    "header_text",
     "header_values",
     "parse",
     "partial",
     "protect_binary",
     "section",
+    "text_readings",
     "transfer_decode",
     "transfer_encoding",
 ]
@@ -89,10 +99,6 @@ _KEPT_FIELDS = frozenset({
     "content-location",
 })
 _ADDRESS_FIELDS = ("from", "sender", "reply-to", "to", "cc", "bcc")
-
-# The stdlib's unstructured-field class (RFC 2047 decoding, lenient about bad words).
-_UNSTRUCTURED = HeaderRegistry()["x-unstructured"]
-
 
 # --- the structure ------------------------------------------------------------------------
 
@@ -422,31 +428,142 @@ def header_block(raw: bytes) -> bytes:
     return raw
 
 
-def _clean(text: str) -> str:
-    """Turn leftover surrogate escapes (undecodable bytes) into U+FFFD."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8", "replace")
+# --- decoding text: the one charset rule, RFC 2047 -----------------------------------------
+
+#: Charset names read as UTF-8: 8-bit text that claims to be US-ASCII is nearly always UTF-8.
+_UTF8_NAMES = frozenset({"us-ascii", "ascii", "utf-8", "utf8"})
 
 
-def decode_words(value: str) -> str:
-    """RFC 2047 encoded-words decoded, with the stdlib's lenient unstructured-field parser;
-    unknown charsets and bad bytes give U+FFFD."""
+def _decode_declared(data: bytes, charset: str | None) -> str | None:
+    """``data`` in a declared charset other than UTF-8 and US-ASCII that Python knows,
+    undecodable bytes as U+FFFD; None when there is no such charset."""
+    if not charset:
+        return None
+    name = charset.strip().strip('"').lower()
+    if name in _UTF8_NAMES:
+        return None
     try:
-        decoded = str(_UNSTRUCTURED("x-unstructured", value))
-    except Exception:  # the parser is lenient, but a header must never break a search
-        decoded = value
-    return _clean(decoded)
+        return data.decode(name, "replace")
+    except (LookupError, ValueError, TypeError):  # ValueError: a NUL in the name
+        return None
+
+
+def decode_text(data: bytes, charset: str | None = None) -> str:
+    """Text of ``data`` in ``charset``: the one charset rule for message text
+    (docs/storage.md, "Charsets").
+
+    A charset Python knows is used, undecodable bytes becoming U+FFFD. No charset, US-ASCII
+    (which 8-bit text often claims wrongly) and a charset Python does not know (or a name
+    that is no text codec) mean UTF-8, also with U+FFFD for invalid bytes. Never raises."""
+    text = _decode_declared(data, charset)
+    return data.decode("utf-8", "replace") if text is None else text
+
+
+def text_readings(data: bytes, charset: str | None = None) -> tuple[str, str | None]:
+    """:func:`decode_text` of ``data`` and, when that read it as UTF-8 and it is not valid
+    UTF-8, its Latin-1 reading (else None).
+
+    Older software wrote unlabelled 8-bit Latin-1 (in headers, where no charset can be
+    named, and in bodies without a charset); SEARCH matches that second reading too, so no
+    text is unsearchable. Display and SORT use only the first."""
+    text = _decode_declared(data, charset)
+    if text is not None:
+        return text, None
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace"), data.decode("latin-1")
+
+
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?(?:[bB]\?[A-Za-z0-9+/]*={0,2}|[qQ]\?[^?\s]*)\?=",
+                           re.ASCII)
+
+
+def decode_rfc2047(value: str) -> str:
+    """Decode the RFC 2047 encoded-words in a header value (RFC 2047 6.2: whitespace between
+    adjacent encoded-words is dropped; consecutive words in one charset are joined before
+    decoding, as senders split multi-byte characters across words). Each word's charset is
+    applied with :func:`decode_text`; malformed words stay as they are. Never raises."""
+    if "=?" not in value:
+        return value
+    out: list[str] = []
+    pending: list[tuple[bytes, str]] = []
+
+    def flush() -> None:
+        while pending:
+            data, charset = pending.pop(0)
+            while pending and pending[0][1] == charset:
+                data += pending.pop(0)[0]
+            out.append(decode_text(data, charset))
+
+    pos = 0
+    for m in _ENCODED_WORD.finditer(value):
+        gap = value[pos:m.start()]
+        if gap and not (pending and gap.isspace()):
+            flush()
+            out.append(gap)
+        try:
+            # The stdlib decodes one well-formed word to [(bytes, charset)].
+            [(data, charset)] = email.header.decode_header(m.group(0))
+        except (email.errors.HeaderParseError, ValueError, binascii.Error):
+            flush()
+            out.append(m.group(0))
+        else:
+            if isinstance(data, str) or charset is None:
+                flush()
+                out.append(m.group(0))
+            else:
+                # RFC 2231 5: a language may follow the charset ("utf-8*en").
+                pending.append((data, charset.partition("*")[0]))
+        pos = m.end()
+    flush()
+    out.append(value[pos:])
+    return "".join(out)
+
+
+def header_fields(block: bytes) -> list[tuple[str, bytes]]:
+    """The fields of a header block up to its empty line, in order, as (lower-case name,
+    value): the value unfolded (RFC 5322 2.2.3: only the line breaks go), blanks at both
+    ends dropped, still raw bytes. Lines that are no field (no colon, a blank in the name,
+    a continuation with nothing to continue) are skipped."""
+    out: list[tuple[str, bytes]] = []
+    lines: list[bytes] = []
+
+    def add() -> None:
+        name, colon, value = b"".join(lines).partition(b":")
+        name = name.rstrip(b" \t")  # RFC 5322 4.5: obsolete WSP before the colon
+        if colon and name and b" " not in name:
+            out.append((name.decode("utf-8", "replace").lower(), value.strip(b" \t")))
+
+    for line in block.split(b"\n"):
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:
+            break
+        if line[0] in (0x20, 0x09):
+            if lines:
+                lines.append(line)
+            continue
+        if lines:
+            add()
+        lines = [line]
+    if lines:
+        add()
+    return out
+
+
+def header_text(value: bytes) -> str:
+    """A raw header value as text: bytes as UTF-8 (:func:`decode_text`), then RFC 2047
+    encoded-words decoded."""
+    return decode_rfc2047(decode_text(value))
 
 
 def header_values(block: bytes, name: str) -> list[str]:
     """Every value of field ``name`` (case-insensitive) in a header block, unfolded and
-    RFC 2047-decoded, for SEARCH HEADER/SUBJECT/FROM, SORT and the cache. 8-bit bytes are
-    read as UTF-8 (RFC 6532), invalid ones as U+FFFD."""
-    wanted = name.strip().lower().encode("utf-8", "surrogateescape")
-    return [decode_words(_field_value(block, f).decode("utf-8", "replace"))
-            for f in _fields(block, 0, len(block)) if f.name == wanted]
+    decoded with :func:`header_text`."""
+    wanted = name.strip().lower()
+    return [header_text(value) for field_name, value in header_fields(block)
+            if field_name == wanted]
 
 
 # --- MIME field syntax (RFC 2045 5.1, RFC 2231) ----------------------------------------------
@@ -1088,27 +1205,33 @@ def transfer_decode(part: MimePart, body: bytes) -> bytes:
     return body
 
 
-def _body_text(data: bytes, charset: str | None) -> str:
-    """Text of a body in its charset. us-ascii (also the default) is read as UTF-8, the
-    8-bit data mislabelled as ASCII is nearly always UTF-8; unknown charsets likewise;
-    undecodable bytes become U+FFFD."""
-    if charset and charset.lower() not in ("us-ascii", "ascii", "utf-8", "utf8"):
-        try:
-            return data.decode(charset, "replace")
-        except LookupError:
-            pass
-    return data.decode("utf-8", "replace")
+def decoded_text(raw: bytes, ms: MessageStructure, *, message_headers: bool = False,
+                 latin1: bool = False) -> str:
+    """The text of every text/* part, transfer encoding (base64, quoted-printable) undone
+    and charset decoded (:func:`decode_text`), joined by a newline: what SEARCH BODY
+    matches (RFC 3501 6.4.4). Parts inside message/rfc822 parts count; the message's own
+    header does not.
 
-
-def decoded_text(raw: bytes, ms: MessageStructure) -> str:
-    """The text of every text/* part, transfer encoding (base64, quoted-printable) and
-    charset decoded, parts joined by a newline: what SEARCH BODY matches (RFC 3501 6.4.4).
-    Parts inside message/rfc822 parts count; headers do not."""
+    With ``message_headers``, the header of each encapsulated message comes first as
+    "name: value" lines (:func:`header_text`): it is body to the enclosing message. With
+    ``latin1``, text that has a Latin-1 reading (:func:`text_readings`) is given in both
+    readings. Bounded by :func:`parse` (:data:`MAX_DEPTH`, :data:`MAX_PARTS`); never
+    raises."""
     texts = []
     for part in ms.walk():
-        if part.kind == "leaf" and part.is_text:
+        if part.kind == "message" and message_headers:
+            inner = part.children[0]
+            for name, value in header_fields(raw[inner.start:inner.header_end]):
+                text, other = text_readings(value)
+                texts.append(f"{name}: {decode_rfc2047(text)}")
+                if latin1 and other is not None:
+                    texts.append(f"{name}: {decode_rfc2047(other)}")
+        elif part.kind == "leaf" and part.is_text:
             body = transfer_decode(part, raw[part.header_end:part.end])
-            texts.append(_body_text(body, part.param("charset")))
+            text, other = text_readings(body, part.param("charset"))
+            texts.append(text)
+            if latin1 and other is not None:
+                texts.append(other)
     return "\n".join(texts)
 
 

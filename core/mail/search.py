@@ -20,17 +20,12 @@ plan prefetch.
 Text matching (RFC 3501 6.4.4 "case-insensitive substring"): both sides are Unicode-casefolded
 and NFC-normalised; header values are unfolded and RFC 2047-decoded; BODY and TEXT search the
 decoded text of the text/* parts (base64 and quoted-printable undone, charsets converted).
+All decoding is ``mime.py``'s (charsets: docs/storage.md).
 """
 
 from __future__ import annotations
 
-import binascii
 import datetime
-import email
-import email.errors
-import email.header
-import email.message
-import email.policy
 import email.utils
 import enum
 import re
@@ -40,6 +35,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeAlias, TypeVar
 
+from . import mime
+from .mime import decode_rfc2047  # kept importable from here, where it used to live
 from .prefetch import DEFAULT_MAX_BYTES, Prefetch
 
 __all__ = [
@@ -678,13 +675,7 @@ class SearchView(Protocol[M]):
     async def body(self, msg: M) -> bytes: ...
 
 
-# --- decoding ----------------------------------------------------------------------------
-
-_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?(?:[bB]\?[A-Za-z0-9+/]*={0,2}|[qQ]\?[^?\s]*)\?=",
-                           re.ASCII)
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
-_LINE = re.compile(rb"\r?\n")
-_UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+# --- decoding (mime.py) -------------------------------------------------------------------
 
 
 def _fold(text: str) -> str:
@@ -693,113 +684,40 @@ def _fold(text: str) -> str:
     return unicodedata.normalize("NFC", text.casefold())
 
 
-def _bytes_to_text(data: bytes, charset: str | None = None) -> str:
-    """Decode with ``charset`` (undecodable bytes become U+FFFD). A missing or unknown
-    charset, or US-ASCII, which 8-bit text often claims wrongly, means UTF-8, then Latin-1,
-    which decodes anything: no text is ever unsearchable."""
-    if charset:
-        name = charset.strip().strip('"').lower()
-        if name not in ("us-ascii", "ascii", "utf-8", "utf8"):
-            try:
-                return data.decode(name, "replace")
-            except (LookupError, ValueError):  # ValueError: a NUL in the name
-                pass
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
-def decode_rfc2047(value: str) -> str:
-    """Decode the RFC 2047 encoded-words in a header value (RFC 2047 6.2: whitespace between
-    adjacent encoded-words is dropped; consecutive words in one charset are joined before
-    decoding, as senders split multi-byte characters across words). Malformed words stay
-    as they are."""
-    if "=?" not in value:
-        return value
-    out: list[str] = []
-    pending: list[tuple[bytes, str]] = []
-
-    def flush() -> None:
-        while pending:
-            data, charset = pending.pop(0)
-            while pending and pending[0][1] == charset:
-                data += pending.pop(0)[0]
-            out.append(_bytes_to_text(data, charset))
-
-    pos = 0
-    for m in _ENCODED_WORD.finditer(value):
-        gap = value[pos:m.start()]
-        if gap and not (pending and gap.isspace()):
-            flush()
-            out.append(gap)
-        try:
-            # The stdlib decodes one well-formed word to [(bytes, charset)].
-            [(data, charset)] = email.header.decode_header(m.group(0))
-        except (email.errors.HeaderParseError, ValueError, binascii.Error):
-            flush()
-            out.append(m.group(0))
-        else:
-            if isinstance(data, str) or charset is None:
-                flush()
-                out.append(m.group(0))
-            else:
-                # RFC 2231 5: a language may follow the charset ("utf-8*en").
-                pending.append((data, charset.partition("*")[0]))
-        pos = m.end()
-    flush()
-    out.append(value[pos:])
-    return "".join(out)
-
-
-def _header_block(message: bytes) -> bytes:
-    """The header block of a whole message: everything before the first empty line."""
-    if message.startswith((b"\r\n", b"\n")):
-        return b""
-    m = _HEADER_END.search(message)
-    return message if m is None else message[: m.start()]
-
-
 class _Headers:
-    """A header block split into fields, decoded lazily and once per search and message."""
+    """A header block split into fields, decoded lazily and once per search and message.
+
+    Each raw value is read as UTF-8 and, when it is not valid UTF-8, also as Latin-1
+    (``mime.text_readings``); a key matches either reading."""
 
     def __init__(self, raw: bytes) -> None:
-        self.fields: list[tuple[str, str]] = []  # (lower-case name, unfolded raw value)
-        lines: list[bytes] = []
-        for line in _LINE.split(raw):
-            if not line:
-                break  # the empty line that ends the header block
-            if line[:1] in (b" ", b"\t"):
-                if lines:
-                    lines.append(line)  # RFC 5322 2.2.3: unfolding removes only the CRLF
-                continue
-            self._add(lines)
-            lines = [line]
-        self._add(lines)
+        # (lower-case name, UTF-8 reading of the unfolded raw value, Latin-1 reading or None)
+        self.fields: list[tuple[str, str, str | None]] = [
+            (name, *mime.text_readings(value)) for name, value in mime.header_fields(raw)]
         self._decoded: dict[str, list[str]] = {}
         self._addresses: dict[str, list[str]] = {}
         self._text: str | None = None
 
-    def _add(self, lines: list[bytes]) -> None:
-        if not lines:
-            return
-        name, colon, value = b"".join(lines).partition(b":")
-        name = name.rstrip(b" \t")  # RFC 5322 4.5: obsolete WSP before the colon
-        if colon and name and b" " not in name:
-            text = _bytes_to_text(value.strip(b" \t"))
-            self.fields.append((_bytes_to_text(name).lower(), text))
-
     def has(self, name: str) -> bool:
-        return any(field == name for field, _ in self.fields)
+        return any(field == name for field, _, _ in self.fields)
 
     def raw(self, name: str) -> list[str]:
-        return [value for field, value in self.fields if field == name]
+        """The readings of the fields called ``name``: each field's UTF-8 reading, followed
+        by its Latin-1 reading if it has one."""
+        out: list[str] = []
+        for field, value, latin1 in self.fields:
+            if field == name:
+                out.append(value)
+                if latin1 is not None:
+                    out.append(latin1)
+        return out
 
     def decoded(self, name: str) -> list[str]:
-        """Folded, RFC 2047-decoded values of the fields called ``name``."""
+        """Folded, RFC 2047-decoded readings of the fields called ``name``."""
         values = self._decoded.get(name)
         if values is None:
-            values = self._decoded[name] = [_fold(decode_rfc2047(v)) for v in self.raw(name)]
+            values = self._decoded[name] = [
+                _fold(mime.decode_rfc2047(v)) for v in self.raw(name)]
         return values
 
     def addresses(self, name: str) -> list[str]:
@@ -811,20 +729,25 @@ class _Headers:
             texts = []
             for value in self.raw(name):
                 texts.append(_fold(value))
-                texts.append(_fold(decode_rfc2047(value)))
+                texts.append(_fold(mime.decode_rfc2047(value)))
                 rendered = []
                 for display, addr in _getaddresses(value):
-                    display = decode_rfc2047(display.strip())
+                    display = mime.decode_rfc2047(display.strip())
                     rendered.append(f"{display} <{addr}>" if display else addr)
                 texts.append(_fold(", ".join(rendered)))
             self._addresses[name] = texts
         return texts
 
     def text(self) -> str:
-        """The folded header block as "Name: decoded value" lines, for TEXT."""
+        """The folded header block as "Name: decoded value" lines, for TEXT (a field with a
+        Latin-1 reading gives a line for each reading)."""
         if self._text is None:
-            self._text = _fold("\n".join(
-                f"{name}: {decode_rfc2047(value)}" for name, value in self.fields))
+            lines = []
+            for name, value, latin1 in self.fields:
+                lines.append(f"{name}: {mime.decode_rfc2047(value)}")
+                if latin1 is not None:
+                    lines.append(f"{name}: {mime.decode_rfc2047(latin1)}")
+            self._text = _fold("\n".join(lines))
         return self._text
 
     def sent_date(self) -> datetime.date | None:
@@ -852,33 +775,8 @@ def _body_text(message: bytes) -> str:
     """The folded text BODY searches: each text/* part's content with its transfer encoding
     undone and converted from its charset, plus the header fields of attached messages
     (they are body to the outer message). Other parts are not text and are skipped."""
-    parsed = email.message_from_bytes(message, policy=email.policy.compat32)
-    chunks: list[str] = []
-    for part in parsed.walk():
-        if part is not parsed and part.get_content_type() == "message/rfc822":
-            inner = part.get_payload()
-            if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
-                chunks.append(_message_header_text(inner[0]))
-            continue
-        if part.is_multipart() or part.get_content_maintype() != "text":
-            continue
-        payload = part.get_payload(decode=True)
-        if isinstance(payload, bytes):
-            try:
-                charset = part.get_content_charset()
-            except (LookupError, ValueError, TypeError):
-                charset = None
-            chunks.append(_bytes_to_text(payload, charset))
-    return _fold("\n".join(chunks))
-
-
-def _message_header_text(msg: email.message.Message) -> str:
-    lines = []
-    for name, value in msg.raw_items():
-        # compat32 keeps undecodable bytes as surrogate escapes and folds with CRLF.
-        raw = _UNFOLD.sub("", str(value)).encode("ascii", "surrogateescape")
-        lines.append(f"{name}: {decode_rfc2047(_bytes_to_text(raw).strip())}")
-    return "\n".join(lines)
+    ms = mime.parse(message)
+    return _fold(mime.decoded_text(message, ms, message_headers=True, latin1=True))
 
 
 # --- evaluation --------------------------------------------------------------------------
@@ -1102,7 +1000,7 @@ async def _matching(key: SearchKey, view: SearchView[M], concurrency: int,
     async def load_body(m: _Message) -> None:
         raw = await view.body(messages[m.seq - 1])
         # The stored message starts with the header block: no second read for it.
-        m.headers = _Headers(_header_block(raw))
+        m.headers = _Headers(mime.header_block(raw))
         m.body = _body_text(raw)
 
     stages: list[Callable[[_Message], Awaitable[None]]] = [load_body]

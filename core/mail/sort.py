@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from .search import decode_rfc2047
+from .mime import decode_rfc2047
 
 __all__ = [
     "SORT_KEYS",
