@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import cachetools
@@ -23,26 +23,18 @@ from cloudcote.libfs.api import ChangeFeed, Fs, FsError, FsExists, FsNotFound, S
 from .delivery import deliver_to
 from .errors import (
     CorruptMailbox,
-    InvalidMailboxName,
-    MailboxExists,
-    MailboxInUse,
     MailboxNotFound,
-    QuotaExceeded,
     StorageUnavailable,
 )
-from .index import new_guid
 from .layout import user_prefix
 from .mailbox import Mailbox
 from .mailbox_list import (
-    SEP,
-    MailboxEntry,
     MailboxListState,
-    normalize_name,
-    normalize_special_use,
 )
 from .resync import force_resync
 from .txlog import TransactionLog
-from .values import LAYOUTS, QuotaLimits, QuotaUsage, StorageSettings
+from .user_base import UserBase
+from .values import LAYOUTS, QuotaLimits, StorageSettings
 
 if TYPE_CHECKING:
     from .api import Mailbox as AnyMailbox
@@ -163,7 +155,7 @@ def _close_soon(loop: asyncio.AbstractEventLoop, sub: Subscription) -> None:
         loop.call_soon_threadsafe(sub.close)
 
 
-class UserMail:
+class UserMail(UserBase):
     """One user's mailboxes."""
 
     def __init__(self, store: MailStore, user: str, quota: QuotaLimits) -> None:
@@ -194,16 +186,7 @@ class UserMail:
         self._list_changed.set()
         self._list_changed = asyncio.Event()
 
-    @property
-    def settings(self) -> StorageSettings:
-        return self.store.settings
-
     # -- the list -------------------------------------------------------------------------
-
-    @property
-    def list_state(self) -> MailboxListState:
-        assert self.list_log.state is not None
-        return self.list_log.state
 
     async def open(self) -> None:
         # Subscribed before the first read, so no change falls between the two.
@@ -217,11 +200,7 @@ class UserMail:
             except FsExists:
                 await self.list_log.open()
         self.list_refreshed_at = time.monotonic()
-        wanted: dict[str, list[str]] = {"INBOX": []} | dict(self.store.settings.autocreate)
-        missing = [(n, su) for n, su in wanted.items() if n not in self.list_state.by_name]
-        if missing:
-            recs = [self._create_record(n, normalize_special_use(su)) for n, su in missing]
-            await self.list_log.commit(recs)
+        await self.autocreate()
 
     async def refresh_list(self) -> None:
         self.list_stale = False
@@ -265,59 +244,8 @@ class UserMail:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._list_changed.wait(), wait)
 
-    def _create_record(self, name: str, special_use: list[str]) -> list[Any]:
-        last = self.list_state.last_uidvalidity.get(name, 0)
-        uidvalidity = max(int(time.time()), last + 1) & 0xFFFFFFFF or 1
-        return ["c", name, new_guid(), uidvalidity, special_use]
-
-    def list_mailboxes(self) -> list[MailboxEntry]:
-        """Every mailbox, sorted by name (as of the last refresh)."""
-        return sorted(self.list_state.by_name.values(), key=lambda e: e.name)
-
-    def subscriptions(self) -> set[str]:
-        return set(self.list_state.subscriptions)
-
-    def entry(self, name: str) -> MailboxEntry:
-        canon = normalize_name(name)
-        entry = self.list_state.by_name.get(canon)
-        if entry is None:
-            raise MailboxNotFound(f"no mailbox {name!r}")
-        return entry
-
-    async def create_mailbox(self, name: str, special_use: Iterable[str] = ()) -> MailboxEntry:
-        """RFC 3501 6.3.3 CREATE (with RFC 6154 CREATE-SPECIAL-USE).  One of two concurrent
-        creators of a name wins; the other gets MailboxExists."""
-        canon = normalize_name(name)
-        su = normalize_special_use(list(special_use))
-        await self.refresh_list()
-        if canon in self.list_state.by_name:
-            raise MailboxExists(f"mailbox {canon!r} exists")
-        # RFC 3501 6.3.3: superior names that are needed are created too.
-        parts = canon.split(SEP)
-        parents = [SEP.join(parts[:i]) for i in range(1, len(parts))]
-        recs = [self._create_record(p, []) for p in parents
-                if p not in self.list_state.by_name]
-        rec = self._create_record(canon, su)
-        *_, result = await self.list_log.commit([*recs, rec])
-        if result != "ok":
-            raise MailboxExists(f"mailbox {canon!r} exists")
-        return self.list_state.by_guid[rec[2]]
-
-    async def delete_mailbox(self, name: str) -> None:
-        """RFC 3501 6.3.4 DELETE: the mailbox and its messages go; its children stay."""
-        entry = self.entry(name)
-        if entry.name == "INBOX":
-            raise MailboxInUse("INBOX cannot be deleted")
-        (result,) = await self.list_log.commit([["d", entry.guid]])
-        if result != "ok":
-            raise MailboxNotFound(f"no mailbox {name!r}")
-        box = self._mailboxes.pop(entry.guid, None)
-        if box is not None:
-            box.deleted = True
-            box.close()
-        await self._remove_mailbox_objects(entry.guid)
-
-    async def _remove_mailbox_objects(self, guid: str) -> None:
+    async def remove_mailbox_data(self, guid: str) -> None:
+        """The objects of a deleted mailbox (logs last); what fails is left to purge."""
         base = f"{self.prefix}/mbox/{guid}/"
         try:
             names = [n async for n in self.fs.iter(base)]
@@ -328,63 +256,6 @@ class UserMail:
         except (FsError, StorageUnavailable) as exc:
             log.warning("user=%s mailbox=%s: objects of the deleted mailbox not all removed "
                         "(%s); purge removes the rest", self.user, guid, exc)
-
-    async def rename_mailbox(self, old: str, new: str) -> None:
-        """RFC 3501 6.3.5 RENAME: the mailbox and its children.  Renaming INBOX moves its
-        messages into a new mailbox and leaves INBOX empty."""
-        entry = self.entry(old)
-        canon = normalize_name(new)
-        if canon == entry.name:
-            raise MailboxExists(f"mailbox {canon!r} exists")
-        if entry.name == "INBOX":
-            # INBOX's children are not moved, so INBOX/old is a fine new name.
-            target = await self.create_mailbox(canon)
-            src = await self.mailbox("INBOX")
-            dst = await self.mailbox_by_guid(target.guid)
-            uids = list(src.state.uids)
-            if uids:
-                await src.move(uids, dst)
-            return
-        if canon.startswith(entry.name + SEP):
-            raise MailboxInUse("a mailbox cannot be renamed into its own child")
-        await self.refresh_list()
-        if canon in self.list_state.by_name:
-            raise MailboxExists(f"mailbox {canon!r} exists")
-        (result,) = await self.list_log.commit([["r", entry.guid, canon]])
-        if result == "exists":
-            raise MailboxExists(f"mailbox {canon!r} (or one of its children) exists")
-        if result == "missing":
-            raise MailboxNotFound(f"no mailbox {old!r}")
-        if result != "ok":
-            raise InvalidMailboxName(f"cannot rename {old!r} to {new!r}")
-
-    async def subscribe(self, name: str) -> None:
-        await self.list_log.commit([["s", normalize_name(name)]])
-
-    async def unsubscribe(self, name: str) -> None:
-        await self.list_log.commit([["u", normalize_name(name)]])
-
-    async def set_special_use(self, name: str, special_use: Iterable[str]) -> None:
-        entry = self.entry(name)
-        await self.list_log.commit([["su", entry.guid, normalize_special_use(list(special_use))]])
-
-    # -- mailboxes ------------------------------------------------------------------------
-
-    async def mailbox(self, name: str) -> Mailbox:
-        """The opened mailbox (shared with every session of this process).  The list is
-        read again first when it may be behind, so that a mailbox another process deleted
-        and created again is never served from its old index."""
-        fresh = self.list_may_be_behind()
-        if fresh:
-            await self.refresh_list()
-        try:
-            entry = self.entry(name)
-        except MailboxNotFound:
-            if fresh:
-                raise
-            await self.refresh_list()
-            entry = self.entry(name)
-        return await self.mailbox_by_guid(entry.guid)
 
     async def mailbox_by_guid(self, guid: str) -> Mailbox:
         box = self._mailboxes.get(guid)
@@ -407,35 +278,6 @@ class UserMail:
         if kept is not box:
             box.close()  # opened twice at once: one stays, the other lets go of its watch
         return kept
-
-    # -- quota ----------------------------------------------------------------------------
-
-    async def quota_usage(self, *, max_age: float | None = None) -> QuotaUsage:
-        """Bytes and messages over all mailboxes (RFC 9208 STORAGE and MESSAGE), from the
-        indexes; mailboxes refreshed if their view is older than ``max_age`` seconds."""
-        age = self.store.settings.quota_refresh if max_age is None else max_age
-        total = count = 0
-        for entry in list(self.list_state.by_name.values()):
-            try:
-                box = await self.mailbox_by_guid(entry.guid)
-                if time.monotonic() - box.refreshed_at > age:
-                    await box.refresh()
-            except MailboxNotFound:
-                continue
-            total += box.state.total_size
-            count += box.state.exists
-        return QuotaUsage(total, count, self.quota_limits)
-
-    async def check_quota(self, add_bytes: int, add_messages: int) -> None:
-        limits = self.quota_limits
-        if not limits.bytes and not limits.messages:
-            return
-        usage = await self.quota_usage()
-        if limits.bytes and usage.bytes + add_bytes > limits.bytes:
-            raise QuotaExceeded("storage", limits.bytes, usage.bytes, add_bytes)
-        if limits.messages and usage.messages + add_messages > limits.messages:
-            raise QuotaExceeded("messages", limits.messages, usage.messages, add_messages)
-
 
 async def open_libfs_store(spec: str, settings: StorageSettings) -> MailStore:
     """The registry's opener: a store over the libfs chain ``spec``, which it owns."""
