@@ -39,6 +39,7 @@ from cloudcote.core.mail.errors import (
     MailboxInUse,
     MailboxNotFound,
     MessageExpunged,
+    MessageTooLarge,
     QuotaExceeded,
 )
 from cloudcote.core.mail.resync import force_resync, purge
@@ -1003,5 +1004,102 @@ def test_search_through_the_store(store_env: tuple[str, str]) -> None:
             assert reads > 0
         finally:
             await store.close()
+
+    run(main())
+
+
+def test_save_many_recent_search_and_delivery(store_env: tuple[str, str]) -> None:
+    """The rest of the API contract on every backend: save_many all or nothing, flags and
+    internal dates kept, one \\Recent claim wins each UID across stores, SEARCH and
+    delivery through the API."""
+    import datetime as dt
+
+    from cloudcote.core.mail.search import parse_search
+
+    spec, layout = store_env
+
+    async def main() -> None:
+        store = await open_store(spec, layout, max_message_size=1000)
+        other = await open_store(spec, layout, max_message_size=1000)
+        try:
+            um = await store.user("rita", QuotaLimits(messages=3))
+            box = await um.mailbox("INBOX")
+            assert isinstance(um, api.User) and isinstance(box, api.Mailbox)
+            assert box.settings.max_message_size == um.settings.max_message_size == 1000
+            # Too large, or over quota: none of the batch is saved.
+            with pytest.raises(MessageTooLarge):
+                await box.save_many([api.SaveRequest(message(0)),
+                                     api.SaveRequest(b"X" * 2000)])
+            with pytest.raises(QuotaExceeded):
+                await box.save_many([api.SaveRequest(message(i)) for i in range(4)])
+            assert (box.state.exists, box.state.next_uid) == (0, 1)
+            assert await box.save_many([]) == []
+            when = dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+            uids = await box.save_many([
+                api.SaveRequest(message(1), ["\\seen", "\\Recent", "$k"], when),
+                api.SaveRequest(message(2))])
+            assert uids == [1, 2]
+            first = box.state.messages[1]
+            assert first.flags == frozenset({"\\Seen", "$k"})
+            assert api.internal_datetime(first) == when
+            assert api.internal_datetime(first).utcoffset() == dt.timedelta(hours=2)
+            # \Recent: the first claim wins, in whichever store it is made.
+            box2 = await (await other.user("rita")).mailbox("INBOX")
+            await box2.refresh()
+            assert list(await box2.claim_recent(3)) == [1, 2]
+            assert list(await box.claim_recent(3)) == []
+            uid = await box.save(message(3))
+            assert list(await box.claim_recent(uid + 1)) == [3]
+            await box2.refresh()
+            assert list(await box2.claim_recent(uid + 1)) == []
+            # SEARCH through the API.
+            assert await box.search(parse_search(["RECENT"]), recent=frozenset({3})) == [3]
+            assert await box.search(parse_search(["KEYWORD", "$k"])) == [1]
+            assert await box2.search(parse_search(["SUBJECT", b"message 2"]),
+                                     list(box2.state)[1:]) == [1]
+            # Delivery through the store: per mailbox the UID or the error.
+            res = await store.deliver_to(message(4), [box])
+            assert isinstance(res[0], QuotaExceeded)
+            um.quota_limits = QuotaLimits()
+            res = await store.deliver_to(message(4), [box, await um.mailbox("Sent")])
+            assert res == [4, 1]
+            assert await box.read_message(box.state.messages[4]) == message(4)
+        finally:
+            await store.close()
+            await other.close()
+
+    run(main())
+
+
+def test_open_store_registry(tmp_path: Path) -> None:
+    """``open_store``: memory roots of their own or by name; a libfs chain otherwise, the
+    store owning it; COPY between backends saves the messages again."""
+    from cloudcote.core.mail import registry
+
+    assert registry.backend_of("memory") == registry.backend_of("memory:x") == \
+        registry.BACKENDS["memory"]
+    assert registry.backend_of("posix:/srv/mail") == registry.LIBFS
+
+    async def main() -> None:
+        a, b = await api.open_store("memory"), await api.open_store("memory:")
+        c = await api.open_store(f"memory:{tmp_path}")
+        d = await api.open_store(f"memory:{tmp_path}")
+        libfs = await api.open_store(f"posix:{tmp_path / 'fs'}", settings())
+        try:
+            src = await (await a.user("u")).mailbox("INBOX")
+            await src.save(message(0), ["\\Flagged"])
+            assert (await (await b.user("u")).mailbox("INBOX")).state.exists == 0
+            await (await (await c.user("u")).mailbox("INBOX")).save(message(1))
+            shared = await (await d.user("u")).mailbox("INBOX")
+            assert shared.state.exists == 1
+            dest = await (await libfs.user("u")).mailbox("INBOX")
+            assert await src.copy([1], dest) == [(1, 1)]
+            assert dest.state.messages[1].flags == frozenset({"\\Flagged"})
+            assert await dest.read_message(dest.state.messages[1]) == message(0)
+            assert await dest.copy([1], shared) == [(1, 2)]
+            assert await shared.read_message(shared.state.messages[2]) == message(0)
+        finally:
+            for s in (a, b, c, d, libfs):
+                await s.close()
 
     run(main())
