@@ -7,6 +7,11 @@ The invariants of DESIGN.md each have their own test here:
 3. no partial message or record is seen   -> test_inv3_readers_never_see_partial
 4. crashes leave it readable; resync     -> test_inv4_crash_then_resync
 5. BODY[] is byte-exact                    -> test_inv5_bytes_exact
+
+The tests of the mail-storage API's behaviour (core/mail/api.py) run on every backend: the
+libfs targets with both layouts and the in-memory backend (the ``store_env`` and
+``store_spec`` fixtures); the tests of libfs internals (durability, concurrent processes,
+logs, resync and purge, corruption) run on the libfs targets (``mail_env``, ``mail_spec``).
 """
 
 from __future__ import annotations
@@ -27,31 +32,41 @@ from typing import Any
 
 import pytest
 
+from cloudcote.core.mail import api
 from cloudcote.core.mail.errors import (
     InvalidMailboxName,
     MailboxExists,
     MailboxInUse,
     MailboxNotFound,
     MessageExpunged,
+    MessageTooLarge,
     QuotaExceeded,
 )
 from cloudcote.core.mail.resync import force_resync, purge
 from cloudcote.core.mail.storage import (
-    MailStore,
     QuotaLimits,
     StorageSettings,
     deliver,
     parse_quota_rule,
     user_prefix,
 )
-from cloudcote.libfs.chain import open_fs
 
 from .conftest import driver_spec
 from .mailsamples import check_message, message
 
 MAIL_TARGETS = ["posix", "seaweedfs", "cassandra", "postgresql", "mysql"]
 LAYOUTS = ["sdbox", "mdbox"]
+#: The in-memory backend has no layout; it runs once.
+STORE_ENVS = [*((t, lay) for t in MAIL_TARGETS for lay in LAYOUTS), ("memory", "sdbox")]
 REPO = Path(__file__).resolve().parent.parent
+
+
+def store_target_spec(target: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A storage spec for ``open_store``: a libfs chain, or a memory root of this test's
+    own (two stores opened on it share it, like two processes on one chain)."""
+    if target == "memory":
+        return f"memory:{tmp_path}"
+    return driver_spec(target, request, tmp_path)
 
 
 @pytest.fixture(params=[(t, lay) for t in MAIL_TARGETS for lay in LAYOUTS],
@@ -66,6 +81,20 @@ def mail_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield driver_spec(request.param, request, tmp_path)
 
 
+@pytest.fixture(params=STORE_ENVS,
+                ids=[t if t == "memory" else f"{t}-{lay}" for t, lay in STORE_ENVS])
+def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Every mail backend: libfs targets x layouts, and memory."""
+    target, layout = request.param
+    yield store_target_spec(target, request, tmp_path), layout
+
+
+@pytest.fixture(params=[*MAIL_TARGETS, "memory"])
+def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every mail backend: libfs targets (sdbox) and memory."""
+    yield store_target_spec(request.param, request, tmp_path)
+
+
 def settings(layout: str = "sdbox", **kw: Any) -> StorageSettings:
     kw.setdefault("poll_interval", 0.05)
     kw.setdefault("orphan_grace", 0.0)
@@ -73,8 +102,12 @@ def settings(layout: str = "sdbox", **kw: Any) -> StorageSettings:
     return StorageSettings(layout=layout, **kw)
 
 
-async def open_store(spec: str, layout: str = "sdbox", **kw: Any) -> MailStore:
-    return MailStore(await open_fs(spec), settings(layout, **kw))
+async def open_store(spec: str, layout: str = "sdbox", **kw: Any) -> Any:
+    """The store of a spec through the backend registry (a libfs ``MailStore`` owns its
+    chain: ``close`` closes it)."""
+    store = await api.open_store(spec, settings(layout, **kw))
+    assert isinstance(store, api.Store)
+    return store
 
 
 def run(coro: Any) -> Any:
@@ -84,9 +117,9 @@ def run(coro: Any) -> Any:
 # --- mailboxes -----------------------------------------------------------------------------
 
 
-def test_mailbox_list(mail_spec: str) -> None:
+def test_mailbox_list(store_spec: str) -> None:
     async def main() -> None:
-        store = await open_store(mail_spec)
+        store = await open_store(store_spec)
         try:
             um = await store.user("alice@example.com")
             names = [e.name for e in um.list_mailboxes()]
@@ -150,7 +183,7 @@ def test_mailbox_list(mail_spec: str) -> None:
             assert inbox_box.state.exists == 0
             assert (await um.mailbox("INBOX/old")).state.exists == 1
             # Another process sees the same list; another user sees none of it.
-            other = await open_store(mail_spec)
+            other = await open_store(store_spec)
             um2 = await other.user("alice@example.com")
             assert {e.name for e in um2.list_mailboxes()} == \
                 {e.name for e in um.list_mailboxes()}
@@ -159,9 +192,9 @@ def test_mailbox_list(mail_spec: str) -> None:
                 {"Archive", "Drafts", "INBOX", "Junk", "Sent", "Trash"}
             with pytest.raises(MailboxNotFound):
                 await bob.mailbox("../etc")
-            await other.fs.close()
+            await other.close()
         finally:
-            await store.fs.close()
+            await store.close()
 
     run(main())
 
@@ -231,8 +264,8 @@ def test_concurrent_create_same_name(mail_spec: str) -> None:
 # --- messages, flags, MODSEQ ----------------------------------------------------------------
 
 
-def test_save_flags_expunge_copy_move(mail_env: tuple[str, str]) -> None:
-    spec, layout = mail_env
+def test_save_flags_expunge_copy_move(store_env: tuple[str, str]) -> None:
+    spec, layout = store_env
 
     async def main() -> None:
         store = await open_store(spec, layout)
@@ -301,14 +334,14 @@ def test_save_flags_expunge_copy_move(mail_env: tuple[str, str]) -> None:
                 with pytest.raises(MessageExpunged):
                     await box2.read_message(stale)
         finally:
-            await store.fs.close()
-            await other.fs.close()
+            await store.close()
+            await other.close()
 
     run(main())
 
 
-def test_multi_recipient_delivery(mail_env: tuple[str, str]) -> None:
-    spec, layout = mail_env
+def test_multi_recipient_delivery(store_env: tuple[str, str]) -> None:
+    spec, layout = store_env
 
     async def main() -> None:
         store = await open_store(spec, layout)
@@ -330,14 +363,14 @@ def test_multi_recipient_delivery(mail_env: tuple[str, str]) -> None:
                 objs = [p async for p in store.fs.iter("storage/")]
                 assert len(objs) == 1
         finally:
-            await store.fs.close()
+            await store.close()
 
     run(main())
 
 
-def test_quota(mail_spec: str) -> None:
+def test_quota(store_spec: str) -> None:
     async def main() -> None:
-        store = await open_store(mail_spec)
+        store = await open_store(store_spec)
         try:
             assert parse_quota_rule("*:storage=1M:messages=10") == QuotaLimits(1 << 20, 10)
             size = len(message(0))
@@ -360,15 +393,15 @@ def test_quota(mail_spec: str) -> None:
                 await box.save(message(6))
             assert err.value.resource == "messages"
         finally:
-            await store.fs.close()
+            await store.close()
 
     run(main())
 
 
-def test_change_notification(mail_spec: str) -> None:
+def test_change_notification(store_spec: str) -> None:
     async def main() -> None:
-        a = await open_store(mail_spec)
-        b = await open_store(mail_spec)
+        a = await open_store(store_spec)
+        b = await open_store(store_spec)
         try:
             box_a = await (await a.user("fay")).mailbox("INBOX")
             box_b = await (await b.user("fay")).mailbox("INBOX")
@@ -385,8 +418,8 @@ def test_change_notification(mail_spec: str) -> None:
             await box_a.store([1], "+", ["\\Seen"])
             assert await waiter and time.monotonic() - t0 < 5
         finally:
-            await a.fs.close()
-            await b.fs.close()
+            await a.close()
+            await b.close()
 
     run(main())
 
@@ -939,12 +972,12 @@ def test_inv5_bytes_exact(tmp_path: Path, chain: str, layout: str) -> None:
     run(main())
 
 
-def test_search_through_the_store(mail_env: tuple[str, str]) -> None:
+def test_search_through_the_store(store_env: tuple[str, str]) -> None:
     """SEARCH on stored messages: header keys from the cache, body keys from the bytes."""
     from cloudcote.core.mail.search import parse_search
     from cloudcote.core.mail.storage import search_mailbox
 
-    spec, layout = mail_env
+    spec, layout = store_env
 
     async def main() -> None:
         store = await open_store(spec, layout)
@@ -970,6 +1003,103 @@ def test_search_through_the_store(mail_env: tuple[str, str]) -> None:
             assert await search_mailbox(box, parse_search(["NOT", "BODY", b"line"])) == [6]
             assert reads > 0
         finally:
-            await store.fs.close()
+            await store.close()
+
+    run(main())
+
+
+def test_save_many_recent_search_and_delivery(store_env: tuple[str, str]) -> None:
+    """The rest of the API contract on every backend: save_many all or nothing, flags and
+    internal dates kept, one \\Recent claim wins each UID across stores, SEARCH and
+    delivery through the API."""
+    import datetime as dt
+
+    from cloudcote.core.mail.search import parse_search
+
+    spec, layout = store_env
+
+    async def main() -> None:
+        store = await open_store(spec, layout, max_message_size=1000)
+        other = await open_store(spec, layout, max_message_size=1000)
+        try:
+            um = await store.user("rita", QuotaLimits(messages=3))
+            box = await um.mailbox("INBOX")
+            assert isinstance(um, api.User) and isinstance(box, api.Mailbox)
+            assert box.settings.max_message_size == um.settings.max_message_size == 1000
+            # Too large, or over quota: none of the batch is saved.
+            with pytest.raises(MessageTooLarge):
+                await box.save_many([api.SaveRequest(message(0)),
+                                     api.SaveRequest(b"X" * 2000)])
+            with pytest.raises(QuotaExceeded):
+                await box.save_many([api.SaveRequest(message(i)) for i in range(4)])
+            assert (box.state.exists, box.state.next_uid) == (0, 1)
+            assert await box.save_many([]) == []
+            when = dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+            uids = await box.save_many([
+                api.SaveRequest(message(1), ["\\seen", "\\Recent", "$k"], when),
+                api.SaveRequest(message(2))])
+            assert uids == [1, 2]
+            first = box.state.messages[1]
+            assert first.flags == frozenset({"\\Seen", "$k"})
+            assert api.internal_datetime(first) == when
+            assert api.internal_datetime(first).utcoffset() == dt.timedelta(hours=2)
+            # \Recent: the first claim wins, in whichever store it is made.
+            box2 = await (await other.user("rita")).mailbox("INBOX")
+            await box2.refresh()
+            assert list(await box2.claim_recent(3)) == [1, 2]
+            assert list(await box.claim_recent(3)) == []
+            uid = await box.save(message(3))
+            assert list(await box.claim_recent(uid + 1)) == [3]
+            await box2.refresh()
+            assert list(await box2.claim_recent(uid + 1)) == []
+            # SEARCH through the API.
+            assert await box.search(parse_search(["RECENT"]), recent=frozenset({3})) == [3]
+            assert await box.search(parse_search(["KEYWORD", "$k"])) == [1]
+            assert await box2.search(parse_search(["SUBJECT", b"message 2"]),
+                                     list(box2.state)[1:]) == [1]
+            # Delivery through the store: per mailbox the UID or the error.
+            res = await store.deliver_to(message(4), [box])
+            assert isinstance(res[0], QuotaExceeded)
+            um.quota_limits = QuotaLimits()
+            res = await store.deliver_to(message(4), [box, await um.mailbox("Sent")])
+            assert res == [4, 1]
+            assert await box.read_message(box.state.messages[4]) == message(4)
+        finally:
+            await store.close()
+            await other.close()
+
+    run(main())
+
+
+def test_open_store_registry(tmp_path: Path) -> None:
+    """``open_store``: memory roots of their own or by name; a libfs chain otherwise, the
+    store owning it; COPY between backends saves the messages again."""
+    from cloudcote.core.mail import registry
+
+    assert registry.backend_of("memory") == registry.backend_of("memory:x") == \
+        registry.BACKENDS["memory"]
+    assert registry.backend_of("posix:/srv/mail") == registry.LIBFS
+
+    async def main() -> None:
+        a, b = await api.open_store("memory"), await api.open_store("memory:")
+        c = await api.open_store(f"memory:{tmp_path}")
+        d = await api.open_store(f"memory:{tmp_path}")
+        libfs = await api.open_store(f"posix:{tmp_path / 'fs'}", settings())
+        try:
+            src = await (await a.user("u")).mailbox("INBOX")
+            await src.save(message(0), ["\\Flagged"])
+            assert (await (await b.user("u")).mailbox("INBOX")).state.exists == 0
+            await (await (await c.user("u")).mailbox("INBOX")).save(message(1))
+            shared = await (await d.user("u")).mailbox("INBOX")
+            assert shared.state.exists == 1
+            dest = await (await libfs.user("u")).mailbox("INBOX")
+            assert await src.copy([1], dest) == [(1, 1)]
+            assert dest.state.messages[1].flags == frozenset({"\\Flagged"})
+            assert await dest.read_message(dest.state.messages[1]) == message(0)
+            assert await dest.copy([1], shared) == [(1, 2)]
+            assert await shared.read_message(shared.state.messages[2]) == message(0)
+        finally:
+            for s in (a, b, c, d, libfs):
+                await s.close()
 
     run(main())

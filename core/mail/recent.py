@@ -8,13 +8,26 @@ other gets an empty range, with no lock and no counter.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .storage import Mailbox
+from .index import MailboxState
 
 
-async def claim_recent(box: Mailbox, upto: int) -> range:
+class _Log(Protocol):
+    async def commit(self, records: list[Any]) -> list[Any]: ...
+
+
+class LoggedMailbox(Protocol):
+    """A mailbox whose changes are records of a log (every backend's are)."""
+
+    @property
+    def state(self) -> MailboxState: ...
+
+    @property
+    def log(self) -> _Log: ...
+
+
+async def claim_recent(box: LoggedMailbox, upto: int) -> range:
     """Claim the messages of ``box`` below UID ``upto`` that no session has seen as recent
     yet (one log record; none when there are none); returns the UIDs this caller won."""
     st = box.state

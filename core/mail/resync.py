@@ -28,14 +28,19 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudcote.libfs.api import FsError, FsNotFound
 
 from . import objects
-from .errors import CorruptMailbox, StorageUnavailable
+from .entries import cache_entry_of
+from .errors import CorruptMailbox, StorageUnavailable, store_io
 from .index import MailboxState, ranges_of
-from .storage import Mailbox, MailStore, UserMail, _cache_entry, _io
+from .layout import object_path
+
+if TYPE_CHECKING:
+    from .mailbox import Mailbox
+    from .store import MailStore, UserMail
 
 log = logging.getLogger("cloudcote.core.mail.resync")
 
@@ -65,7 +70,7 @@ async def _sdbox_objects(box: Mailbox, grace: float) -> dict[str, tuple[str, obj
         if grace and objects.object_age(oid, now) < grace:
             continue
         try:
-            head = await _io(box.fs.read_range(path, 0, objects.MAX_META + 2))
+            head = await store_io(box.fs.read_range(path, 0, objects.MAX_META + 2))
         except FsNotFound:
             continue
         meta = objects.parse_meta_line(head)
@@ -89,7 +94,7 @@ async def _mdbox_objects(box: Mailbox, grace: float) -> dict[str, tuple[str, obj
         if grace and objects.object_age(oid, now) < grace:
             continue
         try:
-            data = await _io(box.fs.read(path))
+            data = await store_io(box.fs.read(path))
         except FsNotFound:
             continue
         for meta in objects.parse_objects(data):
@@ -121,7 +126,7 @@ async def force_resync(box: Mailbox, *, grace: float | None = None) -> ResyncRep
             continue
         if msg.loc.startswith("@") != mdbox_layout:
             # Saved under the other layout: check its object directly.
-            path, _ = box._where(msg)
+            path, _ = object_path(box.base, msg.loc)
             if await box.fs.exists(path):
                 continue
         elif grace and objects.object_age(msg.loc.lstrip("@")[:8]) < grace:
@@ -138,20 +143,20 @@ async def force_resync(box: Mailbox, *, grace: float | None = None) -> ResyncRep
         if loc in known or meta.guid in dead:
             continue
         try:
-            raw = await _io(box.fs.read_range(path, meta.offset, meta.offset + meta.size))
+            raw = await store_io(box.fs.read_range(path, meta.offset, meta.offset + meta.size))
         except FsNotFound:
             continue
         log.error("%s: object %s (GUID %s) was not in the index; linking it as a new "
                   "message", who, path, meta.guid)
         records.append(["a", meta.guid, loc, meta.size, meta.internaldate, meta.tz, [],
-                        _cache_entry(raw)])
+                        cache_entry_of(raw)])
         report.relinked.append(meta.guid)
     report.expunged_missing = missing
     if records:
         await box.log.commit(records)
     if records or report.damage:
         await box.log.seal()
-    box._notify()
+    box.notify()
     return report
 
 
@@ -159,7 +164,7 @@ async def _rebuild(box: Mailbox, grace: float, report: ResyncReport) -> None:
     """No snapshot loads: replay what logs are left, then link the objects."""
     report.rebuilt = True
     tl = box.log
-    snaps, logs = await _io(tl.list_objects())
+    snaps, logs = await store_io(tl.list_objects())
     entry = box.entry
     state = MailboxState(box.guid, entry.uidvalidity)
     full_history = bool(logs) and logs[0] == 1
@@ -169,7 +174,7 @@ async def _rebuild(box: Mailbox, grace: float, report: ResyncReport) -> None:
 
         for k in logs:
             try:
-                data = await _io(box.fs.read(tl.log_path(k)))
+                data = await store_io(box.fs.read(tl.log_path(k)))
             except FsNotFound:
                 full_history = False
                 break
@@ -193,18 +198,18 @@ async def _rebuild(box: Mailbox, grace: float, report: ResyncReport) -> None:
                                     key=lambda kv: (kv[1][1].internaldate, kv[0])):
         if loc in known:
             continue
-        raw = await _io(box.fs.read_range(path, meta.offset, meta.offset + meta.size))
+        raw = await store_io(box.fs.read_range(path, meta.offset, meta.offset + meta.size))
         state.apply([["a", meta.guid, loc, meta.size, meta.internaldate, meta.tz, [],
-                      _cache_entry(raw)]], (0, 0))
+                      cache_entry_of(raw)]], (0, 0))
         report.relinked.append(meta.guid)
     # Publish: the rebuilt state becomes snap.<k+1>, and a reset frame in log k tells every
     # reader to load it.
     k = (logs[-1] if logs else 0) + 1
-    await _io(box.fs.write(tl.snap_path(k), state.encode_snapshot(), _replace()))
+    await store_io(box.fs.write(tl.snap_path(k), state.encode_snapshot(), _replace()))
     if logs:
         await tl.reset_to(k)
     tl.state, tl.k, tl.offset = state, k, 0
-    box._notify()
+    box.notify()
 
 
 def _replace() -> Any:
@@ -237,7 +242,7 @@ async def purge(store: MailStore, users: list[str]) -> dict[str, int]:
         if objects.object_age(oid, now) < grace:
             continue
         try:
-            data = await _io(store.fs.read(path))
+            data = await store_io(store.fs.read(path))
         except FsNotFound:
             continue
         live: list[tuple[objects.StoredMeta, list[Mailbox]]] = []
@@ -262,7 +267,7 @@ async def purge(store: MailStore, users: list[str]) -> dict[str, int]:
                 moves[old_loc] = f"@{new_oid}:{pos + meta.offset}"
                 parts.append(blob)
                 pos += len(blob)
-            await _io(store.fs.write(f"storage/{new_oid}", b"".join(parts)))
+            await store_io(store.fs.write(f"storage/{new_oid}", b"".join(parts)))
             for box in {id(b): b for _, hs in live for b in hs}.values():
                 await box.log.commit([["m", moves]])
             stats["storage_rewritten"] += 1
