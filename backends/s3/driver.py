@@ -389,7 +389,7 @@ class S3Fs(Fs):
                             "persist", path=path, op=op)
 
     async def _head(self, key: str, op: str, path: str) -> dict[str, Any]:
-        return await self._call("head_object", op, path, Key=key)  # type: ignore[no-any-return]
+        return await self._call("head_object", op, path, Key=key)
 
     async def _holds_token(self, key: str, token: str, op: str, path: str) -> bool:
         """Whether the object at ``key`` was written by the attempt carrying ``token``."""
@@ -473,7 +473,7 @@ class S3Fs(Fs):
     async def _read_body(self, resp: Mapping[str, Any], op: str, path: str) -> bytes:
         body = resp["Body"]
         try:
-            return await body.read()  # type: ignore[no-any-return]
+            return await body.read()
         except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
             raise self._map(exc, op, path) from exc
         finally:

@@ -365,7 +365,7 @@ class Mailbox(MailboxBase):
         if len(self._chunks) > max(64, 2 * self.mail_store.settings.prefetch_count):
             self._chunks.pop(next(iter(self._chunks)))
         self._chunks[name] = data
-        return data  # type: ignore[no-any-return]
+        return data
 
 
 
@@ -384,7 +384,7 @@ class Mailbox(MailboxBase):
         (result,) = await self.log.commit([["f", ranges, mode, fl, unchangedsince]])
         self.notify()
         await self._repair_if_damaged()
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
         """Expunge ``uids`` (default: every message flagged \\Deleted, RFC 3501 6.4.3).

@@ -346,7 +346,7 @@ class MemoryMailbox(MailboxBase):
         if not ranges:
             return {"changed": [], "failed": []}
         (result,) = await self._commit([["f", ranges, mode, fl, unchangedsince]])
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
         if uids is None:

@@ -67,6 +67,6 @@ async def search_mailbox(box: Mailbox, key: Any, messages: Sequence[Message] | N
     msgs = list(box.state) if messages is None else list(messages)
     view = SearchView(box, [SearchMessage(m, m.uid in recent) for m in msgs])
     settings = box.settings
-    return await search.search(key, view,  # type: ignore[arg-type]
+    return await search.search(key, view,
                                concurrency=settings.prefetch_count,
                                max_bytes=settings.prefetch_bytes)

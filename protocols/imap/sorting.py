@@ -138,7 +138,7 @@ async def _entries(box: api.Mailbox, msgs: list[api.Message],
     loose entries at once, cache chunks one read each (read ahead like FETCH), and only
     a message whose entry or header block the cache lacks read from the store."""
     st = box.state
-    count = box.mail_store.settings.prefetch_count  # not in api.Mailbox yet
+    count = box.settings.prefetch_count
     done: list[tuple[api.Message, dict[str, Any]]] = []
     by_chunk: dict[str, list[api.Message]] = defaultdict(list)
     slow: list[api.Message] = []

@@ -23,6 +23,7 @@ from functools import partial
 
 from cloudcote.core.auth import AuthPenalty, open_passdb
 from cloudcote.core.auth.userdb import redact_chain
+from cloudcote.core.mail import api
 from cloudcote.core.mail.errors import StorageUnavailable
 from cloudcote.core.mail.storage import (
     DEFAULT_AUTOCREATE,
@@ -108,30 +109,19 @@ def imap_limits(config: Config) -> ImapLimits:
     return config.imap_limits.limits(config.mail.max_message_size)
 
 
-class ChainStore(MailStore):
-    """A store opened from a userdb ``mail`` chain: it owns its chain and closes it too."""
+def store_opener(settings: StorageSettings) -> Callable[[str], Awaitable[api.Store]]:
+    """What ``ServerContext.open_store`` calls for a userdb ``mail`` spec: the store it
+    names (a libfs chain, or another mail backend), with the process's storage
+    ``settings``; ``StorageUnavailable`` (secrets redacted) if it cannot be opened."""
 
-    async def close(self) -> None:
+    async def opener(spec: str) -> api.Store:
         try:
-            await super().close()
-        finally:
-            await self.fs.close()
-
-
-def store_opener(settings: StorageSettings) -> Callable[[str], Awaitable[MailStore]]:
-    """What ``ServerContext.open_store`` calls for a userdb ``mail`` chain: the store on
-    that chain, with the process's storage ``settings``; ``StorageUnavailable`` (secrets
-    redacted) if the chain cannot be opened."""
-
-    async def open_store(chain: str) -> MailStore:
-        try:
-            fs = await open_fs(chain)
-        except FsError as exc:
-            raise StorageUnavailable(f"userdb mail {redact_chain(chain)!r}: "
+            return await api.open_store(spec, settings)
+        except (FsError, ValueError) as exc:
+            raise StorageUnavailable(f"userdb mail {redact_chain(spec)!r}: "
                                      f"{redact_chain(str(exc))}") from exc
-        return ChainStore(fs, settings)
 
-    return open_store
+    return opener
 
 
 def make_ssl_context(config: Config) -> ssl.SSLContext | None:

@@ -128,9 +128,8 @@ async def cmd_fetch(s: ImapSession, cmd: Command, by_uid: bool) -> None:
             if run[0] is not None:
                 await box.cache_chunk(run[0])
 
-        # ``mail_store.settings`` is not in api.Mailbox yet: the read-ahead bounds.
         async with Prefetch(runs, load,
-                            count=box.mail_store.settings.prefetch_count) as chunks:
+                            count=box.settings.prefetch_count) as chunks:
             async for loaded in chunks:
                 loaded.result()
                 for seq, m in loaded.job[1]:
@@ -141,7 +140,7 @@ async def cmd_fetch(s: ImapSession, cmd: Command, by_uid: bool) -> None:
                     s.emit(data)
                     await s.maybe_flush()
     else:
-        settings = box.mail_store.settings  # not in api.Mailbox yet (see above)
+        settings = box.settings
         async with Prefetch(jobs, lambda job: one(*job), count=settings.prefetch_count,
                             max_bytes=settings.prefetch_bytes,
                             size=lambda job: job[1].size) as ahead:

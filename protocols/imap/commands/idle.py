@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cloudcote.core.mail.api import MailError
 
@@ -30,10 +30,10 @@ async def cmd_idle(s: ImapSession, cmd: Command) -> None:
     deadline = time.monotonic() + s.limits.idle_timeout
     try:
         while True:
-            waits: set[asyncio.Future[object]] = {read, stop}  # type: ignore[arg-type]
-            change: asyncio.Future[object] | None = None
+            waits: set[asyncio.Future[Any]] = {read, stop}
+            change: asyncio.Future[Any] | None = None
             if s.notify is not None:
-                change = asyncio.ensure_future(notify_wait(s))  # type: ignore[assignment]
+                change = asyncio.ensure_future(notify_wait(s))
             elif s.sel is not None:
                 change = asyncio.ensure_future(s.sel.box.wait_for_change(60.0))
             if change is not None:
