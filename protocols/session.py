@@ -16,11 +16,10 @@ from cloudcote.core.mail import api
 from cloudcote.core.mail.errors import MailError, StorageUnavailable
 
 from .listener import MAX_LINE, Connection
-from .sasl import decode_sasl_plain
 
 __all__ = [
     "BadCommand", "Disconnect", "IdleTimeout", "LineSession", "LineTooLong", "PassDb",
-    "ServerContext", "Shutdown", "StoreOpener", "decode_sasl_plain",
+    "ServerContext", "Shutdown", "StoreOpener",
 ]
 
 log = logging.getLogger("cloudcote.session")

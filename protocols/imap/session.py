@@ -21,6 +21,7 @@ from cloudcote.core.mail.api import (
     normalize_name,
 )
 
+from .. import sasl
 from ..session import Disconnect
 from . import utf7
 from .commands import COMMANDS
@@ -85,7 +86,7 @@ class ImapSession(MailboxView):
             caps.append("STARTTLS")
         if self.state == "not-authenticated":
             if self.plaintext_allowed:
-                caps += ["AUTH=PLAIN", "AUTH=LOGIN"]
+                caps += ["AUTH=" + mech for mech in sasl.MECHANISMS]
             else:
                 caps.append("LOGINDISABLED")
         else:
