@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cloudcote.core.mail.api import MailError
 
-from ...session import Disconnect
+from ...session import IdleTimeout, Shutdown
 from ..parser import Command
 from .notify import notify_changes, notify_wait
 from .registry import AUTHED, command
@@ -30,10 +30,10 @@ async def cmd_idle(s: ImapSession, cmd: Command) -> None:
     deadline = time.monotonic() + s.limits.idle_timeout
     try:
         while True:
-            waits: set[asyncio.Future[object]] = {read, stop}  # type: ignore[arg-type]
-            change: asyncio.Future[object] | None = None
+            waits: set[asyncio.Future[Any]] = {read, stop}
+            change: asyncio.Future[Any] | None = None
             if s.notify is not None:
-                change = asyncio.ensure_future(notify_wait(s))  # type: ignore[assignment]
+                change = asyncio.ensure_future(notify_wait(s))
             elif s.sel is not None:
                 change = asyncio.ensure_future(s.sel.box.wait_for_change(60.0))
             if change is not None:
@@ -44,13 +44,9 @@ async def cmd_idle(s: ImapSession, cmd: Command) -> None:
             if change is not None and change not in done:
                 change.cancel()
             if stop in done:
-                s.emit("* BYE Server shutting down.\r\n")
-                await s.flush()
-                raise Disconnect()
+                raise Shutdown()  # the session loop says BYE
             if not done:
-                s.emit("* BYE Disconnected for inactivity.\r\n")
-                await s.flush()
-                raise Disconnect()
+                raise IdleTimeout("idle timeout in IDLE")
             if change is not None and change in done:
                 try:
                     change.result()
