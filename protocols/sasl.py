@@ -165,8 +165,7 @@ async def authenticate(name: str, initial: str | None,
 
 
 def decode_sasl_plain(b64: str) -> tuple[str, str, str] | None:
-    """RFC 4616: ``authzid NUL authcid NUL passwd`` in base64; None if malformed.
-    (IMAP's AUTHENTICATE uses this until it calls :func:`authenticate`.)"""
+    """RFC 4616: ``authzid NUL authcid NUL passwd`` in base64; None if malformed."""
     try:
         return parse_plain(decode_response(b64))
     except SaslError:

@@ -16,11 +16,10 @@ from cloudcote.core.mail import api
 from cloudcote.core.mail.errors import MailError, StorageUnavailable
 
 from .listener import MAX_LINE, Connection
-from .sasl import decode_sasl_plain
 
 __all__ = [
     "BadCommand", "Disconnect", "IdleTimeout", "LineSession", "LineTooLong", "PassDb",
-    "ServerContext", "Shutdown", "StoreOpener", "decode_sasl_plain",
+    "ServerContext", "Shutdown", "StoreOpener",
 ]
 
 log = logging.getLogger("cloudcote.session")
@@ -293,6 +292,15 @@ class LineSession:
         """A command failed in a way it did not answer itself: logged once with the user,
         the session and the cause (a storage fault in one line, anything else, a bug,
         with its traceback), then the protocol's reply."""
+        self.log_failure(exc)
+        self.emit(self.internal_error_reply(exc))
+        if self.internal_error_ends_session:
+            self.end_reason = "Internal error"
+            raise Disconnect() from None
+
+    def log_failure(self, exc: Exception) -> None:
+        """The one log line of a failed command: the session, the user, the client, the
+        command and the cause (a storage fault without, anything else with its traceback)."""
         what = self.command or "command"
         if isinstance(exc, MailError):
             self.log.error("%s user=%s ip=%s: %s failed: %s", self.conn.session_id,
@@ -300,10 +308,6 @@ class LineSession:
         else:
             self.log.error("%s user=%s ip=%s: %s failed: %r", self.conn.session_id,
                            self.user, self.ip, what, exc, exc_info=exc)
-        self.emit(self.internal_error_reply(exc))
-        if self.internal_error_ends_session:
-            self.end_reason = "Internal error"
-            raise Disconnect() from None
 
     async def final_flush(self) -> None:
         """The last replies of a session that ends, if the client still reads them."""

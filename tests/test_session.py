@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from cloudcote.core.mail.errors import StorageUnavailable
+from cloudcote.protocols.imap.limits import ImapLimits
+from cloudcote.protocols.imap.session import ImapSession
 from cloudcote.protocols.listener import Connection
 from cloudcote.protocols.session import BadCommand, LineSession, ServerContext
 
@@ -195,3 +197,93 @@ def test_connection_buffered_sees_unread_input() -> None:
         return first, bytes(conn.buffered())
 
     assert asyncio.run(main()) == (b"ONE\r\nTW", b"TW")
+
+
+# -- IMAP on the same loop (no store needed: only the not-authenticated state) -----------
+
+
+async def serve_imap(limits: ImapLimits | None,
+                     talk: Callable[[asyncio.StreamReader, asyncio.StreamWriter,
+                                     ServerContext], Awaitable[None]]) -> ImapSession:
+    ctx = ServerContext(passdb=None, ssl_context=None,  # type: ignore[arg-type]
+                        disable_plaintext_auth=False, imap_limits=limits)
+    sessions: list[ImapSession] = []
+    done = asyncio.Event()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = ImapSession(Connection(reader, writer, "imap-1", "127.0.0.1:5", True,
+                                         False), ctx)
+        sessions.append(session)
+        try:
+            await session.run()
+        finally:
+            writer.close()
+            done.set()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await talk(reader, writer, ctx)
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()
+    return sessions[0]
+
+
+def test_imap_greeting_logout_and_default_limits() -> None:
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   ctx: ServerContext) -> None:
+        greeting = await reader.readline()
+        assert greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 ")
+        assert b" AUTH=PLAIN AUTH=LOGIN]" in greeting  # sasl.MECHANISMS, in their order
+        writer.write(b"a LOGOUT\r\n")
+        assert await lines(reader) == [b"* BYE Logging out.", b"a OK Logout completed."]
+
+    session = asyncio.run(serve_imap(None, talk))
+    assert session.limits == ImapLimits() and session.done
+    assert session.end_reason == "Connection closed"
+
+
+def test_imap_sasl_errors_and_bad_command_budget() -> None:
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   ctx: ServerContext) -> None:
+        await reader.readline()
+        writer.write(b"a AUTHENTICATE PLAIN\r\n")
+        assert await reader.readline() == b"+ \r\n"
+        writer.write(b"*\r\n")
+        assert await reader.readline() == b"a BAD Authentication aborted by client.\r\n"
+        writer.write(b"b AUTHENTICATE PLAIN =\r\n")
+        assert await reader.readline() == b"b NO [AUTHENTICATIONFAILED] Invalid credentials.\r\n"
+        writer.write(b"c AUTHENTICATE PLAIN !!!\r\nd FOO\r\ne NOOP\r\n")
+        assert await lines(reader) == [
+            b"c BAD Invalid base64 data in SASL response.",
+            b"d BAD Error in IMAP command FOO: Unknown command.",
+            b"* BYE Too many invalid commands."]
+
+    session = asyncio.run(serve_imap(ImapLimits(max_bad_commands=3), talk))
+    assert session.bad_commands == 3 and session.end_reason == "Too many bad commands"
+
+
+def test_imap_idle_timeout_and_shutdown_in_authenticate() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     ctx: ServerContext) -> None:
+        await reader.readline()
+        writer.write(b"a AUTHENTICATE LOGIN\r\n")
+        assert await lines(reader) == [b"+ VXNlcm5hbWU6", b"* BYE Disconnected for inactivity."]
+
+    session = asyncio.run(serve_imap(ImapLimits(idle_timeout=0.3), silent))
+    assert session.end_reason == "Disconnected for inactivity"
+
+    async def stopping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       ctx: ServerContext) -> None:
+        await reader.readline()
+        writer.write(b"a AUTHENTICATE LOGIN\r\n")
+        assert await reader.readline() == b"+ VXNlcm5hbWU6\r\n"
+        ctx.shutdown.set()
+        assert await lines(reader) == [b"* BYE Server shutting down."]
+
+    session = asyncio.run(serve_imap(None, stopping))
+    assert session.end_reason == "Server shutting down"

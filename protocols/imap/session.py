@@ -3,8 +3,9 @@
 One :class:`ImapSession` per connection: a state machine (not authenticated,
 authenticated, selected, logout) that reads a command with its literals (:mod:`.wire`),
 parses it (:mod:`.parser`, no I/O) and runs the handler :mod:`.commands` registered for
-it in this state.  The session holds the connection's state; the selected mailbox's view
-and its updates live in :mod:`.selected`, the commands in ``commands/``.
+it in this state; ``LineSession.run`` is the loop around them.  The session holds the
+connection's state; the selected mailbox's view and its updates live in :mod:`.selected`,
+the commands in ``commands/``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from cloudcote.core.mail.api import (
     normalize_name,
 )
 
-from ..session import Disconnect
+from .. import sasl
 from . import utf7
 from .commands import COMMANDS
 from .commands.notify import read_command_notifying
 from .fetch import FetchRequest
+from .limits import ImapLimits
 from .parser import (
     Command,
     ImapParseError,
@@ -46,7 +48,6 @@ if TYPE_CHECKING:
     from ..session import ServerContext
     from . import notify as notifymod
     from .commands.notify import Notified
-    from .limits import ImapLimits
 
 log = logging.getLogger("cloudcote.imap")
 
@@ -56,11 +57,15 @@ _STATES: dict[str, tuple[str, ...]] = {name: spec.states for name, spec in COMMA
 
 class ImapSession(MailboxView):
     protocol = "imap"
+    log = log
 
     def __init__(self, conn: Connection, ctx: ServerContext) -> None:
         super().__init__(conn, ctx)
-        self.limits: ImapLimits = ctx.imap_limits
+        self.limits: ImapLimits = ctx.imap_limits or ImapLimits()
         self.idle_timeout = self.limits.idle_timeout
+        self.max_bad_commands = self.limits.max_bad_commands
+        #: The tag of the command being run (None while a command is read and parsed).
+        self.tag: str | None = None
         self.state = "not-authenticated"
         self.mail: api.User | None = None
         self.sel: Selected | None = None
@@ -85,7 +90,7 @@ class ImapSession(MailboxView):
             caps.append("STARTTLS")
         if self.state == "not-authenticated":
             if self.plaintext_allowed:
-                caps += ["AUTH=PLAIN", "AUTH=LOGIN"]
+                caps += ["AUTH=" + mech for mech in sasl.MECHANISMS]
             else:
                 caps.append("LOGINDISABLED")
         else:
@@ -100,27 +105,49 @@ class ImapSession(MailboxView):
         return " ".join(caps)
 
 
-    async def run(self) -> None:
-        self.emit(f"* OK [CAPABILITY {self.capabilities()}] {self.ctx.hostname} ready.\r\n")
+    # -- the session (LineSession.run is the loop) ----------------------------------------
+
+    def greeting(self) -> str:
+        return f"* OK [CAPABILITY {self.capabilities()}] {self.ctx.hostname} ready.\r\n"
+
+    async def read_command(self) -> tuple[list[bytes], list[bytes]] | None:
+        """The next command's lines and literals, reporting NOTIFY's changes while the
+        client is silent; None when the command was answered while being read.  What is
+        buffered (the greeting, the answer to a failed command) goes out first."""
         await self.flush()
+        self.tag = None
         try:
-            while self.state != "logout":
-                try:
-                    if self.notify is not None:
-                        got = await read_command_notifying(self)
-                    else:
-                        got = await self.read_command()
-                except ImapParseError as exc:
-                    await self.bad(None, str(exc))
-                    continue
-                if got is None:
-                    continue
-                await self.execute(*got)
-                await self.flush()
-        except (Disconnect, EOFError, ConnectionError):
-            pass
-        finally:
-            self.log_logout()
+            if self.notify is not None:
+                return await read_command_notifying(self)
+            return await self.read_lines()
+        except ImapParseError as exc:
+            await self.bad(None, str(exc))
+            return None
+
+    async def dispatch(self, command: tuple[list[bytes], list[bytes]]) -> None:
+        await self.execute(*command)
+        await self.flush()
+
+    def internal_error(self, exc: Exception) -> None:
+        # Without a tag the failure was in reading or parsing the command, and the input
+        # may be out of step: the session ends.
+        self.internal_error_ends_session = self.tag is None
+        super().internal_error(exc)
+
+    def internal_error_reply(self, exc: Exception) -> str:
+        """A command that failed unexpectedly: tagged NO as Dovecot words it (a storage
+        fault as its response code says), and the session goes on; a failure before the
+        command's tag was known: BYE."""
+        if self.tag is None:
+            return ("* BYE Internal error occurred. Refer to server log for more "
+                    "information.\r\n")
+        no = mail_error(exc) if isinstance(exc, MailError) else No(
+            "Internal error occurred. Refer to server log for more information.",
+            "SERVERBUG")
+        return f"{self.tag} NO {resp_code(no.code)}{no}\r\n"
+
+    async def finish(self) -> None:
+        self.log_logout()
 
     def log_logout(self) -> None:
         if self.user is None:
@@ -130,13 +157,13 @@ class ImapSession(MailboxView):
                  self.bytes_in, self.bytes_out, self.fetched, self.deleted,
                  time.monotonic() - self.started)
 
-
     async def execute(self, lines: list[bytes], literals: list[bytes]) -> None:
         try:
             cmd = parse_command(lines, literals, max_depth=self.limits.max_nesting)
         except ImapParseError as exc:
             await self.bad(tag_of(lines[0]), f"Error in IMAP command: {exc}")
             return
+        self.tag, self.command = cmd.tag, cmd.name
         spec = COMMANDS.get(cmd.name)
         if spec is None or self.state not in spec.states:
             await self.bad(cmd.tag, f"Error in IMAP command {cmd.name[:40]}: Unknown "
@@ -155,17 +182,10 @@ class ImapSession(MailboxView):
         except MailError as exc:
             no = mail_error(exc)
             if no.code == "SERVERBUG" or isinstance(exc, StorageUnavailable):
-                log.error("%s user=%s: %s failed: %s", self.conn.session_id, self.user,
-                          cmd.name, exc)
+                self.log_failure(exc)
             self.emit(f"{cmd.tag} NO {resp_code(no.code)}{no}\r\n")
-        except (Disconnect, EOFError, OSError):
-            raise
-        except Exception:
-            # A bug in a handler: logged with its traceback; the client gets what Dovecot
-            # says and the session goes on.
-            log.exception("%s user=%s: %s failed", self.conn.session_id, self.user, cmd.name)
-            self.emit(f"{cmd.tag} NO [SERVERBUG] Internal error occurred. "
-                      "Refer to server log for more information.\r\n")
+        # Anything else (a bug in a handler) is logged and answered by LineSession.step
+        # (internal_error_reply), and the session goes on.
 
     async def after_command(self, cmd: Command) -> None:
         """Report other sessions' changes before the tagged reply (RFC 3501 7)."""

@@ -3,15 +3,16 @@
 Lines are bounded (``max_line``); an over-long one is read to its end and refused with
 BAD, a literal over its limit with NO [TOOBIG], and after a refused non-synchronizing
 literal the rest of its command is skipped, not taken for commands (RFC 7888 4).
-Every read waits at most the idle timeout.
+Every read waits at most the idle timeout.  The session loop (``LineSession.run``)
+answers what ends a session: the server stopping, the idle timeout, too many bad commands.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
-from ..session import Disconnect, IdleTimeout, LineSession, Shutdown
+from ..session import Disconnect, IdleTimeout, LineSession
 from .parser import ImapParseError, literal_marker, strip_marker, tag_of
 from .responses import CTL
 
@@ -37,7 +38,8 @@ class LineTooLong(ImapParseError):
 
 
 class ImapWire(LineSession):
-    """The reading half of an IMAP session, and its BAD and BYE for what it refuses."""
+    """The reading half of an IMAP session, and its BAD and BYE for what it refuses and
+    for what ends the session."""
 
     limits: ImapLimits
     #: Octets read from the client.
@@ -50,14 +52,20 @@ class ImapWire(LineSession):
             await self.flush()
 
     async def bad(self, tag: str | None, text: str) -> None:
-        """Tagged (or untagged) BAD; BYE after too many of them."""
-        self.emit(f"{tag or '*'} BAD {CTL.sub(' ', text[:200])}.\r\n")
-        self.bad_commands += 1
-        if self.bad_commands >= self.limits.max_bad_commands:
-            self.emit("* BYE Too many invalid commands.\r\n")
-            await self.flush()
-            raise Disconnect()
+        """Tagged (or untagged) BAD, counted against the bad-command budget: the last one
+        the budget allows ends the session (Disconnect) after a BYE."""
+        # The bad-command text is the whole BAD line: only the caller knows the tag.
+        self.bad_command(f"{tag or '*'} BAD {CTL.sub(' ', text[:200])}.\r\n")
         await self.flush()
+
+    def bad_command_reply(self, text: str, last: bool) -> str:
+        return text + ("* BYE Too many invalid commands.\r\n" if last else "")
+
+    def timeout_reply(self) -> str:
+        return "* BYE Disconnected for inactivity.\r\n"
+
+    def shutdown_reply(self) -> str:
+        return "* BYE Server shutting down.\r\n"
 
     async def read_raw_line(self) -> bytes:
         """One line with CRLF, at most ``max_line`` bytes; waits at most the idle timeout."""
@@ -98,23 +106,12 @@ class ImapWire(LineSession):
             return (tail + chunk)[-42:].rstrip(b"\r\n")
 
     async def read_line(self) -> bytes:
-        """The next line without CRLF, within the idle timeout; EOFError at its end."""
-        try:
-            line = await self.wait_or_stop(self.read_raw_line())
-        except Shutdown:
-            self.emit("* BYE Server shutting down.\r\n")
-            await self.flush()
-            raise Disconnect() from None
-        except IdleTimeout:
-            await self._inactive()
+        """The next line without CRLF; raises Shutdown when the server stops, IdleTimeout
+        after the idle timeout, LineTooLong, or EOFError when the client went away."""
+        line = await self.wait_or_stop(self.read_raw_line())
         return line.rstrip(b"\r\n")
 
-    async def _inactive(self) -> NoReturn:
-        self.emit("* BYE Disconnected for inactivity.\r\n")
-        await self.flush()
-        raise Disconnect()
-
-    async def read_command(self) -> tuple[list[bytes], list[bytes]] | None:
+    async def read_lines(self) -> tuple[list[bytes], list[bytes]] | None:
         """A command's lines and literals.  None when the command was refused while being
         read (a line too long, a literal too large: BAD or NO was sent already)."""
         lines: list[bytes] = []
@@ -178,7 +175,7 @@ class ImapWire(LineSession):
                 else:
                     data = await self.conn.reader.read(size)
         except TimeoutError:
-            await self._inactive()
+            raise IdleTimeout("idle timeout in a literal") from None
         except asyncio.IncompleteReadError as exc:
             raise EOFError("connection closed in a literal") from exc
         if not data:
@@ -216,5 +213,3 @@ class ImapWire(LineSession):
             if marker is None or not marker[1]:
                 return
             await self._discard(marker[0])
-
-    # -- the loop -------------------------------------------------------------------------

@@ -30,6 +30,7 @@ async def cmd_noop(s: ImapSession, cmd: Command) -> None:
 @command("LOGOUT", ANY)
 async def cmd_logout(s: ImapSession, cmd: Command) -> None:
     s.state = "logout"
+    s.done = True
     s.emit(f"* BYE Logging out.\r\n{cmd.tag} OK Logout completed.\r\n")
 
 

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from typing import TYPE_CHECKING
 
 from cloudcote.core.mail.api import MailError, StorageUnavailable
 
-from ...session import decode_sasl_plain
+from ... import sasl
 from ..parser import Command, ImapParseError, as_atom, as_string
 from ..responses import Bad, No
 from .registry import AUTHED, NOT_AUTHED, command
@@ -46,47 +44,33 @@ async def cmd_login(s: ImapSession, cmd: Command) -> None:
 
 @command("AUTHENTICATE", NOT_AUTHED)
 async def cmd_authenticate(s: ImapSession, cmd: Command) -> None:
-    """RFC 3501 6.2.2 with SASL-IR (RFC 4959): PLAIN (RFC 4616) and LOGIN."""
+    """RFC 3501 6.2.2 with SASL-IR (RFC 4959): the mechanisms of protocols/sasl.py."""
     if not cmd.args or len(cmd.args) > 2:
         raise ImapParseError("AUTHENTICATE needs a mechanism")
     mech = as_atom(cmd.args[0], "mechanism").upper()
-    if mech not in ("PLAIN", "LOGIN"):
+    if mech not in sasl.MECHANISMS:
         raise No("Unsupported authentication mechanism.")
     if not s.plaintext_allowed:
         raise No("Plaintext authentication disallowed on non-secure (SSL/TLS) "
                  "connections.", "PRIVACYREQUIRED")
     initial = (as_string(cmd.args[1], "initial response").decode("ascii", "replace")
                if len(cmd.args) > 1 else None)
-    if mech == "PLAIN":
-        if initial is None:
-            initial = await sasl_step(s, "")
-        try:
-            base64.b64decode("" if initial == "=" else initial, validate=True)
-        except binascii.Error:
-            raise Bad("Invalid base64 data in SASL response") from None
-        creds = decode_sasl_plain("" if initial == "=" else initial)
-        if creds is None or (creds[0] and creds[0] != creds[1]):
-            raise No("Invalid credentials.", "AUTHENTICATIONFAILED")
-        await finish_auth(s, cmd, creds[1], creds[2])
-        return
     try:
-        if initial is None or initial == "=":
-            initial = await sasl_step(s, "VXNlcm5hbWU6")
-        user = base64.b64decode(initial, validate=True).decode("utf-8")
-        pw_line = await sasl_step(s, "UGFzc3dvcmQ6")
-        password = base64.b64decode(pw_line, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+        creds = await sasl.authenticate(mech, initial, lambda c: sasl_step(s, c))
+    except sasl.Cancelled:
+        raise Bad("Authentication aborted by client") from None
+    except sasl.BadResponse:
         raise Bad("Invalid base64 data in SASL response") from None
-    await finish_auth(s, cmd, user, password)
+    except sasl.InvalidCredentials:
+        raise No("Invalid credentials.", "AUTHENTICATIONFAILED") from None
+    await finish_auth(s, cmd, creds.authcid, creds.password)
 
 
 async def sasl_step(s: ImapSession, challenge: str) -> str:
+    """Send a challenge (``+ base64``) and read the client's answer line."""
     s.emit(f"+ {challenge}\r\n")
     await s.flush()
-    line = (await s.read_line()).decode("ascii", "replace")
-    if line == "*":
-        raise Bad("Authentication aborted by client")
-    return line
+    return (await s.read_line()).decode("ascii", "replace")
 
 
 async def finish_auth(s: ImapSession, cmd: Command, user: str, password: str) -> None:

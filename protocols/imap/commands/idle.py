@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudcote.core.mail.api import MailError
 
-from ...session import Disconnect
+from ...session import IdleTimeout, Shutdown
 from ..parser import Command
 from .notify import notify_changes, notify_wait
 from .registry import AUTHED, command
@@ -44,13 +44,9 @@ async def cmd_idle(s: ImapSession, cmd: Command) -> None:
             if change is not None and change not in done:
                 change.cancel()
             if stop in done:
-                s.emit("* BYE Server shutting down.\r\n")
-                await s.flush()
-                raise Disconnect()
+                raise Shutdown()  # the session loop says BYE
             if not done:
-                s.emit("* BYE Disconnected for inactivity.\r\n")
-                await s.flush()
-                raise Disconnect()
+                raise IdleTimeout("idle timeout in IDLE")
             if change is not None and change in done:
                 try:
                     change.result()

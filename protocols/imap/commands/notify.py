@@ -206,7 +206,7 @@ async def notify_fetch(s: ImapSession, uids: list[int], req: FetchRequest) -> No
 async def read_command_notifying(s: ImapSession) -> tuple[list[bytes], list[bytes]] | None:
     """The next command, while reporting NOTIFY's changes as they come, up to the
     moment its first line is read."""
-    read = asyncio.ensure_future(s.read_command())
+    read = asyncio.ensure_future(s.read_lines())
     try:
         while True:
             wake = asyncio.ensure_future(notify_wait(s))
