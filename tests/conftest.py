@@ -186,6 +186,8 @@ RACE_TARGETS = ["posix", "seaweedfs", "cassandra", "postgresql", "mysql", "compr
 
 def driver_spec(target: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     prefix = unique_prefix()
+    if target == "memory":
+        return "memory"  # core/mail's in-memory backend: no libfs chain at all
     if target == "posix":
         return f"posix:{tmp_path / 'fs'}"
     if target == "seaweedfs":

@@ -29,6 +29,7 @@ import pytest
 import trustme
 
 from cloudcote.core.auth.passdb import StaticPassDb
+from cloudcote.core.mail import api
 from cloudcote.core.mail.storage import MailStore, StorageSettings
 from cloudcote.libfs import open_fs
 from cloudcote.protocols.imap.limits import ImapLimits
@@ -43,8 +44,9 @@ from cloudcote.protocols.session import ServerContext
 from .conftest import driver_spec
 
 PASSWORD = "secret"
-#: Backends every IMAP test runs on.
-IMAP_BACKENDS = ["posix", "seaweedfs"]
+#: Backends every IMAP test runs on: the in-memory mail backend (no store at all: the
+#: protocol code on its own, fast) and the libfs backend on posix and on S3.
+IMAP_BACKENDS = ["memory", "posix", "seaweedfs"]
 
 
 @dataclass
@@ -116,13 +118,19 @@ def start_server(spec: str, *, settings: StorageSettings | None = None,
 
     async def main() -> None:
         try:
-            fs = await open_fs(spec)
-            if fs_wrap is not None:
-                fs = fs_wrap(fs)
+            store_settings = settings or StorageSettings(poll_interval=0.3)
+            fs = None
+            if spec.startswith("memory"):
+                mail: api.Store = await api.open_store(spec, store_settings)
+            else:
+                fs = await open_fs(spec)
+                if fs_wrap is not None:
+                    fs = fs_wrap(fs)
+                mail = MailStore(fs, store_settings)
             ctx = ServerContext(
                 passdb=passdb or StaticPassDb(PASSWORD), ssl_context=server_tls,
                 disable_plaintext_auth=disable_plaintext_auth,
-                mail=MailStore(fs, settings or StorageSettings(poll_interval=0.3)),
+                mail=mail,
                 imap_limits=limits or ImapLimits(), pop3=pop3 or Pop3Settings(),
                 lmtp=lmtp or LmtpSettings())
             srv = ImapServer(loop=loop, thread=threading.current_thread(), ctx=ctx,
@@ -172,6 +180,8 @@ def stop_server(srv: ImapServer) -> None:
             await lst.stop(grace=2.0)
         if srv.fs is not None:
             await srv.fs.close()
+        elif srv.ctx.mail is not None:
+            await srv.ctx.mail.close()
 
     try:
         srv.call(stop())

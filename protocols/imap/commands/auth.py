@@ -91,10 +91,8 @@ async def finish_auth(s: ImapSession, cmd: Command, user: str, password: str) ->
 
 async def open_user_mail(s: ImapSession) -> api.User:
     assert s.user is not None
-    entry = getattr(s, "user_entry", None)
-    user_mail = getattr(s.ctx, "user_mail", None)
-    if entry is not None and user_mail is not None:
-        return await user_mail(entry)  # type: ignore[no-any-return]
+    if s.user_entry is not None:
+        return await s.ctx.user_mail(s.user_entry)
     if s.ctx.mail is None:
         raise StorageUnavailable("no mail storage configured")
     return await s.ctx.mail.user(s.user)
