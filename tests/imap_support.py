@@ -90,6 +90,24 @@ class ImapServer:
                                  timeout=60)
 
 
+def libfs_only(srv: ImapServer, why: str) -> None:
+    """Skip a test about the libfs backend's internals (its chain, objects, stages of the
+    test's own) on the in-memory backend, which has no libfs chain."""
+    if srv.fs is None:
+        pytest.skip(f"libfs internals ({why}): the in-memory backend has no chain")
+
+
+def mailbox_class(srv: ImapServer) -> type[Any]:
+    """The mailbox class of the server's backend (for tests that patch a method of it)."""
+    if srv.fs is None:
+        from cloudcote.core.mail.memory import MemoryMailbox
+
+        return MemoryMailbox
+    from cloudcote.core.mail.storage import Mailbox
+
+    return Mailbox
+
+
 def fs_spec_for(backend: str, request: pytest.FixtureRequest, base: Path) -> str:
     """The storage chain of ``backend`` (any target of ``conftest.driver_spec``)."""
     return driver_spec(backend, request, base)

@@ -25,7 +25,7 @@ import pytest
 
 from cloudcote.core.mail.storage import StorageSettings
 
-from .imap_support import IMAP_BACKENDS, PASSWORD, ImapServer, server_fixture
+from .imap_support import IMAP_BACKENDS, PASSWORD, ImapServer, libfs_only, server_fixture
 
 # -- fixtures -------------------------------------------------------------------------------
 
@@ -1287,6 +1287,7 @@ def chunked_server(request: pytest.FixtureRequest,
 def test_fetch_from_cache_chunks(chunked_server: ImapServer) -> None:
     """ENVELOPE and header fields of messages whose cache entries went into chunk objects
     (read ahead chunk by chunk) are the same as straight after APPEND."""
+    libfs_only(chunked_server, "cache chunks of a rotated log")
     c = Clients(chunked_server)
     try:
         m = c.login()

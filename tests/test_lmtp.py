@@ -39,6 +39,7 @@ from .imap_support import (
     PASSWORD,
     ImapServer,
     fs_spec_for,
+    libfs_only,
     server_fixture,
     start_server,
     stop_server,
@@ -287,6 +288,7 @@ def test_data_reader_in_any_pieces(case: int) -> None:
 
 def test_multi_recipient_replies_per_recipient(srv: ImapServer,
                                                caplog: pytest.LogCaptureFixture) -> None:
+    libfs_only(srv, "failures injected by a stage on the chain")
     a, b, q, n = new_addr(), new_addr(), new_addr("quota"), new_addr("nouser")
     f = new_addr("failing")
     msg = make_message("multi", b"x" * 2000 + b"\r\n")
@@ -560,6 +562,7 @@ def test_detail_mailbox_off(msrv: ImapServer) -> None:
 
 
 def test_mdbox_single_instance_and_no_received(msrv: ImapServer) -> None:
+    libfs_only(msrv, "mdbox storage objects")
     rcpts = [new_addr() for _ in range(3)]
 
     async def count() -> int:

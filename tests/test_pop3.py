@@ -30,7 +30,7 @@ import pytest
 from cloudcote.core.auth.penalty import AuthPenalty
 from cloudcote.core.mail import mime
 from cloudcote.core.mail.errors import StorageUnavailable
-from cloudcote.core.mail.storage import Mailbox, StorageSettings
+from cloudcote.core.mail.storage import StorageSettings
 from cloudcote.libfs.api import ForwardingFs, Fs
 from cloudcote.protocols.pop3.session import Pop3Session, _DotStuffer, _TopCut, format_uidl
 from cloudcote.protocols.pop3.settings import Pop3Settings
@@ -40,6 +40,8 @@ from .imap_support import (
     PASSWORD,
     ImapServer,
     fs_spec_for,
+    libfs_only,
+    mailbox_class,
     remote_server_fixture,
     server_fixture,
     start_server,
@@ -726,6 +728,7 @@ def test_logout_log_line(pop: Pop, caplog: pytest.LogCaptureFixture) -> None:
 
 def test_shutdown_deletes_nothing(request: pytest.FixtureRequest, tmp_path: Path,
                                   pop_server: ImapServer) -> None:
+    libfs_only(pop_server, "mail kept in the store across a restart")
     backend = request.node.callspec.params["pop_server"]
     spec = fs_spec_for(backend, request, tmp_path)
     srv = start_server(spec)
@@ -780,15 +783,16 @@ def test_read_failure_after_ok_cuts_the_reply(pop: Pop, monkeypatch: pytest.Monk
     u = user()
     big = big_message()
     pop.put(u, big)
-    real_read = Mailbox.read_message
+    box_class = mailbox_class(pop.srv)
+    real_read = box_class.read_message
 
-    async def failing_read(self: Mailbox, msg: Any, start: int = 0,
+    async def failing_read(self: Any, msg: Any, start: int = 0,
                            end: int | None = None) -> bytes:
         if self.user.user == u and start > 0:
             raise StorageUnavailable("test: store down")
         return await real_read(self, msg, start, end)
 
-    monkeypatch.setattr(Mailbox, "read_message", failing_read)
+    monkeypatch.setattr(box_class, "read_message", failing_read)
     p = pop.login(u)
     p.sock.sendall(b"RETR 1\r\n")
     got = b""
@@ -805,12 +809,12 @@ def test_expunge_failure_at_quit(pop: Pop, monkeypatch: pytest.MonkeyPatch) -> N
     u = user()
     pop.put(u, msg("a"), msg("b"))
 
-    async def failing_expunge(self: Mailbox, uids: Any = None) -> list[int]:
+    async def failing_expunge(self: Any, uids: Any = None) -> list[int]:
         raise StorageUnavailable("test: store down")
 
     p = pop.login(u)
     p.dele(1)
-    monkeypatch.setattr(Mailbox, "expunge", failing_expunge)
+    monkeypatch.setattr(mailbox_class(pop.srv), "expunge", failing_expunge)
     with pytest.raises(poplib.error_proto, match=r"^b'-ERR \[SYS/TEMP\] Some deleted"):
         p.quit()
     assert p.file.readline() == b""
