@@ -39,10 +39,11 @@ import logging
 import re
 import struct
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
+
+import cachetools
 
 from cloudcote.libfs.api import Feature, Fs, FsError, FsExists, FsNotFound
 
@@ -242,7 +243,10 @@ class TransactionLog(Generic[S]):
         self.problems: list[str] = []
         self.torn: set[tuple[int, int, int]] = set()
         self._mutex = asyncio.Lock()
-        self._recent: OrderedDict[tuple[int, int], list[Any]] = OrderedDict()
+        #: Results of this process's recent commits by (log, offset), for a writer that
+        #: re-reads its own frame; the oldest go first.
+        self._recent: cachetools.FIFOCache[tuple[int, int], list[Any]] = \
+            cachetools.FIFOCache(4096)
         self._queue: list[tuple[list[Any], asyncio.Future[list[Any]]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._snapshot_duty: set[int] = set()
@@ -431,8 +435,6 @@ class TransactionLog(Generic[S]):
         assert self.state is not None
         results = self.state.apply(records, (self.k, start))
         self._recent[(self.k, start)] = results
-        while len(self._recent) > 4096:
-            self._recent.popitem(last=False)
         self.generation += 1
         return results
 
