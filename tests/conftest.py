@@ -42,8 +42,15 @@ def _load_services_env() -> dict[str, str]:
 SERVICES = _load_services_env()
 
 
+#: Each remote driver in the form its README row shows (no prefix, the default or named
+#: keyspace, tables or bucket), sharing one namespace across test runs: tests on these
+#: use names of their own (``unique_prefix``) instead of a driver prefix.
+README_TARGETS = ["seaweedfs-readme", "cassandra-readme", "postgresql-readme", "mysql-readme"]
+#: The bucket of the README's S3 row.
+S3_README_BUCKET = "mail"
 #: The targets that live on a server of ``scripts/services.sh``.
-REMOTE_TARGETS = frozenset({"seaweedfs", "moto", "cassandra", "postgresql", "mysql"})
+REMOTE_TARGETS = frozenset({"seaweedfs", "moto", "cassandra", "postgresql", "mysql",
+                            *README_TARGETS})
 
 _running: pytest.Item | None = None
 
@@ -62,7 +69,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if callspec is not None and any(_names_remote_target(v)
                                         for v in callspec.params.values()):
             item.add_marker(pytest.mark.remote)
-        elif {"seaweedfs_bucket", "moto_bucket"} & set(getattr(item, "fixturenames", ())):
+        elif {"seaweedfs_bucket", "moto_bucket", "seaweedfs_readme_bucket"} & set(
+                getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.remote)
 
 
@@ -135,6 +143,16 @@ def seaweedfs_bucket() -> str:
 
 
 @pytest.fixture(scope="session")
+def seaweedfs_readme_bucket() -> str:
+    """The bucket of the README's S3 row on SeaweedFS (an operator creates it once)."""
+    endpoint = service("CLOUDCOTE_SEAWEEDFS_ENDPOINT")
+    require_server("SeaweedFS", endpoint)
+    _ensure_bucket(endpoint, service("CLOUDCOTE_SEAWEEDFS_ACCESS_KEY"),
+                   service("CLOUDCOTE_SEAWEEDFS_SECRET_KEY"), S3_README_BUCKET)
+    return S3_README_BUCKET
+
+
+@pytest.fixture(scope="session")
 def moto_bucket() -> str:
     endpoint = service("CLOUDCOTE_MOTO_ENDPOINT")
     require_server("moto", endpoint)
@@ -153,16 +171,16 @@ def ensure_test_buckets(targets: Iterable[str]) -> None:
         _ensure_bucket(SERVICES["CLOUDCOTE_MOTO_ENDPOINT"], "testing", "testing")
 
 
-def _ensure_bucket(endpoint: str, key: str, secret: str) -> None:
+def _ensure_bucket(endpoint: str, key: str, secret: str, bucket: str = S3_TEST_BUCKET) -> None:
     import boto3
     from botocore.exceptions import ClientError
 
     client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key,
                           aws_secret_access_key=secret, region_name="us-east-1")
     try:
-        client.head_bucket(Bucket=S3_TEST_BUCKET)
+        client.head_bucket(Bucket=bucket)
     except ClientError:
-        client.create_bucket(Bucket=S3_TEST_BUCKET)
+        client.create_bucket(Bucket=bucket)
     client.close()
 
 
@@ -172,8 +190,10 @@ def unique_prefix() -> str:
 
 # --- libfs targets --------------------------------------------------------------------
 #
-# Each target builds a chain spec for one test, isolated by a fresh prefix (or directory).
-# Targets that need a server resolve it through the session fixtures above.
+# Each target builds a chain spec for one test, isolated by a fresh prefix (or directory),
+# except the README_TARGETS, which are the README's own driver rows with this machine's
+# addresses and credentials.  Targets that need a server resolve it through the session
+# fixtures above.
 
 DRIVER_TARGETS = ["posix", "seaweedfs", "moto", "cassandra", "postgresql", "mysql"]
 WRAPPER_TARGETS = ["compress", "cache", "latency", "metrics", "randomfail"]
@@ -213,6 +233,8 @@ def driver_spec(target: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
         dsn = service("CLOUDCOTE_MYSQL_DSN")
         require_server("MariaDB", dsn)
         return f"mysql:{dsn},prefix={prefix}"
+    if target in README_TARGETS:
+        return readme_spec(target, request)
     # Wrapper chains run on posix: the drivers are covered on their own above.
     base = f"posix:{tmp_path / 'fs'}"
     if target == "compress":
@@ -227,6 +249,39 @@ def driver_spec(target: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
         # The retry stage is the "retry helper": it makes the chain whole again.
         return f"retry:attempts=50:randomfail:0.15:{base}"
     raise AssertionError(f"unknown target {target}")
+
+
+def readme_spec(target: str, request: pytest.FixtureRequest) -> str:
+    """The README's driver row for ``target`` (``<driver>-readme``), exactly, but for the
+    addresses and credentials of scripts/services.env."""
+    if target == "seaweedfs-readme":
+        bucket = request.getfixturevalue("seaweedfs_readme_bucket")
+        return (f"s3:bucket={bucket},endpoint={service('CLOUDCOTE_SEAWEEDFS_ENDPOINT')},"
+                f"access_key={service('CLOUDCOTE_SEAWEEDFS_ACCESS_KEY')},"
+                f"secret_key={service('CLOUDCOTE_SEAWEEDFS_SECRET_KEY')}")
+    if target == "cassandra-readme":
+        hosts = service("CLOUDCOTE_CASSANDRA_HOSTS")
+        require_server("Cassandra", hosts)
+        return f"cassandra:{hosts},keyspace=mail"
+    if target == "postgresql-readme":
+        dsn = service("CLOUDCOTE_PG_DSN")
+        require_server("PostgreSQL", dsn)
+        return f"postgresql:{dsn}"
+    if target == "mysql-readme":
+        dsn = service("CLOUDCOTE_MYSQL_DSN")
+        require_server("MariaDB", dsn)
+        return f"mysql:{dsn}"
+    raise AssertionError(f"unknown target {target}")
+
+
+def shared_namespace(request: pytest.FixtureRequest) -> bool:
+    """Whether this test's target is a README form, whose namespace other runs share."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None:
+        return False
+    values = [v for p in callspec.params.values()
+              for v in (p if isinstance(p, tuple | list) else (p,))]
+    return any(isinstance(v, str) and v in README_TARGETS for v in values)
 
 
 @pytest.fixture

@@ -1,7 +1,11 @@
 """One conformance suite for every libfs driver and wrapper chain, against real servers.
 
 Each test runs once per target of ``conftest.ALL_TARGETS``; races run in separate OS
-processes on the targets whose store promises atomic create (``RACE_TARGETS``).
+processes on the targets whose store promises atomic create (``RACE_TARGETS``).  The
+functional tests also run on each remote driver in its README form
+(``conftest.README_TARGETS``: no prefix, default names), whose namespace other runs share:
+there every path a test uses starts with a stem of its own (``r``, empty elsewhere, so
+that the paths and listings of the isolated forms are exactly the plain ones).
 """
 
 from __future__ import annotations
@@ -28,9 +32,18 @@ from cloudcote.libfs import (
     open_fs,
 )
 
-from .conftest import ALL_TARGETS, DRIVER_TARGETS, RACE_TARGETS
+from .conftest import (
+    ALL_TARGETS,
+    DRIVER_TARGETS,
+    RACE_TARGETS,
+    README_TARGETS,
+    shared_namespace,
+    unique_prefix,
+)
 
 targets = pytest.mark.parametrize("fs_spec", ALL_TARGETS, indirect=True)
+#: The functional tests: every target, and every remote driver in its README form.
+functional = pytest.mark.parametrize("fs_spec", ALL_TARGETS + README_TARGETS, indirect=True)
 race_targets = pytest.mark.parametrize("fs_spec", RACE_TARGETS, indirect=True)
 # randomfail fails calls at random and a stream cannot be replayed, so the streaming
 # large-object test runs on every chain but that one.
@@ -39,14 +52,23 @@ stream_targets = pytest.mark.parametrize(
 )
 
 
-def with_fs(body: Callable[[Fs], Awaitable[None]]) -> Callable[[str], None]:
-    """Run ``body(fs)`` on a freshly opened chain in its own event loop."""
+def stem(request: pytest.FixtureRequest) -> str:
+    """What this test's paths start with: a name of its own in a shared namespace (a
+    README form), else nothing."""
+    return f"{unique_prefix()}-" if shared_namespace(request) else ""
 
-    def test(fs_spec: str) -> None:
+
+def with_fs(body: Callable[[Fs, str], Awaitable[None]]) -> Callable[..., None]:
+    """Run ``body(fs, r)`` on a freshly opened chain in its own event loop; ``r`` is
+    the stem of every path the test uses (see ``stem``)."""
+
+    def test(fs_spec: str, request: pytest.FixtureRequest) -> None:
+        r = stem(request)
+
         async def main() -> None:
             fs = await open_fs(fs_spec)
             try:
-                await body(fs)
+                await body(fs, r)
             finally:
                 await fs.close()
 
@@ -77,192 +99,200 @@ def assert_at_offsets(log: bytes, placed: list[tuple[bytes, int]]) -> None:
 # --- basic operations ------------------------------------------------------------------
 
 
-@targets
+@functional
 @with_fs
-async def test_create_read_stat(fs: Fs) -> None:
+async def test_create_read_stat(fs: Fs, r: str) -> None:
     data = os.urandom(10_000)
-    await fs.write("a/b/msg", data, metadata={"guid": "0123abcd", "size": "10000"})
-    assert await fs.read("a/b/msg") == data
-    st = await fs.stat("a/b/msg")
+    await fs.write(f"{r}a/b/msg", data, metadata={"guid": "0123abcd", "size": "10000"})
+    assert await fs.read(f"{r}a/b/msg") == data
+    st = await fs.stat(f"{r}a/b/msg")
     assert st.size == len(data)
     assert st.mtime > time.time() - 3600
     assert dict(st.metadata).get("guid") == "0123abcd"
-    assert await fs.exists("a/b/msg")
-    assert not await fs.exists("a/b/other")
+    assert await fs.exists(f"{r}a/b/msg")
+    assert not await fs.exists(f"{r}a/b/other")
 
 
-@targets
+@functional
 @with_fs
-async def test_create_refuses_existing(fs: Fs) -> None:
-    await fs.write("x", b"first")
+async def test_create_refuses_existing(fs: Fs, r: str) -> None:
+    await fs.write(f"{r}x", b"first")
     with pytest.raises(FsExists):
-        await fs.write("x", b"second", CREATE)
-    assert await fs.read("x") == b"first"
+        await fs.write(f"{r}x", b"second", CREATE)
+    assert await fs.read(f"{r}x") == b"first"
 
 
-@targets
+@functional
 @with_fs
-async def test_replace(fs: Fs) -> None:
-    await fs.write("x", b"first", REPLACE)
-    await fs.write("x", b"second and longer", REPLACE, metadata={"k": "v"})
-    assert await fs.read("x") == b"second and longer"
-    assert dict((await fs.stat("x")).metadata).get("k") == "v"
+async def test_replace(fs: Fs, r: str) -> None:
+    await fs.write(f"{r}x", b"first", REPLACE)
+    await fs.write(f"{r}x", b"second and longer", REPLACE, metadata={"k": "v"})
+    assert await fs.read(f"{r}x") == b"second and longer"
+    assert dict((await fs.stat(f"{r}x")).metadata).get("k") == "v"
 
 
-@targets
+@functional
 @with_fs
-async def test_not_found(fs: Fs) -> None:
-    for call in (fs.read("nope"), fs.read_range("nope", 0, 5), fs.stat("nope")):
+async def test_not_found(fs: Fs, r: str) -> None:
+    for call in (fs.read(f"{r}nope"), fs.read_range(f"{r}nope", 0, 5), fs.stat(f"{r}nope")):
         with pytest.raises(FsNotFound):
             await call
     with pytest.raises(FsNotFound):
-        await fs.copy("nope", "dst")
+        await fs.copy(f"{r}nope", f"{r}dst")
     with pytest.raises(FsNotFound):
-        async for _ in fs.read_stream("nope"):
+        async for _ in fs.read_stream(f"{r}nope"):
             pass
 
 
-@targets
+@functional
 @with_fs
-async def test_read_range(fs: Fs) -> None:
+async def test_read_range(fs: Fs, r: str) -> None:
     data = bytes(range(256)) * 40
-    await fs.write("r", data)
-    assert await fs.read_range("r", 0, 10) == data[:10]
-    assert await fs.read_range("r", 1000, 2000) == data[1000:2000]
-    assert await fs.read_range("r", 5000) == data[5000:]
-    assert await fs.read_range("r", 10_000, 20_000) == data[10_000:]
-    assert await fs.read_range("r", 20_000, 30_000) == b""
+    await fs.write(f"{r}r", data)
+    assert await fs.read_range(f"{r}r", 0, 10) == data[:10]
+    assert await fs.read_range(f"{r}r", 1000, 2000) == data[1000:2000]
+    assert await fs.read_range(f"{r}r", 5000) == data[5000:]
+    assert await fs.read_range(f"{r}r", 10_000, 20_000) == data[10_000:]
+    assert await fs.read_range(f"{r}r", 20_000, 30_000) == b""
 
 
-@targets
+@functional
 @with_fs
-async def test_empty_object(fs: Fs) -> None:
-    await fs.write("empty", b"")
-    assert await fs.read("empty") == b""
-    assert (await fs.stat("empty")).size == 0
-    assert [c async for c in fs.read_stream("empty")] == []
+async def test_empty_object(fs: Fs, r: str) -> None:
+    await fs.write(f"{r}empty", b"")
+    assert await fs.read(f"{r}empty") == b""
+    assert (await fs.stat(f"{r}empty")).size == 0
+    assert [c async for c in fs.read_stream(f"{r}empty")] == []
 
 
-@targets
+@functional
 @with_fs
-async def test_delete_idempotent(fs: Fs) -> None:
-    await fs.write("d", b"x")
-    await fs.delete("d")
-    await fs.delete("d")
-    await fs.delete("never-was")
-    assert not await fs.exists("d")
-    await fs.write("d", b"again")  # a deleted name can be created again
-    assert await fs.read("d") == b"again"
+async def test_delete_idempotent(fs: Fs, r: str) -> None:
+    await fs.write(f"{r}d", b"x")
+    await fs.delete(f"{r}d")
+    await fs.delete(f"{r}d")
+    await fs.delete(f"{r}never-was")
+    assert not await fs.exists(f"{r}d")
+    await fs.write(f"{r}d", b"again")  # a deleted name can be created again
+    assert await fs.read(f"{r}d") == b"again"
 
 
-@targets
+@functional
 @with_fs
-async def test_copy(fs: Fs) -> None:
-    await fs.write("src", b"payload", metadata={"guid": "abc"})
-    await fs.copy("src", "dir/dst")
-    assert await fs.read("dir/dst") == b"payload"
-    assert dict((await fs.stat("dir/dst")).metadata).get("guid") == "abc"
+async def test_copy(fs: Fs, r: str) -> None:
+    await fs.write(f"{r}src", b"payload", metadata={"guid": "abc"})
+    await fs.copy(f"{r}src", f"{r}dir/dst")
+    assert await fs.read(f"{r}dir/dst") == b"payload"
+    assert dict((await fs.stat(f"{r}dir/dst")).metadata).get("guid") == "abc"
     with pytest.raises(FsExists):
-        await fs.copy("src", "dir/dst")
-    await fs.write("src2", b"other")
-    await fs.copy("src2", "dir/dst", REPLACE)
-    assert await fs.read("dir/dst") == b"other"
+        await fs.copy(f"{r}src", f"{r}dir/dst")
+    await fs.write(f"{r}src2", b"other")
+    await fs.copy(f"{r}src2", f"{r}dir/dst", REPLACE)
+    assert await fs.read(f"{r}dir/dst") == b"other"
 
 
-@targets
+@functional
 @with_fs
-async def test_listing(fs: Fs) -> None:
-    names = ["m/INBOX/1", "m/INBOX/2", "m/Sent/1", "m/INBOXES/9", "n/1"]
+async def test_listing(fs: Fs, r: str) -> None:
+    names = [f"{r}{n}" for n in ["m/INBOX/1", "m/INBOX/2", "m/Sent/1", "m/INBOXES/9", "n/1"]]
     for name in names:
         await fs.write(name, name.encode())
-    await fs.append("m/INBOX/log", b"rec1\n")
-    await fs.append("m/INBOX/log", b"rec2\n")
-    assert await listing(fs, "m/INBOX/") == ["m/INBOX/1", "m/INBOX/2", "m/INBOX/log"]
-    assert await listing(fs, "m/INBOX") == [
+    await fs.append(f"{r}m/INBOX/log", b"rec1\n")
+    await fs.append(f"{r}m/INBOX/log", b"rec2\n")
+
+    async def ls(prefix: str = "") -> list[str]:
+        return [n[len(r):] for n in await listing(fs, r + prefix)]
+
+    assert await ls("m/INBOX/") == ["m/INBOX/1", "m/INBOX/2", "m/INBOX/log"]
+    assert await ls("m/INBOX") == [
         "m/INBOX/1", "m/INBOX/2", "m/INBOX/log", "m/INBOXES/9"]
-    assert await listing(fs, "m/") == sorted(
+    assert await ls("m/") == sorted(
         ["m/INBOX/1", "m/INBOX/2", "m/INBOX/log", "m/INBOXES/9", "m/Sent/1"])
-    assert await listing(fs) == sorted(names + ["m/INBOX/log"])
-    assert await listing(fs, "zzz/") == []
-    await fs.delete("m/INBOX/1")
-    await fs.delete("m/INBOX/log")
-    assert await listing(fs, "m/INBOX/") == ["m/INBOX/2"]
+    # The whole store (in a shared namespace: what starts with this test's stem, which
+    # also walks the top level).
+    assert await listing(fs, r) == sorted(names + [f"{r}m/INBOX/log"])
+    assert await ls("zzz/") == []
+    await fs.delete(f"{r}m/INBOX/1")
+    await fs.delete(f"{r}m/INBOX/log")
+    assert await ls("m/INBOX/") == ["m/INBOX/2"]
 
 
-@targets
+@functional
 @with_fs
-async def test_odd_names(fs: Fs) -> None:
+async def test_odd_names(fs: Fs, r: str) -> None:
     names = ["sp ace/x y", "ünïcødé/名前", "per%cent/100%", ".hidden/.dot", "a+b=c&d", "q'uo\"te",
              "semi;colon", "star*?[x]", "tab\tname"]
+    names = [r + n for n in names]
     for i, name in enumerate(names):
         await fs.write(name, str(i).encode(), metadata={"n": str(i)})
     for i, name in enumerate(names):
         assert await fs.read(name) == str(i).encode()
         assert dict((await fs.stat(name)).metadata).get("n") == str(i)
-    assert await listing(fs) == sorted(names)
+    assert await listing(fs, r) == sorted(names)
 
 
-@targets
+@functional
 @with_fs
-async def test_invalid_paths(fs: Fs) -> None:
+async def test_invalid_paths(fs: Fs, r: str) -> None:
     for bad in ["", "/abs", "trailing/", "a//b", "a/./b", "a/../b", ".."]:
         with pytest.raises(FsError):
             await fs.write(bad, b"x")
 
 
-@targets
+@functional
 @with_fs
-async def test_write_unique(fs: Fs) -> None:
-    paths = await asyncio.gather(*(fs.write_unique("u/msg-", b"%d" % i) for i in range(20)))
+async def test_write_unique(fs: Fs, r: str) -> None:
+    paths = await asyncio.gather(*(fs.write_unique(f"{r}u/msg-", b"%d" % i) for i in range(20)))
     assert len(set(paths)) == 20
-    assert all(p.startswith("u/msg-") for p in paths)
+    assert all(p.startswith(f"{r}u/msg-") for p in paths)
     for i, p in enumerate(paths):
         assert await fs.read(p) == b"%d" % i
 
 
-@targets
+@functional
 @with_fs
-async def test_append_order_and_read(fs: Fs) -> None:
+async def test_append_order_and_read(fs: Fs, r: str) -> None:
     records = [b"record %03d|%s\n" % (i, b"x" * (i * 37 % 500)) for i in range(60)]
-    offsets = [await fs.append("log", rec) for rec in records]
+    offsets = [await fs.append(f"{r}log", rec) for rec in records]
     whole = b"".join(records)
     # Each append returns where its record starts: the first at 0, then back to back.
     assert offsets == [len(b"".join(records[:i])) for i in range(len(records))]
-    assert await fs.read("log") == whole
+    assert await fs.read(f"{r}log") == whole
     assert_at_offsets(whole, list(zip(records, offsets, strict=True)))
-    assert (await fs.stat("log")).size == len(whole)
-    assert await fs.read_range("log", 100, 5000) == whole[100:5000]
-    assert b"".join([c async for c in fs.read_stream("log", 1000)]) == whole
+    assert (await fs.stat(f"{r}log")).size == len(whole)
+    assert await fs.read_range(f"{r}log", 100, 5000) == whole[100:5000]
+    assert b"".join([c async for c in fs.read_stream(f"{r}log", 1000)]) == whole
     with pytest.raises(FsExists):
-        await fs.write("log", b"whole", CREATE)
-    await fs.delete("log")
-    assert not await fs.exists("log")
-    assert await fs.append("log", b"fresh\n") == 0  # a new log starts at 0 again
-    assert await fs.append("log", b"second\n") == len(b"fresh\n")
-    assert await fs.read("log") == b"fresh\nsecond\n"
+        await fs.write(f"{r}log", b"whole", CREATE)
+    await fs.delete(f"{r}log")
+    assert not await fs.exists(f"{r}log")
+    assert await fs.append(f"{r}log", b"fresh\n") == 0  # a new log starts at 0 again
+    assert await fs.append(f"{r}log", b"second\n") == len(b"fresh\n")
+    assert await fs.read(f"{r}log") == b"fresh\nsecond\n"
 
 
-@targets
+@functional
 @with_fs
-async def test_concurrent_appends_in_one_process(fs: Fs) -> None:
+async def test_concurrent_appends_in_one_process(fs: Fs, r: str) -> None:
     records = [b"c%04d|%s\n" % (i, b"y" * (i * 53 % 200)) for i in range(100)]
     # Concurrent appends are group-committed where the driver does that: each record of a
     # batch must still get its own offset.
-    offsets = await asyncio.gather(*(fs.append("clog", r) for r in records))
-    log = await fs.read("clog")
+    offsets = await asyncio.gather(*(fs.append(f"{r}clog", rec) for rec in records))
+    log = await fs.read(f"{r}clog")
     got = log.splitlines(keepends=True)
     assert sorted(got) == sorted(records)
     assert_at_offsets(log, list(zip(records, offsets, strict=True)))
     # A second wave, on a log that now exists and that this process has partly seen.
     more = [b"d%04d\n" % i for i in range(40)]
-    offsets += await asyncio.gather(*(fs.append("clog", r) for r in more))
-    assert_at_offsets(await fs.read("clog"), list(zip(records + more, offsets, strict=True)))
+    offsets += await asyncio.gather(*(fs.append(f"{r}clog", rec) for rec in more))
+    assert_at_offsets(await fs.read(f"{r}clog"), list(zip(records + more, offsets, strict=True)))
 
 
-@targets
-def test_append_offsets_with_two_clients(fs_spec: str) -> None:
+@functional
+def test_append_offsets_with_two_clients(fs_spec: str, request: pytest.FixtureRequest) -> None:
     """Two chains opened on one store (as two processes would be) append in turns: each
     learns of the records the other added only through the store, yet knows its offset."""
+    r = stem(request)
 
     async def main() -> None:
         async with await open_fs(fs_spec) as a, await open_fs(fs_spec) as b:
@@ -270,28 +300,29 @@ def test_append_offsets_with_two_clients(fs_spec: str) -> None:
             for i in range(30):
                 writer = b if i % 3 == 1 else a
                 rec = b"w%02d|%s\n" % (i, b"q" * (i * 29 % 120))
-                placed.append((rec, await writer.append("wlog", rec)))
+                placed.append((rec, await writer.append(f"{r}wlog", rec)))
             assert placed[0][1] == 0
-            assert_at_offsets(await a.read("wlog"), placed)
-            assert await b.read("wlog") == await a.read("wlog")
+            assert_at_offsets(await a.read(f"{r}wlog"), placed)
+            assert await b.read(f"{r}wlog") == await a.read(f"{r}wlog")
 
     asyncio.run(main())
 
 
 # moto checks and stores in two steps without a lock: two winners are possible there.
-@pytest.mark.parametrize("fs_spec", [t for t in ALL_TARGETS if t != "moto"], indirect=True)
+@pytest.mark.parametrize("fs_spec", [t for t in ALL_TARGETS + README_TARGETS if t != "moto"],
+                         indirect=True)
 @with_fs
-async def test_concurrent_creators_in_one_process(fs: Fs) -> None:
+async def test_concurrent_creators_in_one_process(fs: Fs, r: str) -> None:
     async def create(i: int) -> bool:
         try:
-            await fs.write("one", b"writer %d" % i)
+            await fs.write(f"{r}one", b"writer %d" % i)
         except FsExists:
             return False
         return True
 
     wins = await asyncio.gather(*(create(i) for i in range(16)))
     assert sum(wins) == 1
-    assert await fs.read("one") == b"writer %d" % wins.index(True)
+    assert await fs.read(f"{r}one") == b"writer %d" % wins.index(True)
 
 
 # --- large objects ---------------------------------------------------------------------
@@ -309,7 +340,7 @@ def _pattern_chunk(i: int) -> bytes:
 @stream_targets
 @pytest.mark.slow
 @with_fs
-async def test_large_object_streams_in_bounded_memory(fs: Fs) -> None:
+async def test_large_object_streams_in_bounded_memory(fs: Fs, r: str) -> None:
     async def chunks():  # type: ignore[no-untyped-def]
         for i in range(LARGE // CHUNK):
             yield _pattern_chunk(i)
@@ -317,12 +348,12 @@ async def test_large_object_streams_in_bounded_memory(fs: Fs) -> None:
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        size = await fs.write_stream("big", chunks())
+        size = await fs.write_stream(f"{r}big", chunks())
         _, write_peak = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         digest = hashlib.sha256()
         total = 0
-        async for chunk in fs.read_stream("big", CHUNK):
+        async for chunk in fs.read_stream(f"{r}big", CHUNK):
             assert len(chunk) <= CHUNK
             digest.update(chunk)
             total += len(chunk)
@@ -337,7 +368,7 @@ async def test_large_object_streams_in_bounded_memory(fs: Fs) -> None:
     limit = 3 * DRIVER_CHUNK + 8 * 1024 * 1024
     assert write_peak < limit, f"write_stream peaked at {write_peak} bytes"
     assert read_peak < limit, f"read_stream peaked at {read_peak} bytes"
-    assert (await fs.stat("big")).size == LARGE
+    assert (await fs.stat(f"{r}big")).size == LARGE
 
 
 # --- races between OS processes ----------------------------------------------------------

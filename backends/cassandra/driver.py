@@ -107,6 +107,9 @@ DEFAULT_PORT = 9042
 TABLES = ("objects", "chunks", "segments", "listing")
 #: Listing id of directory entries (``name/``), which are never deleted.
 DIR_LID = uuid.UUID(int=0)
+#: The ``listing`` partition of the top level when there is no prefix: Cassandra refuses
+#: an empty partition key, and no key path (nor prefix) can be ``/``.
+ROOT_DIR = "/"
 #: How many chunk reads or writes one operation keeps in flight.
 CHUNK_WINDOW = 4
 #: Chunked objects up to this size are read whole before ``read_stream`` yields.
@@ -587,14 +590,15 @@ class CassandraFs(Fs):
         return f"{self.prefix}/{path}" if self.prefix else path
 
     def _entries(self, path: str) -> tuple[list[tuple[str, str]], tuple[str, str]]:
-        """The directory entries on the way to ``path`` and its own (dir, name)."""
+        """The directory entries on the way to ``path`` and its own, as (listing
+        partition, name)."""
         parts = path.split("/")
         d = self.prefix
         dirs = []
         for seg in parts[:-1]:
-            dirs.append((d, seg + "/"))
+            dirs.append((d or ROOT_DIR, seg + "/"))
             d = f"{d}/{seg}" if d else seg
-        return dirs, (d, parts[-1])
+        return dirs, (d or ROOT_DIR, parts[-1])
 
     # -- running statements --------------------------------------------------------------------
 
@@ -1131,7 +1135,7 @@ class CassandraFs(Fs):
         while todo:
             d, begin = todo.popleft()
             last = None
-            rows = self._rows("entries", (d, begin), op="iter", path=prefix)
+            rows = self._rows("entries", (d or ROOT_DIR, begin), op="iter", path=prefix)
             async with contextlib.aclosing(rows):
                 async for entry in rows:
                     name = entry["name"]
