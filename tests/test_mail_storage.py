@@ -10,8 +10,10 @@ The invariants of DESIGN.md each have their own test here:
 
 The tests of the mail-storage API's behaviour (core/mail/api.py) run on every backend: the
 libfs targets with both layouts and the in-memory backend (the ``store_env`` and
-``store_spec`` fixtures); the tests of libfs internals (durability, concurrent processes,
-logs, resync and purge, corruption) run on the libfs targets (``mail_env``, ``mail_spec``).
+``store_spec`` fixtures), also on each remote driver in its README form (no prefix,
+default names: a namespace other runs share, so there ``uname`` tags the user names with
+the test's own); the tests of libfs internals (durability, concurrent processes, logs,
+resync and purge, corruption) run on the libfs targets (``mail_env``, ``mail_spec``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +53,15 @@ from cloudcote.core.mail.storage import (
     user_prefix,
 )
 
-from .conftest import driver_spec
+from .conftest import README_TARGETS, driver_spec, shared_namespace, unique_prefix
 from .mailsamples import check_message, message
 
 MAIL_TARGETS = ["posix", "seaweedfs", "cassandra", "postgresql", "mysql"]
 LAYOUTS = ["sdbox", "mdbox"]
-#: The in-memory backend has no layout; it runs once.
-STORE_ENVS = [*((t, lay) for t in MAIL_TARGETS for lay in LAYOUTS), ("memory", "sdbox")]
+#: The in-memory backend has no layout; it runs once; the README forms run sdbox, the
+#: default layout.
+STORE_ENVS = [*((t, lay) for t in MAIL_TARGETS for lay in LAYOUTS), ("memory", "sdbox"),
+              *((t, "sdbox") for t in README_TARGETS)]
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -89,10 +93,25 @@ def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
     yield store_target_spec(target, request, tmp_path), layout
 
 
-@pytest.fixture(params=[*MAIL_TARGETS, "memory"])
+@pytest.fixture(params=[*MAIL_TARGETS, "memory", *README_TARGETS])
 def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Every mail backend: libfs targets (sdbox) and memory."""
     yield store_target_spec(request.param, request, tmp_path)
+
+
+@pytest.fixture
+def uname(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """The user name a test uses for ``user``: the same, unless the store is a namespace
+    that other runs share (a README form), where it gets a tag of this test's own."""
+    tag = unique_prefix() if shared_namespace(request) else ""
+
+    def name(user: str) -> str:
+        if not tag:
+            return user
+        local, at, domain = user.partition("@")
+        return f"{local}-{tag}{at}{domain}"
+
+    return name
 
 
 def settings(layout: str = "sdbox", **kw: Any) -> StorageSettings:
@@ -117,11 +136,11 @@ def run(coro: Any) -> Any:
 # --- mailboxes -----------------------------------------------------------------------------
 
 
-def test_mailbox_list(store_spec: str) -> None:
+def test_mailbox_list(store_spec: str, uname: Callable[[str], str]) -> None:
     async def main() -> None:
         store = await open_store(store_spec)
         try:
-            um = await store.user("alice@example.com")
+            um = await store.user(uname("alice@example.com"))
             names = [e.name for e in um.list_mailboxes()]
             assert names == ["Archive", "Drafts", "INBOX", "Junk", "Sent", "Trash"]
             special = {e.name: e.special_use for e in um.list_mailboxes()}
@@ -184,10 +203,10 @@ def test_mailbox_list(store_spec: str) -> None:
             assert (await um.mailbox("INBOX/old")).state.exists == 1
             # Another process sees the same list; another user sees none of it.
             other = await open_store(store_spec)
-            um2 = await other.user("alice@example.com")
+            um2 = await other.user(uname("alice@example.com"))
             assert {e.name for e in um2.list_mailboxes()} == \
                 {e.name for e in um.list_mailboxes()}
-            bob = await other.user("bob@example.com")
+            bob = await other.user(uname("bob@example.com"))
             assert {e.name for e in bob.list_mailboxes()} == \
                 {"Archive", "Drafts", "INBOX", "Junk", "Sent", "Trash"}
             with pytest.raises(MailboxNotFound):
@@ -264,14 +283,15 @@ def test_concurrent_create_same_name(mail_spec: str) -> None:
 # --- messages, flags, MODSEQ ----------------------------------------------------------------
 
 
-def test_save_flags_expunge_copy_move(store_env: tuple[str, str]) -> None:
+def test_save_flags_expunge_copy_move(store_env: tuple[str, str],
+                                      uname: Callable[[str], str]) -> None:
     spec, layout = store_env
 
     async def main() -> None:
         store = await open_store(spec, layout)
         other = await open_store(spec, layout)
         try:
-            um = await store.user("carol")
+            um = await store.user(uname("carol"))
             box = await um.mailbox("INBOX")
             uv = box.state.uidvalidity
             uids = [await box.save(message(i), ["\\Seen"] if i % 2 else []) for i in range(6)]
@@ -314,7 +334,7 @@ def test_save_flags_expunge_copy_move(store_env: tuple[str, str]) -> None:
             assert "\\Flagged" in dest.state.messages[2].flags
             assert await dest.read_message(dest.state.messages[3]) == message(2)
             # Another process agrees on everything.
-            um2 = await other.user("carol")
+            um2 = await other.user(uname("carol"))
             box2 = await um2.mailbox("INBOX")
             assert box2.state.uidvalidity == uv
             assert [(m.uid, m.guid, m.flags, m.modseq) for m in box2.state] == \
@@ -340,20 +360,22 @@ def test_save_flags_expunge_copy_move(store_env: tuple[str, str]) -> None:
     run(main())
 
 
-def test_multi_recipient_delivery(store_env: tuple[str, str]) -> None:
+def test_multi_recipient_delivery(store_env: tuple[str, str],
+                                  uname: Callable[[str], str]) -> None:
     spec, layout = store_env
 
     async def main() -> None:
         store = await open_store(spec, layout)
         try:
-            await (await store.user("u1")).create_mailbox("Lists")
+            await (await store.user(uname("u1"))).create_mailbox("Lists")
             raw = message(7, "multi").replace(b"\r\n", b"\n")  # bare LF is normalized
-            res = await deliver(store, raw, [("u1", "INBOX"), ("u2", "INBOX"),
-                                             ("u1", "Lists"), ("u3", "Nope")])
+            res = await deliver(store, raw, [(uname("u1"), "INBOX"), (uname("u2"), "INBOX"),
+                                             (uname("u1"), "Lists"), (uname("u3"), "Nope")])
             assert res[:3] == [1, 1, 1], res
             assert isinstance(res[3], MailboxNotFound)
             boxes = [await (await store.user(u)).mailbox(n)
-                     for u, n in (("u1", "INBOX"), ("u2", "INBOX"), ("u1", "Lists"))]
+                     for u, n in ((uname("u1"), "INBOX"), (uname("u2"), "INBOX"),
+                                  (uname("u1"), "Lists"))]
             for box in boxes:
                 assert await box.read_message(box.state.messages[1]) == message(7, "multi")
             locs = {b.state.messages[1].loc for b in boxes}
@@ -368,13 +390,13 @@ def test_multi_recipient_delivery(store_env: tuple[str, str]) -> None:
     run(main())
 
 
-def test_quota(store_spec: str) -> None:
+def test_quota(store_spec: str, uname: Callable[[str], str]) -> None:
     async def main() -> None:
         store = await open_store(store_spec)
         try:
             assert parse_quota_rule("*:storage=1M:messages=10") == QuotaLimits(1 << 20, 10)
             size = len(message(0))
-            um = await store.user("dave", QuotaLimits(bytes=size * 3 + 10, messages=5))
+            um = await store.user(uname("dave"), QuotaLimits(bytes=size * 3 + 10, messages=5))
             box = await um.mailbox("INBOX")
             await box.save(message(0))
             await (await um.mailbox("Sent")).save(message(1))
@@ -384,7 +406,8 @@ def test_quota(store_spec: str) -> None:
             assert err.value.resource == "storage"
             usage = await um.quota_usage()
             assert (usage.bytes, usage.messages) == (size * 3, 3)
-            res = await deliver(store, message(4), [("dave", "INBOX"), ("erin", "INBOX")])
+            res = await deliver(store, message(4), [(uname("dave"), "INBOX"),
+                                                    (uname("erin"), "INBOX")])
             assert isinstance(res[0], QuotaExceeded) and res[1] == 1
             await box.expunge([1])
             await box.save(message(5))
@@ -398,13 +421,13 @@ def test_quota(store_spec: str) -> None:
     run(main())
 
 
-def test_change_notification(store_spec: str) -> None:
+def test_change_notification(store_spec: str, uname: Callable[[str], str]) -> None:
     async def main() -> None:
         a = await open_store(store_spec)
         b = await open_store(store_spec)
         try:
-            box_a = await (await a.user("fay")).mailbox("INBOX")
-            box_b = await (await b.user("fay")).mailbox("INBOX")
+            box_a = await (await a.user(uname("fay"))).mailbox("INBOX")
+            box_b = await (await b.user(uname("fay"))).mailbox("INBOX")
             assert not await box_b.wait_for_change(0.1)
             waiter = asyncio.create_task(box_b.wait_for_change(10))
             await asyncio.sleep(0.1)
@@ -972,7 +995,8 @@ def test_inv5_bytes_exact(tmp_path: Path, chain: str, layout: str) -> None:
     run(main())
 
 
-def test_search_through_the_store(store_env: tuple[str, str]) -> None:
+def test_search_through_the_store(store_env: tuple[str, str],
+                                  uname: Callable[[str], str]) -> None:
     """SEARCH on stored messages: header keys from the cache, body keys from the bytes."""
     from cloudcote.core.mail.search import parse_search
     from cloudcote.core.mail.storage import search_mailbox
@@ -982,7 +1006,7 @@ def test_search_through_the_store(store_env: tuple[str, str]) -> None:
     async def main() -> None:
         store = await open_store(spec, layout)
         try:
-            box = await (await store.user("sam")).mailbox("INBOX")
+            box = await (await store.user(uname("sam"))).mailbox("INBOX")
             for i in range(5):
                 await box.save(message(i, "tag"), ["\\Seen"] if i < 2 else [])
             await box.save(b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n\r\nK\xc3\xa4se und Brot\r\n")
@@ -1008,7 +1032,8 @@ def test_search_through_the_store(store_env: tuple[str, str]) -> None:
     run(main())
 
 
-def test_save_many_recent_search_and_delivery(store_env: tuple[str, str]) -> None:
+def test_save_many_recent_search_and_delivery(store_env: tuple[str, str],
+                                             uname: Callable[[str], str]) -> None:
     """The rest of the API contract on every backend: save_many all or nothing, flags and
     internal dates kept, one \\Recent claim wins each UID across stores, SEARCH and
     delivery through the API."""
@@ -1022,7 +1047,7 @@ def test_save_many_recent_search_and_delivery(store_env: tuple[str, str]) -> Non
         store = await open_store(spec, layout, max_message_size=1000)
         other = await open_store(spec, layout, max_message_size=1000)
         try:
-            um = await store.user("rita", QuotaLimits(messages=3))
+            um = await store.user(uname("rita"), QuotaLimits(messages=3))
             box = await um.mailbox("INBOX")
             assert isinstance(um, api.User) and isinstance(box, api.Mailbox)
             assert box.settings.max_message_size == um.settings.max_message_size == 1000
@@ -1044,7 +1069,7 @@ def test_save_many_recent_search_and_delivery(store_env: tuple[str, str]) -> Non
             assert api.internal_datetime(first) == when
             assert api.internal_datetime(first).utcoffset() == dt.timedelta(hours=2)
             # \Recent: the first claim wins, in whichever store it is made.
-            box2 = await (await other.user("rita")).mailbox("INBOX")
+            box2 = await (await other.user(uname("rita"))).mailbox("INBOX")
             await box2.refresh()
             assert list(await box2.claim_recent(3)) == [1, 2]
             assert list(await box.claim_recent(3)) == []
