@@ -8,13 +8,17 @@ libfs conformance and mail-storage tests; this is the whole path through the pro
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import smtplib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from cloudcote.libfs import open_fs
 
 from .conftest import README_TARGETS, driver_spec
 from .imap_support import PASSWORD, ImapServer, start_server, stop_server
@@ -71,3 +75,36 @@ def test_lmtp_delivery_then_imap_login_reads_it(readme_server: ImapServer) -> No
     finally:
         with contextlib.suppress(OSError):  # already closed after a LOGOUT
             imap.shutdown()
+
+
+@pytest.mark.parametrize("target", ["cassandra"])
+def test_cassandra_listing_partitions_with_and_without_prefix(
+    target: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The ``listing`` rows a prefixed chain writes are what they always were (a table
+    written before reads the same); without a prefix, the top level is partition ``/``."""
+    prefixed = driver_spec(target, request, tmp_path)
+    prefix = prefixed.rpartition("prefix=")[2]
+    bare = driver_spec("cassandra-readme", request, tmp_path)
+    tag = f"t{uuid.uuid4().hex[:12]}"
+
+    def names(fs: Any, d: str) -> list[str]:
+        rows = fs.session.execute(f"SELECT name FROM {fs.keyspace}.listing WHERE dir = %s",
+                                  (d,))
+        return sorted(r["name"] for r in rows)
+
+    async def main() -> None:
+        async with await open_fs(prefixed) as fs:
+            await fs.write("a/b", b"1")
+            await fs.write("top", b"2")
+            assert names(fs, prefix) == ["a/", "top"]
+            assert names(fs, f"{prefix}/a") == ["b"]
+            assert sorted([p async for p in fs.iter()]) == ["a/b", "top"]
+        async with await open_fs(bare) as fs:
+            await fs.write(f"{tag}/b", b"1")
+            await fs.write(tag, b"2")
+            assert {f"{tag}/", tag} <= set(names(fs, "/"))
+            assert names(fs, tag) == ["b"]
+            assert sorted([p async for p in fs.iter(tag)]) == [tag, f"{tag}/b"]
+
+    asyncio.run(main())
