@@ -287,11 +287,14 @@ class Fs(abc.ABC):
 
     @abc.abstractmethod
     async def read(self, path: str) -> bytes:
-        """The whole object. Raises FsNotFound."""
+        """The whole object; for one being appended to, whole records only (see
+        :meth:`append`). Raises FsNotFound."""
 
     @abc.abstractmethod
     async def read_range(self, path: str, start: int, end: int | None = None) -> bytes:
-        """Bytes ``[start, end)`` (``end=None``: to the end; clipped to the size).
+        """Bytes ``[start, end)`` (``end=None``: to the end; clipped to the size).  A range
+        that meets the end of an object being appended to ends where :meth:`read` would,
+        after a whole record; an ``end`` inside a record is the caller's own cut.
         Raises FsNotFound."""
 
     async def read_stream(
@@ -299,8 +302,9 @@ class Fs(abc.ABC):
     ) -> AsyncIterator[bytes]:
         """Yield the object in chunks of at most ``chunk_size`` bytes, holding about one
         chunk in memory.  The object is the one that existed when the first chunk was read;
-        a concurrent replace may make a later chunk fail with FsNotFound, never mix.
-        Raises FsNotFound."""
+        a concurrent replace may make a later chunk fail with FsNotFound, never mix.  The
+        last chunk of an object being appended to ends after a whole record, as
+        :meth:`read_range` does. Raises FsNotFound."""
         pos = 0
         while True:
             chunk = await self.read_range(path, pos, pos + chunk_size)
@@ -354,7 +358,10 @@ class Fs(abc.ABC):
         return the offset of the record's first byte in the object (the byte stream
         :meth:`read` returns; a new log's first record is at 0).  Atomic: concurrent
         appenders never lose or interleave records, and every reader sees the same total
-        order.  ``data`` must not be empty."""
+        order.  No reader ever sees part of a record: :meth:`read`, :meth:`read_range` and
+        :meth:`read_stream` that meet the end of the object, and the size :meth:`stat`
+        reports, end after a whole record; one still being appended is not there at all.
+        ``data`` must not be empty."""
 
     @abc.abstractmethod
     async def stat(self, path: str) -> Stat:

@@ -10,6 +10,10 @@ Chain syntax: ``posix:/var/mail`` or ``posix:path=/var/mail,fsync=never``.
   inode lock for a whole write to a regular file, so records never interleave.  The
   descriptor is the call's own, so its file offset after the write is the record's end:
   the record starts at that offset minus its length;
+- reads: ``write(2)`` moves the file size folio by folio while it copies a record, so a
+  plain read racing an append can end inside the record.  A read that meets the end of a
+  file asks ``lseek(SEEK_HOLE)``, which waits for the inode lock the append holds, whether
+  more is arriving, and reads that too: every read path ends at a record boundary;
 - metadata: extended attributes ``user.cloudcote.<key>`` set on the temporary file before it
   is published, so they appear atomically with the data;
 - ``fsync=always`` (the default) syncs the file and its directory before a write returns.
@@ -33,8 +37,9 @@ import asyncio
 import errno
 import logging
 import os
+import stat
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .api import (
@@ -68,6 +73,9 @@ XATTR_PREFIX = "user.cloudcote."
 log = logging.getLogger("cloudcote.libfs.posix")
 #: Full-size inotify events read per read(2) when the descriptor is readable.
 INOTIFY_BATCH = 512
+#: Bytes a read asks for beyond the size fstat reports, so that the read itself meets the
+#: end of the file (see ``_read_settled``).
+READ_SLACK = 64 * 1024
 
 
 def _map_oserror(exc: OSError, op: str, path: str) -> FsError:
@@ -145,46 +153,37 @@ class PosixFs(Fs):
     # -- reads ----------------------------------------------------------------------------
 
     async def read(self, path: str) -> bytes:
-        """The whole file. Raises FsNotFound."""
+        """The whole file, ending at a record boundary (see ``_read_settled``).
+        Raises FsNotFound."""
         full = self._full(path)
 
         def run() -> bytes:
             with open(full, "rb") as f:
-                # A concurrent append copies its record page by page and moves i_size as it
-                # goes, so a record that straddles a page can be seen half-written.  Return
-                # only a read during which the size did not move (no append in progress).
-                for _ in range(100):
-                    before = os.fstat(f.fileno()).st_size
-                    data = os.pread(f.fileno(), before + 1, 0)
-                    if len(data) == before == os.fstat(f.fileno()).st_size:
-                        return data
-                    time.sleep(0.001)
-                return data
+                return _read_settled(f.fileno(), 0, None)
 
         return await self._run(run, "read", path)
 
     async def read_range(self, path: str, start: int, end: int | None = None) -> bytes:
-        """Bytes [start, end) of one open file. Raises FsNotFound."""
+        """Bytes [start, end) of one open file; a range that meets the end of the file ends
+        at a record boundary. Raises FsNotFound."""
         full = self._full(path)
 
         def run() -> bytes:
             with open(full, "rb") as f:
-                f.seek(start)
-                return f.read() if end is None else f.read(max(0, end - start))
+                return _read_settled(f.fileno(), start, end)
 
         return await self._run(run, "read", path)
 
     async def read_stream(
         self, path: str, chunk_size: int = DEFAULT_CHUNK_SIZE
     ) -> AsyncIterator[bytes]:
-        """Chunks of one open file descriptor: a concurrent replace never mixes in."""
+        """Chunks of one open file descriptor: a concurrent replace never mixes in, and the
+        last chunk ends at a record boundary."""
         full = self._full(path)
         f = await self._run(lambda: open(full, "rb"), "read", path)
         try:
-            while True:
-                chunk = await self._run(lambda: f.read(chunk_size), "read", path)
-                if not chunk:
-                    return
+            chunks = _chunks_settled(f.fileno(), chunk_size)
+            while (chunk := await self._run(lambda: next(chunks, None), "read", path)):
                 yield chunk
         finally:
             f.close()
@@ -195,9 +194,17 @@ class PosixFs(Fs):
 
         def run() -> Stat:
             st = os.stat(full)
-            if not os.path.isfile(full):
+            if not stat.S_ISREG(st.st_mode):
                 raise FileNotFoundError(errno.ENOENT, "not a file")
-            return Stat(path, st.st_size, st.st_mtime, self._get_meta(full))
+            size = st.st_size
+            if size:
+                # The size a read would end at: not inside a record still being appended.
+                fd = os.open(full, os.O_RDONLY)
+                try:
+                    size = max(size, _settled_end(fd, size - 1))
+                finally:
+                    os.close(fd)
+            return Stat(path, size, st.st_mtime, self._get_meta(full))
 
         return await self._run(run, "stat", path)
 
@@ -347,7 +354,8 @@ class PosixFs(Fs):
         return await self._run(run, "append", path)
 
     async def copy(self, src: str, dst: str, mode: WriteMode = WriteMode.CREATE) -> None:
-        """Data and xattrs copied into a temp file, then published as ``write`` does."""
+        """Data (read as ``read_stream`` does) and xattrs copied into a temp file, then
+        published as ``write`` does."""
         full_src, full_dst = self._full(src), self._full(dst)
 
         def run() -> None:
@@ -357,7 +365,7 @@ class PosixFs(Fs):
                 meta = self._get_meta(full_src)
                 tmp, fd = self._new_tmp()
                 try:
-                    while chunk := f.read(DEFAULT_CHUNK_SIZE):
+                    for chunk in _chunks_settled(f.fileno(), DEFAULT_CHUNK_SIZE):
                         view = memoryview(chunk)
                         while view:
                             view = view[os.write(fd, view):]
@@ -571,6 +579,65 @@ class InotifyFeed(ChangeFeed):
         self._wd_of.clear()
         self._dir_of.clear()
         self._watch_of.clear()
+
+
+def _settled_end(fd: int, pos: int) -> int:
+    """Where the file ends once no append is copying into it: ``pos`` if nothing lies at or
+    after ``pos``.
+
+    ``lseek(SEEK_HOLE)`` takes the inode lock that ``write(2)`` holds for its whole record
+    (ext4, tmpfs, btrfs), so it waits out an append in progress; this driver's files have
+    no holes, so the first hole at or after ``pos`` is the end of the file.
+    """
+    try:
+        return os.lseek(fd, pos, os.SEEK_HOLE)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # the file ends at or before pos
+            return pos
+        if exc.errno == errno.EINVAL:  # no SEEK_HOLE on this file system: the size as it is
+            return max(pos, os.fstat(fd).st_size)
+        raise
+
+
+def _read_settled(fd: int, start: int, end: int | None) -> bytes:
+    """Bytes [start, end) of an open file, never a part of a record an append is still
+    copying.
+
+    ``write(2)`` copies a record folio by folio and moves the file size after each one, so
+    a plain read racing an append of a record that straddles a folio ends inside it.  A
+    read that meets the end of the file is accepted only if ``_settled_end`` then finds
+    nothing beyond it; otherwise the bytes that arrived are read too.  Bytes below a size
+    once seen never change (appends only add), so every piece read stays valid.  Where
+    reads themselves exclude writes (XFS) the read's own end is a record boundary.
+    """
+    parts = []
+    pos = start
+    while end is None or pos < end:
+        stop = os.fstat(fd).st_size + READ_SLACK
+        if end is not None:
+            stop = min(stop, end)
+        want = max(0, stop - pos)
+        data = os.pread(fd, want, pos) if want else b""
+        parts.append(data)
+        pos += len(data)
+        if len(data) < want or want == 0:
+            # The read met the end of the file: done if no append was still arriving.
+            if _settled_end(fd, pos) <= pos:
+                break
+    return b"".join(parts)
+
+
+def _chunks_settled(fd: int, chunk_size: int) -> Iterator[bytes]:
+    """The file in chunks of at most ``chunk_size`` bytes, the last ending where no append
+    was still copying (as ``_read_settled``)."""
+    pos = 0
+    while True:
+        chunk = os.pread(fd, chunk_size, pos)
+        pos += len(chunk)
+        if chunk:
+            yield chunk
+        if len(chunk) < chunk_size and _settled_end(fd, pos) <= pos:
+            return
 
 
 def _unlink_quiet(path: str) -> None:
