@@ -18,6 +18,13 @@
 # Debian's isync when missing: not a server but mbsync, a real IMAP client the tests drive;
 # and Debian's swaks, a real LMTP client.
 #
+# A second, private set beside the usual one (as tests/test_services_script.py runs):
+# set CLOUDCOTE_SERVICES_DIR to another state dir and every address of services.env
+# (CLOUDCOTE_PG_DSN, CLOUDCOTE_MYSQL_DSN, CLOUDCOTE_CASSANDRA_HOSTS,
+# CLOUDCOTE_SEAWEEDFS_ENDPOINT, CLOUDCOTE_MOTO_ENDPOINT) and the ports below to free ones,
+# e.g. CLOUDCOTE_SERVICES_DIR=/tmp/svc CLOUDCOTE_MOTO_ENDPOINT=http://127.0.0.1:21055
+# bash scripts/services.sh start moto.
+#
 # Extra knobs (environment, rarely needed; e.g. to run a second set beside another):
 #   CLOUDCOTE_CASSANDRA_STORAGE_PORT (7000), CLOUDCOTE_CASSANDRA_JMX_PORT (7199),
 #   CLOUDCOTE_CASSANDRA_HEAP (1G), CLOUDCOTE_CASSANDRA_TIMEOUT (300 s),
@@ -25,7 +32,8 @@
 #   CLOUDCOTE_CASSANDRA_JVM_OPTS (extra JVM options, split on spaces),
 #   CLOUDCOTE_SEAWEEDFS_MASTER_PORT (9333), CLOUDCOTE_SEAWEEDFS_VOLUME_PORT (9340),
 #   CLOUDCOTE_SEAWEEDFS_FILER_PORT (8888), CLOUDCOTE_SEAWEEDFS_ADMIN_PORT (23646)
-#   (SeaweedFS's gRPC ports are these plus 10000).
+#   (SeaweedFS's gRPC ports are these and its S3 port plus 10000),
+#   CLOUDCOTE_SPAWN_TIMEOUT (30 s for a launched server's process to become the server).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -93,12 +101,56 @@ port_open() {  # host port: true when something accepts TCP connections there
 }
 
 pid_alive() {  # pidfile expected-word: true when the pid in it runs a matching command
-  local pid
+  local pid cmdline
   [ -s "$1" ] || return 1
   pid=$(head -n1 "$1")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2"
+  cmdline=$(tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline") || return 1
+  # a fork of this script (not a server) would match a word found in our own arguments
+  [ "$cmdline" != "$SELF_CMDLINE" ] && [[ $cmdline == *"$2"* ]]
+}
+
+# What /proc/PID/cmdline shows for this script, and for every child forked by `cmd &`
+# until that child has exec'd its program: a pid read from $! runs the script, not the
+# server, for a moment (longer on a loaded machine), so it is judged only after the exec.
+SELF_CMDLINE=$(tr '\0' ' ' < "/proc/$$/cmdline")
+
+# Start a server in its own session (so that it outlives us), its output appended to
+# logfile, and wait until the forked child has exec'd it: true once the pid runs a command
+# naming expected-word (then the pid is in pidfile), false (the child killed) if it exited
+# first, ran something else, or never exec'd within CLOUDCOTE_SPAWN_TIMEOUT seconds (30).
+spawn() {  # pidfile expected-word logfile command...
+  local pidfile=$1 word=$2 log=$3 pid stat cmdline first deadline
+  shift 3
+  setsid "$@" </dev/null >>"$log" 2>&1 9>&- &
+  pid=$!
+  echo "$pid" > "$pidfile"
+  deadline=$((SECONDS + ${CLOUDCOTE_SPAWN_TIMEOUT:-30}))
+  while :; do
+    if ! read -r stat 2>/dev/null < "/proc/$pid/stat" || [[ ${stat##*) } == [ZX]* ]]; then
+      echo "services.sh: $word exited at once (pid $pid)" >&2
+      break
+    fi
+    # Empty while an exec is under way (the new program's arguments are not in place yet);
+    # setsid and env (the wrappers used here) are stages on the way to the server.
+    cmdline=$(tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline") || cmdline=""
+    first=${cmdline%% *}
+    if [ -n "$cmdline" ] && [ "$cmdline" != "$SELF_CMDLINE" ] \
+        && [ "${first##*/}" != setsid ] && [ "${first##*/}" != env ]; then
+      [[ $cmdline == *"$word"* ]] && return 0
+      echo "services.sh: pid $pid runs something else than $word: $cmdline" >&2
+      break
+    fi
+    if ((SECONDS >= deadline)); then
+      echo "services.sh: $word: pid $pid has not exec'd after ${CLOUDCOTE_SPAWN_TIMEOUT:-30}s" >&2
+      break
+    fi
+    sleep 0.02
+  done
+  kill -KILL "$pid" 2>/dev/null || true   # our own child: leave no server behind unrecorded
+  rm -f "$pidfile"
+  return 1
 }
 
 # Run a command as an unprivileged OS user when we are root (postgres refuses root).
@@ -308,13 +360,13 @@ start_mysql() {
   fi
   local user_opt=(); [ "$IS_ROOT" = 1 ] && user_opt=(--user=mysql)
   : > "$dir/log"; : > "$dir/log.err"; [ "$IS_ROOT" = 1 ] && chown mysql: "$dir/log" "$dir/log.err"
-  setsid "$mariadbd" --no-defaults "${user_opt[@]}" --datadir="$dir/data" \
+  spawn "$dir/pid" mariadbd "$dir/log" \
+    "$mariadbd" --no-defaults "${user_opt[@]}" --datadir="$dir/data" \
     --socket="$dir/mysqld.sock" --pid-file="$dir/mariadbd.pid" --log-error="$dir/log.err" \
     --tmpdir="$dir/tmp" --bind-address="$MY_HOST" --port="$MY_PORT" \
     --skip-name-resolve --max-connections=300 --character-set-server=utf8mb4 \
     --innodb-buffer-pool-size=256M --innodb-flush-log-at-trx-commit=0 --innodb-doublewrite=0 \
-    </dev/null >>"$dir/log" 2>&1 9>&- &
-  echo $! > "$dir/pid"
+    || { log_tail mysql "$dir/log" "$dir/log.err"; return 1; }
   for ((i = 0; i < 300; i++)); do
     pid_alive "$dir/pid" mariadbd || { log_tail mysql "$dir/log" "$dir/log.err"; return 1; }
     [ -S "$dir/mysqld.sock" ] && port_open "$MY_HOST" "$MY_PORT" && break
@@ -447,9 +499,8 @@ cass_launch() {
   # shellcheck disable=SC2206  # extra options, split on spaces on purpose
   [ -n "${CLOUDCOTE_CASSANDRA_JVM_OPTS:-}" ] && jvm+=($CLOUDCOTE_CASSANDRA_JVM_OPTS)
   : > "$dir/log"
-  setsid "$java" "${jvm[@]}" -cp "$dir/lib/*" org.apache.cassandra.service.CassandraDaemon \
-    </dev/null >>"$dir/log" 2>&1 9>&- &
-  echo $! > "$dir/pid"
+  spawn "$dir/pid" CassandraDaemon "$dir/log" \
+    "$java" "${jvm[@]}" -cp "$dir/lib/*" org.apache.cassandra.service.CassandraDaemon
 }
 
 cass_wait() {  # until "Startup complete" + CQL answers, the process dies, or time runs out
@@ -555,14 +606,14 @@ start_seaweedfs() {
   mkdir -p "$dir/data"
   : > "$dir/log"
   AWS_ACCESS_KEY_ID=$CLOUDCOTE_SEAWEEDFS_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$CLOUDCOTE_SEAWEEDFS_SECRET_KEY \
-  setsid "$VENV/bin/weed" -logtostderr=true mini -dir="$dir/data" -ip="$SW_HOST" -ip.bind="$SW_HOST" \
+  spawn "$dir/pid" weed "$dir/log" \
+    "$VENV/bin/weed" -logtostderr=true mini -dir="$dir/data" -ip="$SW_HOST" -ip.bind="$SW_HOST" \
     -admin.ui=false -webdav=false -s3.port="$SW_PORT" -s3.port.iceberg=0 -s3.port.lance=0 \
     -master.port="$SW_MASTER_PORT" -volume.port="$SW_VOLUME_PORT" -filer.port="$SW_FILER_PORT" \
     -admin.port="$SW_ADMIN_PORT" \
     -filer.localSocket="$dir/filer.sock" -s3.localSocket="$dir/s3.sock" \
     -master.telemetry=false -volume.preStopSeconds=0 \
-    </dev/null >>"$dir/log" 2>&1 9>&- &
-  echo $! > "$dir/pid"
+    || { log_tail seaweedfs "$dir/log"; return 1; }
   for ((i = 0; i < 360; i++)); do
     pid_alive "$dir/pid" weed || { log_tail seaweedfs "$dir/log"; return 1; }
     if port_open "$SW_HOST" "$SW_PORT" && sw_check 2>"$dir/check.log"; then
@@ -609,8 +660,9 @@ start_moto() {
   stop_pid "$dir/pid" moto_server 15
   mkdir -p "$dir"
   : > "$dir/log"
-  (cd "$dir" && exec setsid "$VENV/bin/moto_server" -H "$MOTO_HOST" -p "$MOTO_PORT" </dev/null >>"$dir/log" 2>&1 9>&-) &
-  echo $! > "$dir/pid"
+  spawn "$dir/pid" moto_server "$dir/log" \
+    env -C "$dir" "$VENV/bin/moto_server" -H "$MOTO_HOST" -p "$MOTO_PORT" \
+    || { log_tail moto "$dir/log"; return 1; }
   for ((i = 0; i < 120; i++)); do
     pid_alive "$dir/pid" moto_server || { log_tail moto "$dir/log"; return 1; }
     if port_open "$MOTO_HOST" "$MOTO_PORT" && moto_check 2>/dev/null; then
