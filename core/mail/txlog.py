@@ -22,7 +22,9 @@ so every process agrees which frames count: once the valid region ends at or bey
 The process whose frame closed a log (or whose frame was void) writes ``snap.<k+1>``,
 the state exactly at the boundary; two such writers compute the same state, and
 create-if-absent keeps one.  Opening reads the newest snapshot that loads, then the logs
-from there on: one snapshot plus a short tail.
+from there on: one snapshot plus a short tail.  Since an append creates an absent object, a
+writer that stalled while the log it appends to was rotated away checks, before it
+acknowledges, that its frame is not in a re-created object nobody reads (docs/storage.md).
 
 **Group commit.** Records committed while an append for the same log is in flight wait and
 go out together as the next frame, so a busy mailbox costs one append per batch, not per
@@ -507,9 +509,25 @@ class TransactionLog(Generic[S]):
     async def _append_frame(self, records: list[Any]) -> list[Any]:
         data = encode_frame(records)
         for _ in range(64):
-            k = self.k
+            # The view the append is made from: where this process believes log k ends.
+            k, seen = self.k, self.offset
             start = await self._io(self.fs.append(self.log_path(k), data))
             async with self._mutex:
+                if start < self.limit and (start < seen or seen == 0):
+                    # A log never shrinks, so a frame before our view is in an object that
+                    # is not the log we read; and a frame appended at the very start of a
+                    # log may have created that log again after a rotation deleted it.
+                    # Either way the frame counts only if log k is still the one readers
+                    # follow: one listing, at most once per log and process.
+                    if await self._rotated_away(k):
+                        await self._bury(k)
+                        continue
+                    if start < seen:
+                        # Log k shrank (it was damaged): read it again from its snapshot.
+                        self._recent.pop((k, start), None)
+                        snaps, logs = await self._io(self.list_objects())
+                        await self._open_from(snaps, logs, None)
+                        self.generation += 1
                 if start < self.limit:
                     if (k, start) in self._recent:
                         results = self._recent[(k, start)]
@@ -522,6 +540,7 @@ class TransactionLog(Generic[S]):
                     else:
                         if start + len(data) >= self.limit:
                             self._snapshot_duty.add(k + 1)
+                        damage = len(self.damage)
                         try:
                             await self._read_forward(until=(k, start))
                         except _LogVanished as exc:
@@ -531,6 +550,13 @@ class TransactionLog(Generic[S]):
                             # apply idempotently (an append by its object, flags and
                             # expunges by value), so the second one is the one reported.
                             await self._catch_up(exc)
+                            continue
+                        if any(d[0] == k for d in self.damage[damage:]) \
+                                and await self._rotated_away(k):
+                            # Bytes that are not frames between our view and our frame:
+                            # log k may be an object that stalled writers appended to
+                            # after a rotation deleted the log.
+                            await self._bury(k)
                             continue
                         if (k, start) not in self._recent:
                             raise CorruptMailbox(f"{self.what}: own frame at log.{k:08d} "
@@ -549,6 +575,23 @@ class TransactionLog(Generic[S]):
             if results is not None:
                 return results
         raise StorageUnavailable(f"{self.what}: could not place a frame after 64 rotations")
+
+    async def _rotated_away(self, k: int) -> bool:
+        """Whether log k may have been deleted by a rotation: a snapshot or log
+        ``KEEP_GENERATIONS`` past it exists (one listing).  Caller holds the mutex."""
+        snaps, logs = await self._io(self.list_objects())
+        return max([0, *snaps, *logs]) >= k + KEEP_GENERATIONS
+
+    async def _bury(self, k: int) -> None:
+        """Our frame went to log k after a rotation deleted it, so no reader follows that
+        object: delete it again (a reader as far behind then catches up instead of reading
+        it), catch up from the newest snapshot, and let the caller write the frame anew.
+        Caller holds the mutex."""
+        log.warning("%s: a frame appended to log.%08d after the log was rotated away; "
+                    "writing it again to the current log", self.what, k)
+        with contextlib.suppress(FsError, StorageUnavailable):
+            await self._io(self.fs.delete(self.log_path(k)))
+        await self._catch_up(_LogVanished(f"{self.what}: log.{k:08d} was rotated away"))
 
     async def seal(self) -> None:
         """Close the current log now (force-resync does this so that the next frame and a
