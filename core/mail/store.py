@@ -134,6 +134,10 @@ class MailStore:
     def cached_user(self, name: str) -> UserMail | None:
         return self._users.get(name)
 
+    def recent_users(self) -> list[str]:
+        """The users this process keeps open (the most recently used ones)."""
+        return list(self._kept.keys())
+
     async def close(self) -> None:
         """Forget the opened users and mailboxes, ending their change subscriptions (and
         close the chain if this store owns it)."""
