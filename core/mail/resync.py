@@ -389,7 +389,9 @@ async def purge_user(store: MailStore, user: str, *, grace: float | None = None,
     budget = budget or PurgeBudget()
     stats = _new_stats()
     now = time.time()
-    um = await store.user(user)
+    # A user open already is not touched in the store's LRU of users: purging the users
+    # kept open must not keep them open.
+    um = store.cached_user(user) or await store.user(user)
     step = resume or ""
     try:
         budget.spend()
@@ -461,7 +463,7 @@ async def purge_storage(store: MailStore, users: list[str], *, grace: float | No
     last = resume or ""
     try:
         for user in users:
-            um = await store.user(user)
+            um = store.cached_user(user) or await store.user(user)
             budget.spend(2)
             await um.refresh_list()
             for entry in um.list_mailboxes():
