@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -152,6 +157,73 @@ def test_crashed_saves_leave_no_garbage_after_purge(
             box = await (await fresh.user(USER)).mailbox("INBOX")
             for (_, uid), raw in acked.items():
                 assert uid in box.state.messages, uid
+                assert await box.read_message(box.state.messages[uid]) == raw
+        finally:
+            await fresh.close()
+
+    asyncio.run(main())
+
+
+SAVER = r"""
+import asyncio, sys
+from cloudcote.core.mail.storage import MailStore, SaveRequest, StorageSettings
+from cloudcote.libfs.chain import open_fs
+
+async def main(spec, layout):
+    store = MailStore(await open_fs(spec), StorageSettings(layout=layout, autocreate={},
+                                                           log_limit=4096))
+    box = await (await store.user(sys.argv[3])).mailbox("INBOX")
+    i = 0
+    while True:
+        i += 1
+        raw = (b"Subject: %d\r\n\r\n" % i) + b"body line\r\n" * (i % 50)
+        (uid,) = await box.save_many([SaveRequest(raw)])
+        if i % 5 == 0:
+            await box.store([uid], "+", ["\\Seen"])
+        sys.stdout.write(f"{uid} {i}\n")
+        sys.stdout.flush()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def killed_saves(spec: str, layout: str, rounds: int) -> dict[int, bytes]:
+    """Processes saving in a loop, each killed with SIGKILL at a random moment; the saves
+    they reported acknowledged, by UID."""
+    acked: dict[int, bytes] = {}
+    rng = random.Random(11)
+    for _ in range(rounds):
+        with subprocess.Popen([sys.executable, "-c", SAVER, spec, layout, USER],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as child:
+            assert child.stdout is not None
+            first = child.stdout.readline()  # saving has begun
+            time.sleep(rng.uniform(0.1, 0.4))
+            child.send_signal(signal.SIGKILL)
+            out = first + child.stdout.read()
+        for line in out.decode().splitlines():
+            if line.count(" ") == 1 and line.endswith(tuple("0123456789")):
+                uid, i = map(int, line.split())
+                acked[uid] = (b"Subject: %d\r\n\r\n" % i) + b"body line\r\n" * (i % 50)
+    return acked
+
+
+@pytest.mark.parametrize("layout", ["sdbox", "mdbox"])
+def test_sigkilled_saves_leave_no_garbage_after_purge(layout: str, tmp_path: Path) -> None:
+    spec = f"posix:{tmp_path / 'fs'}"
+    acked = killed_saves(spec, layout, 3)
+    assert len(acked) > 10
+
+    async def main() -> None:
+        store = await open_store(spec, layout, orphan_grace=0.0)
+        try:
+            await purge(store, [USER])
+        finally:
+            await store.close()
+        assert await garbage(spec, layout) == []
+        fresh = await open_store(spec, layout)
+        try:
+            box = await (await fresh.user(USER)).mailbox("INBOX")
+            for uid, raw in acked.items():
                 assert await box.read_message(box.state.messages[uid]) == raw
         finally:
             await fresh.close()
