@@ -29,9 +29,10 @@ from cloudcote.core.mail.layout import object_path, write_sdbox
 from cloudcote.core.mail.objects import StoredMeta, new_object_id
 from cloudcote.core.mail.resync import BackgroundPurge, PurgeBudget, purge, purge_user
 from cloudcote.core.mail.storage import MailStore, SaveRequest, StorageSettings
-from cloudcote.core.mail.txlog import KEEP_GENERATIONS
+from cloudcote.core.mail.txlog import KEEP_GENERATIONS, TransactionLog
 from cloudcote.libfs.api import FsError
 from cloudcote.libfs.chain import open_fs
+from cloudcote.server import Server
 
 from .conftest import driver_spec
 from .mailsamples import message
@@ -63,15 +64,15 @@ async def garbage(spec: str, layout: str) -> list[str]:
         storage: set[str] = set()
         logs = [um.list_log.base] + [b.log.base for b in boxes]
         for base in logs:
-            snaps, gens = await um.list_log.__class__(store.fs, base, lambda b: b) \
-                .list_objects()
-            newest = snaps[-1]
-            for k in snaps + gens:
-                if k > newest - KEEP_GENERATIONS:
-                    wanted.add(f"{base}/{'snap' if k in snaps else 'log'}.{k:08d}")
-                    if k in snaps and k in gens:
-                        wanted.add(f"{base}/log.{k:08d}")
-                    if base != um.list_log.base and k in snaps:
+            snaps, gens = await TransactionLog(store.fs, base, bytes).list_objects()
+            for k in {*snaps, *gens}:
+                if k <= snaps[-1] - KEEP_GENERATIONS:
+                    continue  # a dead generation
+                if k in gens:
+                    wanted.add(f"{base}/log.{k:08d}")
+                if k in snaps:
+                    wanted.add(f"{base}/snap.{k:08d}")
+                    if base != um.list_log.base:
                         st = MailboxState.decode_snapshot(
                             await store.fs.read(f"{base}/snap.{k:08d}"))
                         wanted.update(st.cache_where.values())
@@ -168,6 +169,7 @@ SAVER = r"""
 import asyncio, sys
 from cloudcote.core.mail.storage import MailStore, SaveRequest, StorageSettings
 from cloudcote.libfs.chain import open_fs
+from cloudcote.server import Server
 
 async def main(spec, layout):
     store = MailStore(await open_fs(spec), StorageSettings(layout=layout, autocreate={},
@@ -374,3 +376,27 @@ def test_purge_config(tmp_path: Path) -> None:
         cfg.write_text(f"[storage]\n{bad}\n")
         with pytest.raises(ConfigError):
             load_config(cfg)
+
+
+@pytest.mark.parametrize("interval", [600, 0])
+def test_server_runs_the_background_purge(interval: int, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"data_dir = {str(tmp_path / 'data')!r}\n[storage]\n"
+                   f"purge_interval = {interval}\n"
+                   "[imap]\nlisten = []\n[pop3]\nlisten = []\n[lmtp]\nlisten = []\n")
+
+    async def main() -> None:
+        server = Server(load_config(cfg))
+        await server.start()
+        try:
+            if interval:
+                assert server.purger is not None and server.purger.interval == interval
+                assert server.purger._task is not None and not server.purger._task.done()
+            else:
+                assert server.purger is None
+        finally:
+            await server.stop()
+        if interval:
+            assert server.purger is not None and server.purger._task is None
+
+    asyncio.run(main())

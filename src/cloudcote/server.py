@@ -175,6 +175,7 @@ class Server:
         self.listeners: list[Listener] = []
         self.ctx: ServerContext | None = None
         self.stack = contextlib.AsyncExitStack()
+        self.purger: BackgroundPurge | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -201,11 +202,11 @@ class Server:
         self.stack.push_async_callback(mail.close)
         if config.storage.purge_interval:
             # mdbox storage objects are shared by every user: one process purges them.
-            purger = BackgroundPurge(mail, config.storage.purge_interval,
-                                     config.storage.purge_budget,
-                                     storage=self.worker in (None, 0))
-            purger.start()
-            self.stack.push_async_callback(purger.close)
+            self.purger = BackgroundPurge(mail, config.storage.purge_interval,
+                                          config.storage.purge_budget,
+                                          storage=self.worker in (None, 0))
+            self.purger.start()
+            self.stack.push_async_callback(self.purger.close)
         self.ctx = ServerContext(passdb=passdb, ssl_context=ssl_context,
                                  disable_plaintext_auth=config.tls.disable_plaintext_auth,
                                  hostname=socket.gethostname(), mail=mail,
