@@ -35,6 +35,7 @@ import random
 import re
 import time
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +50,7 @@ from .txlog import KEEP_GENERATIONS, parse_frames
 
 if TYPE_CHECKING:
     from .mailbox import Mailbox
-    from .store import MailStore
+    from .store import MailStore, UserMail
 
 log = logging.getLogger("cloudcote.core.mail.resync")
 
@@ -377,6 +378,36 @@ async def _purge_mailbox(box: Mailbox, names: list[str], grace: float, now: floa
                     "before its log record); deleted", who, n)
 
 
+@contextlib.asynccontextmanager
+async def _looking_at(um: UserMail, guid: str) -> AsyncIterator[Mailbox | None]:
+    """The mailbox ``guid``: the one this process has open, or one opened for purge alone
+    and let go afterwards (so that purging a user does not keep every mailbox's index in
+    memory).  None if its index cannot be opened (force-resync's work, not purge's)."""
+    box = um.opened_mailbox(guid)
+    if box is not None:
+        yield box
+        return
+    from .mailbox import Mailbox  # mailbox.py imports this module
+
+    entry = um.list_state.by_guid.get(guid)
+    if entry is None:
+        yield None
+        return
+    box = Mailbox(um, entry)
+    try:
+        await box.open()
+    except (CorruptMailbox, FsError) as exc:
+        log.warning("purge: user=%s mailbox=%s cannot be opened (%s); skipped", um.user,
+                    entry.name, exc)
+        box.close()
+        yield None
+        return
+    try:
+        yield box
+    finally:
+        box.close()
+
+
 async def purge_user(store: MailStore, user: str, *, grace: float | None = None,
                      budget: PurgeBudget | None = None, resume: str | None = None
                      ) -> PurgeResult:
@@ -415,8 +446,9 @@ async def purge_user(store: MailStore, user: str, *, grace: float | None = None,
             if key <= step:
                 continue
             if guid in live:
-                box = await um.mailbox_by_guid(guid)
-                await _purge_mailbox(box, by_guid[guid], grace, now, stats, budget)
+                async with _looking_at(um, guid) as box:
+                    if box is not None:
+                        await _purge_mailbox(box, by_guid[guid], grace, now, stats, budget)
             else:
                 # A deleted mailbox whose objects were not all removed.
                 for n in by_guid[guid]:
@@ -462,26 +494,31 @@ async def purge_storage(store: MailStore, users: list[str], *, grace: float | No
     scanned = set(users)
     last = resume or ""
     try:
-        for user in users:
-            um = store.cached_user(user) or await store.user(user)
-            budget.spend(2)
-            await um.refresh_list()
-            for entry in um.list_mailboxes():
-                box = await um.mailbox_by_guid(entry.guid)
+        # Mailboxes opened for this purge alone are let go at the end.
+        async with contextlib.AsyncExitStack() as stack:
+            for user in users:
+                um = store.cached_user(user) or await store.user(user)
                 budget.spend(2)
-                await box.refresh()
-                boxes[(user, entry.guid)] = box
-                if box.log.damage or box.log.problems:
-                    unsure.add((user, entry.guid))
-        budget.spend()
-        paths = sorted([p async for p in store.fs.iter("storage/")])
-        budget.spend(len(paths) // 1000)
-        for path in paths:
-            if path <= last:
-                continue
-            await _purge_storage_object(store, path, boxes, unsure, scanned, grace, now,
-                                        stats, budget)
-            last = path
+                await um.refresh_list()
+                for entry in um.list_mailboxes():
+                    box = await stack.enter_async_context(_looking_at(um, entry.guid))
+                    if box is None:
+                        unsure.add((user, entry.guid))
+                        continue
+                    budget.spend(2)
+                    await box.refresh()
+                    boxes[(user, entry.guid)] = box
+                    if box.log.damage or box.log.problems:
+                        unsure.add((user, entry.guid))
+            budget.spend()
+            paths = sorted([p async for p in store.fs.iter("storage/")])
+            budget.spend(len(paths) // 1000)
+            for path in paths:
+                if path <= last:
+                    continue
+                await _purge_storage_object(store, path, boxes, unsure, scanned, grace, now,
+                                            stats, budget)
+                last = path
     except BudgetSpent:
         return PurgeResult(stats, last)
     return PurgeResult(stats)

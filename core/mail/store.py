@@ -261,6 +261,11 @@ class UserMail(UserBase):
             log.warning("user=%s mailbox=%s: objects of the deleted mailbox not all removed "
                         "(%s); purge removes the rest", self.user, guid, exc)
 
+    def opened_mailbox(self, guid: str) -> Mailbox | None:
+        """The mailbox if this process has it open (purge opens the others only while it
+        looks at them)."""
+        return self._mailboxes.get(guid)
+
     async def mailbox_by_guid(self, guid: str) -> Mailbox:
         box = self._mailboxes.get(guid)
         if box is not None:
