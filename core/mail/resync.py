@@ -43,7 +43,7 @@ from cloudcote.libfs.api import FsError, FsNotFound
 
 from . import objects
 from .entries import cache_entry_of
-from .errors import CorruptMailbox, StorageUnavailable, store_io
+from .errors import CorruptMailbox, MailboxNotFound, StorageUnavailable, store_io
 from .index import MailboxState, ranges_of
 from .layout import object_path
 from .txlog import KEEP_GENERATIONS, parse_frames
@@ -387,19 +387,14 @@ async def _looking_at(um: UserMail, guid: str) -> AsyncIterator[Mailbox | None]:
     if box is not None:
         yield box
         return
-    from .mailbox import Mailbox  # mailbox.py imports this module
-
-    entry = um.list_state.by_guid.get(guid)
-    if entry is None:
+    try:
+        box = await um.open_mailbox_apart(guid)
+    except MailboxNotFound:
         yield None
         return
-    box = Mailbox(um, entry)
-    try:
-        await box.open()
     except (CorruptMailbox, FsError) as exc:
-        log.warning("purge: user=%s mailbox=%s cannot be opened (%s); skipped", um.user,
-                    entry.name, exc)
-        box.close()
+        log.warning("purge: user=%s mailbox %s cannot be opened (%s); skipped", um.user,
+                    guid, exc)
         yield None
         return
     try:

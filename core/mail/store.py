@@ -266,6 +266,16 @@ class UserMail(UserBase):
         looks at them)."""
         return self._mailboxes.get(guid)
 
+    async def open_mailbox_apart(self, guid: str) -> Mailbox:
+        """The mailbox opened for one caller alone, not kept by this user (the caller
+        closes it): purge looks at every mailbox without keeping their indexes."""
+        entry = self.list_state.by_guid.get(guid)
+        if entry is None:
+            raise MailboxNotFound(f"no mailbox with GUID {guid}")
+        box = Mailbox(self, entry)
+        await box.open()  # closes it on failure
+        return box
+
     async def mailbox_by_guid(self, guid: str) -> Mailbox:
         box = self._mailboxes.get(guid)
         if box is not None:
