@@ -134,6 +134,10 @@ class MailStore:
     def cached_user(self, name: str) -> UserMail | None:
         return self._users.get(name)
 
+    def recent_users(self) -> list[str]:
+        """The users this process keeps open (the most recently used ones)."""
+        return list(self._kept.keys())
+
     async def close(self) -> None:
         """Forget the opened users and mailboxes, ending their change subscriptions (and
         close the chain if this store owns it)."""
@@ -256,6 +260,21 @@ class UserMail(UserBase):
         except (FsError, StorageUnavailable) as exc:
             log.warning("user=%s mailbox=%s: objects of the deleted mailbox not all removed "
                         "(%s); purge removes the rest", self.user, guid, exc)
+
+    def opened_mailbox(self, guid: str) -> Mailbox | None:
+        """The mailbox if this process has it open (purge opens the others only while it
+        looks at them)."""
+        return self._mailboxes.get(guid)
+
+    async def open_mailbox_apart(self, guid: str) -> Mailbox:
+        """The mailbox opened for one caller alone, not kept by this user (the caller
+        closes it): purge looks at every mailbox without keeping their indexes."""
+        entry = self.list_state.by_guid.get(guid)
+        if entry is None:
+            raise MailboxNotFound(f"no mailbox with GUID {guid}")
+        box = Mailbox(self, entry)
+        await box.open()  # closes it on failure
+        return box
 
     async def mailbox_by_guid(self, guid: str) -> Mailbox:
         box = self._mailboxes.get(guid)

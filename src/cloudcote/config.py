@@ -75,6 +75,10 @@ class StorageConfig:
     layout: str = "sdbox"
     #: Reads kept in flight ahead of a FETCH, SEARCH or pipelined RETR (docs/storage.md).
     prefetch_count: int = DEFAULT_PREFETCH_COUNT
+    #: Seconds between background purges of the users a process serves (0: never), and
+    #: the store requests one purge may spend per user (docs/storage.md, "Purge").
+    purge_interval: float = 86400.0
+    purge_budget: int = 1000
 
 
 @dataclass
@@ -243,6 +247,8 @@ class Config:
             lines.append(f"fs = [{stages}]")
         lines.append(f"layout = {_toml_value(self.storage.layout)}")
         lines.append(f"prefetch_count = {self.storage.prefetch_count}")
+        lines.append(f"purge_interval = {self.storage.purge_interval}")
+        lines.append(f"purge_budget = {self.storage.purge_budget}")
         lines.append("")
         lines.append("[mail]")
         lines.append(f"autocreate = {_toml_value(self.mail.autocreate)}")
@@ -430,8 +436,16 @@ def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path 
     prefetch = st.get("prefetch_count", int, DEFAULT_PREFETCH_COUNT, "expected an integer 1-4096")
     if not 1 <= prefetch <= 4096:
         raise st.error("prefetch_count", prefetch, "expected an integer 1-4096")
+    purge_every = st.get("purge_interval", (int, float), 86400.0,
+                         "expected seconds: 0 (off) or 60 and more")
+    if not (purge_every == 0 or purge_every >= 60):
+        raise st.error("purge_interval", purge_every, "expected seconds: 0 (off) or 60 and more")
+    purge_budget = st.get("purge_budget", int, 1000, "expected an integer 10 or more")
+    if purge_budget < 10:
+        raise st.error("purge_budget", purge_budget, "expected an integer 10 or more")
     st.finish()
-    storage = StorageConfig(fs=fs, layout=layout, prefetch_count=prefetch)
+    storage = StorageConfig(fs=fs, layout=layout, prefetch_count=prefetch,
+                            purge_interval=float(purge_every), purge_budget=purge_budget)
 
     ml = _Section(origin, "mail", top.get("mail", dict, {}, "expected a table"))
     autocreate = ml.get("autocreate", bool, True, "expected true or false")

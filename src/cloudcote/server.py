@@ -25,6 +25,7 @@ from cloudcote.core.auth import AuthPenalty, open_passdb
 from cloudcote.core.auth.userdb import redact_chain
 from cloudcote.core.mail import api
 from cloudcote.core.mail.errors import StorageUnavailable
+from cloudcote.core.mail.resync import BackgroundPurge
 from cloudcote.core.mail.storage import (
     DEFAULT_AUTOCREATE,
     MailStore,
@@ -174,6 +175,7 @@ class Server:
         self.listeners: list[Listener] = []
         self.ctx: ServerContext | None = None
         self.stack = contextlib.AsyncExitStack()
+        self.purger: BackgroundPurge | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -198,6 +200,13 @@ class Server:
         ssl_context = make_ssl_context(config)
         mail = MailStore(fs, storage_settings(config))
         self.stack.push_async_callback(mail.close)
+        if config.storage.purge_interval:
+            # mdbox storage objects are shared by every user: one process purges them.
+            self.purger = BackgroundPurge(mail, config.storage.purge_interval,
+                                          config.storage.purge_budget,
+                                          storage=self.worker in (None, 0))
+            self.purger.start()
+            self.stack.push_async_callback(self.purger.close)
         self.ctx = ServerContext(passdb=passdb, ssl_context=ssl_context,
                                  disable_plaintext_auth=config.tls.disable_plaintext_auth,
                                  hostname=socket.gethostname(), mail=mail,
