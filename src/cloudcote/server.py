@@ -208,6 +208,7 @@ class Server:
                                                           config.auth.failure_delay_max))
         # Stores that userdb ``mail`` fields opened: closed after the listeners stop.
         self.stack.push_async_callback(self.ctx.close_user_stores)
+        self.stack.push_async_callback(self._stop_listeners)
         for section, addresses in config.listen.items():
             for address in addresses:
                 handler = partial(_run_session, SESSIONS[section], self.ctx)
@@ -218,13 +219,13 @@ class Server:
                     sock=self.sockets.get(str(address)) if self.sockets is not None else None,
                     gate=gate,
                     id_prefix=f"w{self.worker}." if self.worker is not None else "",
+                    backlog=config.server.backlog(),
                 )
                 try:
                     await listener.start()
                 except ListenError as exc:
                     raise StartupError(str(exc), 69) from exc
                 self.listeners.append(listener)
-                self.stack.push_async_callback(listener.stop)
         # A server holds large, long-lived indexes and caches: collect young objects less
         # often, and leave what start-up loaded (modules, config) out of every collection.
         gc.freeze()
@@ -235,6 +236,10 @@ class Server:
                  else "", soft,
                  "unlimited" if hard == resource.RLIM_INFINITY else hard, limit,
                  " in this worker" if self.worker is not None else "")
+
+    async def _stop_listeners(self) -> None:
+        """All listeners at once: their sessions end together, within one grace."""
+        await asyncio.gather(*(listener.stop() for listener in self.listeners))
 
     async def stop(self) -> None:
         if self.ctx is not None:

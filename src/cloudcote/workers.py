@@ -70,6 +70,7 @@ def bind_listeners(config: Config) -> tuple[dict[str, socket.socket], list[Bound
     """Every configured address bound and listening, by its address text."""
     sockets: dict[str, socket.socket] = {}
     bound: list[BoundListener] = []
+    backlog = config.server.backlog()
     try:
         for section, addresses in config.listen.items():
             for address in addresses:
@@ -80,12 +81,12 @@ def bind_listeners(config: Config) -> tuple[dict[str, socket.socket], list[Bound
                         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                         sock.bind(address.path)
                         os.chmod(address.path, 0o660)
-                        sock.listen(1024)
+                        sock.listen(backlog)
                     else:
                         sock = socket.create_server(
                             (address.host or "", address.port or 0),
                             family=socket.AF_INET6 if ":" in (address.host or "")
-                            else socket.AF_INET, backlog=1024)
+                            else socket.AF_INET, backlog=backlog)
                 except OSError as exc:
                     raise StartupError(f"[{section}] cannot listen on {key}: "
                                        f"{exc.strerror or exc}", 69) from exc
