@@ -39,7 +39,7 @@ from cloudcote.protocols.lmtp.session import lmtp_session
 from cloudcote.protocols.pop3.session import pop3_session
 from cloudcote.protocols.session import ServerContext
 
-from .config import Config
+from .config import Config, kernel_somaxconn
 
 log = logging.getLogger("cloudcote.server")
 
@@ -151,6 +151,15 @@ def raise_nofile() -> tuple[int, int]:
     return soft, hard
 
 
+def warn_backlog_cap(config: Config) -> None:
+    """Say so when ``listen_backlog`` is above what the kernel allows (it caps it silently)."""
+    somaxconn = kernel_somaxconn()
+    if config.server.listen_backlog > somaxconn:
+        log.warning("listen_backlog %d is above the kernel's net.core.somaxconn (%d): the "
+                    "kernel queues at most %d connections per listener",
+                    config.server.listen_backlog, somaxconn, somaxconn)
+
+
 def connection_limit(config: Config, workers: int, nofile: int) -> int:
     """Connections one process may hold: its share of ``[server] max_connections``, and
     never so many that its descriptors run out (an eighth of them, at least 64, stay for
@@ -179,6 +188,7 @@ class Server:
         config = self.config
         if self.sockets is None:
             prepare_data_dir(config)
+            warn_backlog_cap(config)
         soft, hard = raise_nofile()
         limit = connection_limit(config, self.workers, soft)
         gate = ConnectionGate(limit)

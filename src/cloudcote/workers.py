@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 from cloudcote.protocols.listener import remove_stale_socket
 
 from .config import Config
-from .server import StartupError, prepare_data_dir, raise_nofile, run_server
+from .server import (
+    StartupError,
+    prepare_data_dir,
+    raise_nofile,
+    run_server,
+    warn_backlog_cap,
+)
 
 log = logging.getLogger("cloudcote.master")
 
@@ -112,6 +118,7 @@ class Master:
     def run(self, ready: Callable[[MasterView], None] | None = None) -> int:
         soft, _ = raise_nofile()
         prepare_data_dir(self.config)
+        warn_backlog_cap(self.config)
         self.sockets, bound = bind_listeners(self.config)
         old = {sig: signal.signal(sig, self._on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
