@@ -23,6 +23,8 @@ _session_ids = itertools.count(1)
 
 #: The longest command line any protocol accepts before answering with an error.
 MAX_LINE = 8192
+#: Seconds a closing connection waits for its client to read what is still buffered.
+CLOSE_TIMEOUT = 10.0
 
 
 class ListenError(Exception):
@@ -117,6 +119,7 @@ class Listener:
         sock: socket.socket | None = None,
         gate: ConnectionGate | None = None,
         id_prefix: str = "",
+        backlog: int = 4096,
     ) -> None:
         self.protocol = protocol
         self.address = address
@@ -127,27 +130,31 @@ class Listener:
         self.sock = sock
         self.gate = gate
         self.id_prefix = id_prefix
+        #: The listen backlog, also on a socket from the master: asyncio listens again on
+        #: it, with its own default of 100 unless told.
+        self.backlog = backlog
         self.server: asyncio.AbstractServer | None = None
         self.sessions: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        tls, limit, backlog = self.ssl_context, MAX_LINE * 2, self.backlog
         try:
             if self.sock is not None:
                 if self.sock.family == socket.AF_UNIX:
                     self.server = await asyncio.start_unix_server(
-                        self._accept, sock=self.sock, ssl=self.ssl_context, limit=MAX_LINE * 2)
+                        self._accept, sock=self.sock, ssl=tls, limit=limit, backlog=backlog)
                 else:
                     self.server = await asyncio.start_server(
-                        self._accept, sock=self.sock, ssl=self.ssl_context, limit=MAX_LINE * 2)
+                        self._accept, sock=self.sock, ssl=tls, limit=limit, backlog=backlog)
             elif self.path is not None:
                 remove_stale_socket(self.path)
                 self.server = await asyncio.start_unix_server(
-                    self._accept, path=self.path, ssl=self.ssl_context, limit=MAX_LINE * 2)
+                    self._accept, path=self.path, ssl=tls, limit=limit, backlog=backlog)
                 os.chmod(self.path, 0o660)
             else:
                 self.server = await asyncio.start_server(
-                    self._accept, host=self.host, port=self.port, ssl=self.ssl_context,
-                    reuse_address=True, limit=MAX_LINE * 2)
+                    self._accept, host=self.host, port=self.port, ssl=tls, limit=limit,
+                    backlog=backlog, reuse_address=True)
         except OSError as exc:
             raise ListenError(
                 f"[{self.protocol}] cannot listen on {self.address}: {exc.strerror or exc}"
@@ -159,16 +166,22 @@ class Listener:
                  " (TLS)" if self.ssl_context else "")
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A connection's task, from accept to close.  It never ends by an exception, nor
+        cancelled: asyncio would report that through the loop's exception handler (a
+        traceback per connection when a shutdown cancels many)."""
         if self.gate is not None and not self.gate.enter():
-            with contextlib.suppress(Exception):
-                writer.write(REFUSALS.get(self.protocol, b""))
-                await asyncio.wait_for(writer.drain(), 5)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 5)
+            try:
+                with contextlib.suppress(Exception):
+                    writer.write(REFUSALS.get(self.protocol, b""))
+                    await asyncio.wait_for(writer.drain(), 5)
+                await _close(writer)
+            except asyncio.CancelledError:
+                writer.transport.abort()
             return
         task = asyncio.current_task()
         assert task is not None
+        # Tracked until the connection is closed, not only until the session ends: a
+        # shutdown waits for the last replies (BYE) to go out.
         self.sessions.add(task)
         peer = writer.get_extra_info("peername")
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
@@ -179,37 +192,62 @@ class Listener:
             tls=self.ssl_context is not None,
         )
         try:
-            await self.handler(conn)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
-            log.debug("%s %s: connection ended: %s", conn.session_id, peer_text, exc)
+            try:
+                await self.handler(conn)
+            except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+                log.debug("%s %s: connection ended: %s", conn.session_id, peer_text, exc)
+            except asyncio.CancelledError:
+                # The shutdown grace ran out in the middle of a command: the session said
+                # why it ends; what it wrote still goes out while the client reads.
+                task.uncancel()
+            except Exception:
+                log.exception("%s %s: session failed", conn.session_id, peer_text)
+            await _close(writer)
         except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("%s %s: session failed", conn.session_id, peer_text)
+            writer.transport.abort()
         finally:
             if self.gate is not None:
                 self.gate.leave()
             self.sessions.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop accepting; give sessions ``grace`` seconds, then cancel the rest."""
+        """Stop accepting; wait for the sessions to end (they end at once unless in a
+        command), however many they are, until ``grace`` seconds pass without one ending;
+        then cancel the rest (each still says its goodbye) and wait for their close."""
         if self.server is not None:
             self.server.close()
-        if self.sessions:
-            _, pending = await asyncio.wait(set(self.sessions), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=2)
+        loop = asyncio.get_running_loop()
+        count, last_progress = len(self.sessions), loop.time()
+        while self.sessions and loop.time() - last_progress < grace:
+            await asyncio.sleep(0.05)
+            if len(self.sessions) < count:
+                count, last_progress = len(self.sessions), loop.time()
+        pending = set(self.sessions)
+        if pending:
+            log.info("%s %s: %d session(s) still busy %.0f s after the last one ended: "
+                     "cancelled", self.protocol, self.address, len(pending), grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=CLOSE_TIMEOUT + 2)
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await self.server.wait_closed()
         if self.path is not None and self.sock is None:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close a connection once the client has taken what is still buffered for it, but
+    wait at most ``CLOSE_TIMEOUT`` seconds for a client that does not read."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT)
+    except TimeoutError:
+        writer.transport.abort()
+    except Exception:  # noqa: BLE001 - the connection failed while closing: it is closed
+        pass
 
 
 def _is_loopback(writer: asyncio.StreamWriter) -> bool:

@@ -259,6 +259,13 @@ class LineSession:
             self.end_reason = "Connection closed"
         except (ConnectionError, OSError) as exc:
             self.end_reason = f"Connection error: {exc}"
+        except asyncio.CancelledError:
+            # The shutdown grace ran out while a command (or a write to a client that does
+            # not read) was in progress: the goodbye joins what is buffered, without waiting.
+            self.end_reason = "Server shutting down"
+            self.emit(self.shutdown_reply())
+            self.write_buffered()
+            raise
         finally:
             await self.finish()
 
@@ -354,6 +361,15 @@ class LineSession:
         """The client stopped reading replies for the idle timeout (logged here)."""
         log.info("%s %s: client stopped reading for %.0f seconds", self.conn.session_id,
                  self.conn.peer, self.idle_timeout)
+
+    def write_buffered(self) -> None:
+        """Hand what is buffered to the connection without waiting for the client."""
+        data = b"".join(self.out)
+        self.out.clear()
+        self.out_size = 0
+        if data and not self.conn.writer.transport.is_closing():
+            self.bytes_out += len(data)
+            self.conn.writer.write(data)
 
     async def send(self, text: str | bytes) -> None:
         self.emit(text)

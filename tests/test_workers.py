@@ -75,8 +75,10 @@ class Running:
 
 
 @contextlib.contextmanager
-def serve(base: Path, workers: int, extra: str = "",
-          nofile: int | None = None) -> Iterator[Running]:
+def serve(base: Path, workers: int, extra: str = "", nofile: int | None = None,
+          lmtp_extra: str = "", log_level: str = "info") -> Iterator[Running]:
+    """The server on fresh ports: ``extra`` goes into ``[server]``, ``lmtp_extra`` (a
+    quoted unix socket path) into ``[lmtp] listen`` beside the TCP port."""
     imap, pop3, lmtp = free_port(), free_port(), free_port()
     base.mkdir(parents=True, exist_ok=True)
     (base / "c.toml").write_text(
@@ -86,8 +88,8 @@ def serve(base: Path, workers: int, extra: str = "",
         f'[auth]\npassdb = "static:password={PASSWORD}"\nfailure_delay = 0.0\n'
         f'[imap]\nlisten = ["127.0.0.1:{imap}"]\n[imaps]\nlisten = []\n'
         f'[pop3]\nlisten = ["127.0.0.1:{pop3}"]\n[pop3s]\nlisten = []\n'
-        f'[lmtp]\nlisten = ["127.0.0.1:{lmtp}"]\n'
-        f'[log]\nlevel = "info"\npath = "{base / "server.log"}"\n')
+        f'[lmtp]\nlisten = ["127.0.0.1:{lmtp}"{", " + lmtp_extra if lmtp_extra else ""}]\n'
+        f'[log]\nlevel = "{log_level}"\npath = "{base / "server.log"}"\n')
 
     def limit() -> None:
         if nofile is not None:

@@ -198,9 +198,31 @@ class ServerConfig:
     #: Connections the server holds at most, all workers together (each takes its share);
     #: 0 is as many as the file descriptor limit allows.  Beyond: a BYE-style refusal.
     max_connections: int = 0
+    #: The listen backlog of every listening socket: connections the kernel holds
+    #: established until a process accepts them; 0 is the kernel's net.core.somaxconn.
+    listen_backlog: int = 0
 
     def worker_count(self) -> int:
         return self.workers or max(1, os.cpu_count() or 1)
+
+    def backlog(self) -> int:
+        """The backlog to listen with."""
+        return self.listen_backlog or kernel_somaxconn()
+
+
+#: The backlog when the kernel's somaxconn cannot be read (Linux's default since 5.4).
+DEFAULT_BACKLOG = 4096
+
+
+def kernel_somaxconn() -> int:
+    """The kernel's cap on a listen backlog (Linux's net.core.somaxconn), or
+    ``DEFAULT_BACKLOG`` where it cannot be read."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            value = int(f.read().strip())
+    except (OSError, ValueError):
+        return DEFAULT_BACKLOG
+    return value if value > 0 else DEFAULT_BACKLOG
 
 
 @dataclass
@@ -236,6 +258,9 @@ class Config:
         lines.append(f"max_connections = {self.server.max_connections}"
                      + ("  # as file descriptors allow" if not self.server.max_connections
                         else ""))
+        lines.append(f"listen_backlog = {self.server.listen_backlog}"
+                     + (f"  # the kernel's somaxconn ({kernel_somaxconn()})"
+                        if not self.server.listen_backlog else ""))
         lines.append("")
         lines.append("[storage]")
         if isinstance(self.storage.fs, str):
@@ -526,8 +551,12 @@ def build_config(data: dict[str, Any], *, origin: str, base: Path, source: Path 
     if isinstance(max_conn, bool) or not 0 <= max_conn <= 10_000_000:
         raise sv.error("max_connections", max_conn,
                        "expected 0 (as descriptors allow) or 1-10000000")
+    backlog_allowed = "expected 0 (the kernel's net.core.somaxconn) or 1-65535"
+    backlog = sv.get("listen_backlog", int, 0, backlog_allowed)
+    if not 0 <= backlog <= 65535:
+        raise sv.error("listen_backlog", backlog, backlog_allowed)
     sv.finish()
-    server = ServerConfig(workers=workers, max_connections=max_conn)
+    server = ServerConfig(workers=workers, max_connections=max_conn, listen_backlog=backlog)
 
     lg = _Section(origin, "log", top.get("log", dict, {}, "expected a table"))
     level = lg.get("level", str, "info", f"expected one of {', '.join(LOG_LEVELS)}")

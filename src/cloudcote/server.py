@@ -40,7 +40,7 @@ from cloudcote.protocols.lmtp.session import lmtp_session
 from cloudcote.protocols.pop3.session import pop3_session
 from cloudcote.protocols.session import ServerContext
 
-from .config import Config
+from .config import Config, kernel_somaxconn
 
 log = logging.getLogger("cloudcote.server")
 
@@ -152,6 +152,15 @@ def raise_nofile() -> tuple[int, int]:
     return soft, hard
 
 
+def warn_backlog_cap(config: Config) -> None:
+    """Say so when ``listen_backlog`` is above what the kernel allows (it caps it silently)."""
+    somaxconn = kernel_somaxconn()
+    if config.server.listen_backlog > somaxconn:
+        log.warning("listen_backlog %d is above the kernel's net.core.somaxconn (%d): the "
+                    "kernel queues at most %d connections per listener",
+                    config.server.listen_backlog, somaxconn, somaxconn)
+
+
 def connection_limit(config: Config, workers: int, nofile: int) -> int:
     """Connections one process may hold: its share of ``[server] max_connections``, and
     never so many that its descriptors run out (an eighth of them, at least 64, stay for
@@ -181,6 +190,7 @@ class Server:
         config = self.config
         if self.sockets is None:
             prepare_data_dir(config)
+            warn_backlog_cap(config)
         soft, hard = raise_nofile()
         limit = connection_limit(config, self.workers, soft)
         gate = ConnectionGate(limit)
@@ -217,6 +227,7 @@ class Server:
                                                           config.auth.failure_delay_max))
         # Stores that userdb ``mail`` fields opened: closed after the listeners stop.
         self.stack.push_async_callback(self.ctx.close_user_stores)
+        self.stack.push_async_callback(self._stop_listeners)
         for section, addresses in config.listen.items():
             for address in addresses:
                 handler = partial(_run_session, SESSIONS[section], self.ctx)
@@ -227,13 +238,13 @@ class Server:
                     sock=self.sockets.get(str(address)) if self.sockets is not None else None,
                     gate=gate,
                     id_prefix=f"w{self.worker}." if self.worker is not None else "",
+                    backlog=config.server.backlog(),
                 )
                 try:
                     await listener.start()
                 except ListenError as exc:
                     raise StartupError(str(exc), 69) from exc
                 self.listeners.append(listener)
-                self.stack.push_async_callback(listener.stop)
         # A server holds large, long-lived indexes and caches: collect young objects less
         # often, and leave what start-up loaded (modules, config) out of every collection.
         gc.freeze()
@@ -244,6 +255,10 @@ class Server:
                  else "", soft,
                  "unlimited" if hard == resource.RLIM_INFINITY else hard, limit,
                  " in this worker" if self.worker is not None else "")
+
+    async def _stop_listeners(self) -> None:
+        """All listeners at once: their sessions end together, within one grace."""
+        await asyncio.gather(*(listener.stop() for listener in self.listeners))
 
     async def stop(self) -> None:
         if self.ctx is not None:

@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 from cloudcote.protocols.listener import remove_stale_socket
 
 from .config import Config
-from .server import StartupError, prepare_data_dir, raise_nofile, run_server
+from .server import (
+    StartupError,
+    prepare_data_dir,
+    raise_nofile,
+    run_server,
+    warn_backlog_cap,
+)
 
 log = logging.getLogger("cloudcote.master")
 
@@ -70,6 +76,7 @@ def bind_listeners(config: Config) -> tuple[dict[str, socket.socket], list[Bound
     """Every configured address bound and listening, by its address text."""
     sockets: dict[str, socket.socket] = {}
     bound: list[BoundListener] = []
+    backlog = config.server.backlog()
     try:
         for section, addresses in config.listen.items():
             for address in addresses:
@@ -80,12 +87,12 @@ def bind_listeners(config: Config) -> tuple[dict[str, socket.socket], list[Bound
                         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                         sock.bind(address.path)
                         os.chmod(address.path, 0o660)
-                        sock.listen(1024)
+                        sock.listen(backlog)
                     else:
                         sock = socket.create_server(
                             (address.host or "", address.port or 0),
                             family=socket.AF_INET6 if ":" in (address.host or "")
-                            else socket.AF_INET, backlog=1024)
+                            else socket.AF_INET, backlog=backlog)
                 except OSError as exc:
                     raise StartupError(f"[{section}] cannot listen on {key}: "
                                        f"{exc.strerror or exc}", 69) from exc
@@ -111,6 +118,7 @@ class Master:
     def run(self, ready: Callable[[MasterView], None] | None = None) -> int:
         soft, _ = raise_nofile()
         prepare_data_dir(self.config)
+        warn_backlog_cap(self.config)
         self.sockets, bound = bind_listeners(self.config)
         old = {sig: signal.signal(sig, self._on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
