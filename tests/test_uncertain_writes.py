@@ -194,8 +194,11 @@ def test_remote_chains_get_the_retry_stage_by_default(spec: str, expected: list[
 
 
 def test_default_retry_in_a_table_chain_and_turned_off_when_opened(tmp_path: Path) -> None:
-    from cloudcote.libfs.chain import parse_chain, with_defaults
+    from cloudcote.libfs.chain import REGISTRY, REMOTE_DRIVERS, WRAPPERS, parse_chain, with_defaults
     from cloudcote.libfs.posix import PosixFs
+
+    # Every driver but the local one is remote: a new driver must say which it is.
+    assert set(REGISTRY) - WRAPPERS - {"posix"} == REMOTE_DRIVERS
 
     table = [{"stage": "metrics"}, {"stage": "s3", "bucket": "mail"}]
     assert [n for n, _ in with_defaults(parse_chain(table))] == ["retry", "metrics", "s3"]
@@ -203,6 +206,30 @@ def test_default_retry_in_a_table_chain_and_turned_off_when_opened(tmp_path: Pat
     async def main() -> None:
         async with await open_fs(f"retry:attempts=0:posix:{tmp_path}") as fs:
             assert isinstance(fs, PosixFs)
+
+    asyncio.run(main())
+
+
+def test_retry_checks_a_write_whose_last_attempt_failed(tmp_path: Path) -> None:
+    """Every create and append takes effect and then reports a failure, and there is no
+    attempt left: the stage still finds each one (and reports a create or append that
+    really did not happen as failed)."""
+
+    async def main() -> None:
+        spec = f"retry:attempts=1:randomfail:write=1,append=1,after=1:posix:{tmp_path}"
+        async with await open_fs(spec) as fs:
+            await fs.write("obj", b"data")
+            assert await fs.append("log", b"rec 1\n") == 0
+            assert await fs.append("log", b"rec 2\n") == 6
+        async with await open_fs(f"posix:{tmp_path}") as plain:
+            assert await plain.read("obj") == b"data"
+            assert await plain.read("log") == b"rec 1\nrec 2\n"
+        spec = f"retry:attempts=2:randomfail:write=1,append=1,after=0:posix:{tmp_path}"
+        async with await open_fs(spec) as fs:
+            with pytest.raises(FsUnavailable):
+                await fs.write("obj2", b"data")
+            with pytest.raises(FsUnavailable):
+                await fs.append("log", b"rec 3\n")
 
     asyncio.run(main())
 
