@@ -2,8 +2,9 @@
 write took effect must neither lose an acknowledged message nor make the MTA send a
 stored one again.
 
-End to end: ``randomfail:0.05`` over each store, the chain written as the README writes it
-(no ``retry`` stage named), LMTP deliveries from several ``smtplib.LMTP`` clients at once;
+End to end: ``randomfail:0.05`` over each store with no ``retry`` stage named, as the
+README writes chains (the driver's own settings are the suite's isolated ones, from
+``conftest.driver_spec``), LMTP deliveries from several ``smtplib.LMTP`` clients at once;
 then the messages stored (read back through the mail-storage API on the chain without
 ``randomfail``, by Message-ID) are exactly the 250-acknowledged ones, each once.  posix is
 in the list as the case without a default ``retry`` stage: there the mail layer's own
