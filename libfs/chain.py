@@ -11,6 +11,9 @@ line, so URLs with ``:`` survive.  An argument is a comma-separated list of ``ke
 items; an item without ``=`` sets the stage's positional setting (the path of ``posix``,
 the delay of ``latency``...).  In TOML the same chain may be a list of tables, outermost
 first: ``fs = [{stage = "latency", delay = "20ms"}, {stage = "posix", path = "/var/mail"}]``.
+
+A chain over a remote driver gets a ``retry`` stage at its top unless it names one
+(:func:`with_defaults`; ``retry:attempts=0:`` turns it off); see docs/libfs.md.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ REGISTRY: dict[str, tuple[str, str | None]] = {
     "retry": ("cloudcote.libfs.retry:RetryFs", None),
 }
 WRAPPERS = frozenset({"compress", "cache", "latency", "randomfail", "metrics", "retry"})
+#: Drivers on a store reached over the network: a call may fail transiently, and a failed
+#: write may have taken effect.  Their chains get the ``retry`` stage by default.
+REMOTE_DRIVERS = frozenset({"s3", "cassandra", "sql", "postgresql", "mysql"})
 
 
 # Settings has methods named str/int/float/bool; these aliases keep its annotations clear.
@@ -217,6 +223,26 @@ def _parse_table_chain(spec: Sequence[Mapping[str, Any]]) -> list[tuple[str, dic
     return stages
 
 
+def with_defaults(stages: list[tuple[str, dict[str, str]]]) -> list[tuple[str, dict[str, str]]]:
+    """The stages :func:`open_fs` opens for a parsed chain: a chain over a remote driver
+    that names no ``retry`` stage gets one at its top, above every wrapper, so that a
+    failure of any stage below (the store's, or one that ``randomfail`` injects) is
+    retried and an uncertain create or append is resolved, never repeated blindly.  A
+    ``retry`` stage with ``attempts=0`` (``retry:0:...``) is no stage at all: the way to
+    turn the default off."""
+    if any(name == "retry" for name, _ in stages):
+        return [(name, values) for name, values in stages
+                if name != "retry" or not _retry_off(values)]
+    if stages[-1][0] in REMOTE_DRIVERS:
+        return [("retry", {}), *stages]
+    return list(stages)
+
+
+def _retry_off(values: Mapping[str, str]) -> bool:
+    attempts = values.get("attempts", values.get(""))
+    return attempts is not None and attempts.strip().isdigit() and int(attempts) == 0
+
+
 def stage_class(name: str) -> type[Fs]:
     """Import the class of stage ``name``, or explain which extra to install."""
     target, extra = REGISTRY[name]
@@ -231,10 +257,11 @@ def stage_class(name: str) -> type[Fs]:
 
 
 async def open_fs(spec: str | Sequence[Mapping[str, Any]]) -> Fs:
-    """Open a chain bottom-up: the driver first, then each wrapper around it.  Every
-    error is an :class:`FsInvalidSpec` (or the driver's connection error) naming the
-    stage; a failed open closes whatever was already opened."""
-    stages = parse_chain(spec)
+    """Open a chain bottom-up, with its default stages (:func:`with_defaults`): the
+    driver first, then each wrapper around it.  Every error is an :class:`FsInvalidSpec`
+    (or the driver's connection error) naming the stage; a failed open closes whatever
+    was already opened."""
+    stages = with_defaults(parse_chain(spec))
     fs: Fs | None = None
     try:
         for name, values in reversed(stages):

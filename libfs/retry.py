@@ -7,15 +7,19 @@ exponential backoff and resolves that uncertainty instead of guessing:
 - reads, ``stat``, ``iter``, REPLACE writes and ``delete`` are idempotent: retried as is;
 - a CREATE (or CREATE-mode ``copy``) whose retry finds the object present reads it back:
   if it holds exactly our bytes the earlier attempt won and the call succeeds, otherwise it
-  is someone else's object and the caller gets FsExists;
-- an ``append`` that failed is followed by a read of the object: if our record is there the
-  append happened and is not repeated, and where it was found is the offset returned.
-  This needs records that are unique within their object, as the mail transaction log's
-  records are (each carries a unique id);
+  is someone else's object and the caller gets FsExists; a ``write`` whose last attempt
+  failed is read back too before the failure is reported;
+- an ``append`` that failed (the last attempt too) is followed by a read of the object: if
+  our record is there the append happened and is not repeated, and where it was found is
+  the offset returned.  This needs records that are unique within their object, as the
+  mail transaction log's records are (each carries a unique id).  Only when that read
+  fails as well does the caller get FsUnavailable with the outcome unknown;
 - ``write_stream`` cannot replay its input and is not retried; ``read_stream`` is
   restarted only until its first chunk.
 
-``retry:attempts=8,backoff=10ms,max_backoff=1s:...``
+``retry:attempts=8,backoff=10ms,max_backoff=1s:...``.  Chains over a remote driver get
+this stage at their top by default (``libfs/chain.py``); ``retry:attempts=0:`` turns that
+off.
 """
 
 from __future__ import annotations
@@ -130,8 +134,18 @@ class RetryFs(ForwardingFs):
             except FsUnavailable:
                 uncertain = True
                 if attempt == self.attempts - 1:
+                    if await self._holds(path, data):
+                        return  # the last attempt did create it
                     raise
                 await self._sleep(attempt)
+
+    async def _holds(self, path: str, data: bytes) -> bool:
+        """Whether ``path`` now holds exactly ``data`` (False also when that cannot be
+        read: the caller then reports its own failure)."""
+        try:
+            return await self._retry(lambda: self.parent.read(path)) == data
+        except (FsNotFound, FsUnavailable):
+            return False
 
     async def write_unique(
         self, prefix: str, data: bytes, metadata: Mapping[str, str] | None = None
@@ -143,8 +157,8 @@ class RetryFs(ForwardingFs):
             try:
                 return await self.parent.append(path, data)
             except FsUnavailable:
-                if attempt == self.attempts - 1:
-                    raise
+                # Should this read fail too, its FsUnavailable reaches the caller with the
+                # outcome unknown (the mail layer then resolves it); never a blind repeat.
                 try:
                     current = await self._retry(lambda: self.parent.read(path))
                 except FsNotFound:
@@ -152,6 +166,8 @@ class RetryFs(ForwardingFs):
                 offset = current.find(data)
                 if offset >= 0:
                     return offset  # the failed append did happen; records are unique
+                if attempt == self.attempts - 1:
+                    raise
                 await self._sleep(attempt)
         raise AssertionError("unreachable")
 

@@ -41,7 +41,9 @@ async def deliver_to(raw: bytes, boxes: Sequence[Mailbox]) -> list[int | Excepti
     """Deliver one message into several opened mailboxes (LMTP), each checked against its
     user's size limit and quota first.  With mdbox the message is stored once for all the
     mailboxes of one store, even across users.  Returns per mailbox the UID or the error;
-    a UID means that copy is durable."""
+    a UID means that copy is durable, an error that it is not in the mailbox (a log
+    commit that failed uncertainly is settled by :meth:`Mailbox.commit` and ``save``), or
+    that the store could not even be read to tell."""
     raw = objects.normalize_crlf(raw)
     results: list[int | Exception] = [RuntimeError("not delivered")] * len(boxes)
     live: list[tuple[int, Mailbox]] = []

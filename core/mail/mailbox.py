@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cloudcote.libfs.api import FsExists, FsNotFound, FsUnavailable, Subscription
+from cloudcote.libfs.backoff import backoff
 
 from . import objects
 from .entries import cache_entry_of, stored_idate
@@ -48,6 +49,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cloudcote.core.mail")
 T = TypeVar("T")
+
+#: Times a commit of new messages that failed is settled (the log read, the records
+#: looked up, written again if absent) before the failure is reported, and the backoff
+#: between them (seconds).
+SETTLE_ATTEMPTS = 6
+SETTLE_BACKOFF = 0.02
+SETTLE_MAX_BACKOFF = 1.0
 
 
 class Mailbox(MailboxBase):
@@ -189,10 +197,49 @@ class Mailbox(MailboxBase):
 
     async def commit(self, records: list[Any]) -> list[Any]:
         """Commit log records written elsewhere (delivery links a shared mdbox object) and
-        wake this process's waiters; the records' results."""
-        results = await self.log.commit(records)
+        wake this process's waiters; the records' results.  Append records whose commit
+        failed uncertainly are settled (:meth:`_commit_appends`)."""
+        if records and all(rec[0] == "a" for rec in records):
+            results: list[Any] = await self._commit_appends(records)
+        else:
+            results = await self.log.commit(records)
         self.notify()
         return results
+
+    async def _commit_appends(self, records: list[Any]) -> list[int]:
+        """Commit append records and return their UIDs.  A commit that failed may have
+        put its frame in the log all the same (a store that failed after the append, a
+        lost reply, a read after the append that failed): the log is read again and the
+        records' objects looked up there, and only records surely not in it are
+        committed again, so a caller never reports a failure for a message that is
+        stored.  Writing one again is harmless even if the first frame lands after all:
+        an append record applies once per object (the second is a no-op that reports
+        the same UID).  StorageUnavailable only when the log cannot be read either."""
+        try:
+            return [int(u) for u in await self.log.commit(records)]
+        except StorageUnavailable as exc:
+            failure = exc
+        locs = [rec[2] for rec in records]
+        for attempt in range(SETTLE_ATTEMPTS):
+            await backoff(attempt, SETTLE_BACKOFF, SETTLE_MAX_BACKOFF)
+            try:
+                await self.log.refresh()
+            except StorageUnavailable as exc:
+                failure = exc
+                continue
+            by_loc = self.state.by_loc
+            if all(loc in by_loc for loc in locs):
+                log.warning("user=%s mailbox=%s: a commit reported as failed (%s) is in the "
+                            "log; its %d message(s) are stored", self.user.user, self.name,
+                            failure, len(locs))
+                return [by_loc[loc] for loc in locs]
+            try:
+                return [int(u) for u in await self.log.commit(records)]
+            except StorageUnavailable as exc:
+                failure = exc
+        log.error("user=%s mailbox=%s: could not tell whether a commit of %d message(s) "
+                  "reached the log: %s", self.user.user, self.name, len(locs), failure)
+        raise failure
 
     def notify(self) -> None:
         if self.log.generation != self._seen_generation:
@@ -261,10 +308,15 @@ class Mailbox(MailboxBase):
              list(flags), cache_entry_of(raw)]
             for (raw, meta, flags), loc in zip(prepared, locs, strict=True)
         ]
-        uids = await self.log.commit(records)
+        uids = await self._commit_appends(records)
         self.notify()
-        await self._repair_if_damaged()
-        return [int(u) for u in uids]
+        try:
+            await self._repair_if_damaged()
+        except StorageUnavailable as exc:
+            # The messages are stored: their UIDs stand; the repair runs on a later read.
+            log.warning("user=%s mailbox=%s: repair after a save failed: %s",
+                        self.user.user, self.name, exc)
+        return uids
 
     def _prepare(self, req: SaveRequest) -> tuple[bytes, objects.StoredMeta, list[str]]:
         raw = objects.normalize_crlf(req.raw)

@@ -9,7 +9,9 @@ over the quota, refused with 552.  The message is stored once for all accepted r
 of a store (``Store.deliver_to``; on mdbox one object holds it for all of them) and every
 accepted recipient gets its own reply, in RCPT order (RFC 2033 4.2).  A 250 is written
 only for a copy that ``deliver_to`` reported durable by its UID: a reply promises the mail
-is kept.
+is kept.  A 451 is written only for a copy that is not stored (or when the store cannot
+even be read to tell): the store settles a write whose outcome was uncertain before
+``deliver_to`` returns, so the MTA's retry makes no duplicate.
 """
 
 from __future__ import annotations
