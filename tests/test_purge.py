@@ -114,6 +114,7 @@ async def crashy_saves(spec: str, layout: str, n: int) -> dict[tuple[str, int], 
                     uids = await box.save_many([SaveRequest(raw), SaveRequest(raw + b"x")])
                     acked[("INBOX", uids[0])] = raw
                     acked[("INBOX", uids[1])] = raw + b"x"
+                    uid = uids[0]
                 else:
                     (uid,) = await box.save_many([SaveRequest(raw)])
                     acked[("INBOX", uid)] = raw
