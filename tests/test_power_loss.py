@@ -24,6 +24,7 @@ import pytest
 
 from cloudcote.core.mail.storage import MailStore, StorageSettings
 from cloudcote.libfs import open_fs
+from cloudcote.libfs.api import FsInvalidSpec
 
 from .mailsamples import message
 
@@ -112,3 +113,30 @@ def test_power_loss_loses_only_deferred_flags(tmp_path: Path, mode: str,
     else:
         # The \Seen after the last synced commit was lost; all before it survived.
         assert got[3] == acked[3] - {"\\Seen"}
+
+
+@pytest.mark.parametrize(("setting", "on_append", "on_sync"),
+                         [("", 0, 1), (",fsync=optimized", 0, 1), (",fsync=always", 1, 0),
+                          (",fsync=never", 0, 0)])
+def test_posix_fsync_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str,
+                           on_append: int, on_sync: int) -> None:
+    """Which calls fsync: an append (past a file's first record) and ``sync``, per mode;
+    ``optimized`` is the default."""
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fsync", calls.append)
+
+    async def main() -> tuple[int, int]:
+        async with await open_fs(f"posix:path={tmp_path}{setting}") as fs:
+            await fs.append("a/log", b"first")
+            calls.clear()
+            await fs.append("a/log", b"second")
+            appended = len(calls)
+            await fs.sync("a/log")
+            return appended, len(calls) - appended
+
+    assert asyncio.run(main()) == (on_append, on_sync)
+
+
+def test_posix_fsync_setting_checked(tmp_path: Path) -> None:
+    with pytest.raises(FsInvalidSpec, match="fsync"):
+        asyncio.run(open_fs(f"posix:path={tmp_path},fsync=sometimes"))
