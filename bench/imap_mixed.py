@@ -26,8 +26,10 @@ or the client is the bottleneck (``--client-procs`` spreads the clients over pro
 
 The client is a small asyncio IMAP client of its own (one event loop per client process,
 TCP_NODELAY, LITERAL+ for APPEND): stdlib imaplib in threads would cost more CPU than a
-fast server.  ``--workers`` is passed to cloudcote as ``[server] workers`` when its
-configuration knows that key, and ignored otherwise.
+fast server.  ``--servers cloudcote,cloudcote-always,dovecot`` adds cloudcote with posix
+``fsync=always`` beside its default (``optimized``).  ``--workers`` is passed to
+cloudcote as ``[server] workers`` when its configuration knows that key, and ignored
+otherwise.
 """
 
 from __future__ import annotations
@@ -359,7 +361,8 @@ class CloudcoteServer(Server):
     name = "cloudcote"
 
     def __init__(self, users: list[str], workers: int | None, fsync: str,
-                 layout: str) -> None:
+                 layout: str, name: str = "cloudcote") -> None:
+        self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix="cc-bench-"))
         self.fsync = fsync
         self.layout = layout
@@ -393,8 +396,8 @@ class CloudcoteServer(Server):
 
     def _write_config(self, workers: int | None) -> Path:
         config = self.dir / "cloudcote.toml"
-        spec = f"posix:path={self.dir / 'mail'}" + (",fsync=never" if self.fsync == "never"
-                                                     else "")
+        spec = f"posix:path={self.dir / 'mail'}" + (f",fsync={self.fsync}"
+                                                     if self.fsync != "default" else "")
         text = (f'data_dir = "{self.dir / "data"}"\n'
                 f'[storage]\nfs = "{spec}"\nlayout = "{self.layout}"\n'
                 f'[auth]\npassdb = "passwd-file:{self.dir / "passwd"}"\n'
@@ -430,7 +433,7 @@ class CloudcoteServer(Server):
     def describe(self) -> str:
         workers = f", workers={self.workers}" if self.workers is not None else ""
         return (f"cloudcote on {self.host}:{self.port}, posix {self.layout} in {self.dir}"
-                f"{workers}, fsync={'never' if self.fsync == 'never' else 'always'}")
+                f"{workers}, fsync={'optimized' if self.fsync == 'default' else self.fsync}")
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -481,13 +484,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None,
                     help="cloudcote [server] workers, when that key exists")
     ap.add_argument("--servers", default="cloudcote,dovecot",
-                    help="comma-separated: cloudcote, dovecot (default both)")
+                    help="comma-separated: cloudcote, cloudcote-always (posix fsync=always), "
+                         "dovecot (default: cloudcote,dovecot)")
     ap.add_argument("--dovecot-format", choices=("maildir", "sdbox", "mdbox"),
                     default="maildir", help="Dovecot's mail_location format (maildir)")
     ap.add_argument("--layout", choices=("sdbox", "mdbox"), default="sdbox",
                     help="cloudcote's [storage] layout (sdbox)")
     ap.add_argument("--fsync", choices=("default", "never"), default="default",
-                    help="default: each server's own (cloudcote fsync=always, Dovecot "
+                    help="default: each server's own (cloudcote fsync=optimized, Dovecot "
                          "mail_fsync=optimized); never: both without fsync")
     ap.add_argument("--client-procs", type=int, default=1,
                     help="client processes the clients are spread over (default 1)")
@@ -497,8 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=4242)
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
-    if not names or any(n not in ("cloudcote", "dovecot") for n in names):
-        ap.error("--servers: cloudcote and/or dovecot")
+    if not names or any(n not in ("cloudcote", "cloudcote-always", "dovecot") for n in names):
+        ap.error("--servers: cloudcote, cloudcote-always and/or dovecot")
     if args.clients < 1 or args.rounds < 1 or args.messages < 1 or args.duration <= 0:
         ap.error("--clients, --rounds, --messages and --duration must be positive")
 
@@ -525,8 +529,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             t = time.monotonic()
             server: Server = (
-                CloudcoteServer(users, args.workers, args.fsync, args.layout)
-                if name == "cloudcote"
+                CloudcoteServer(users, args.workers,
+                                "always" if name == "cloudcote-always" else args.fsync,
+                                args.layout, name)
+                if name.startswith("cloudcote")
                 else DovecotServer(users, args.dovecot_format, args.fsync))
             servers.append(server)
             print(server.describe(), flush=True)
@@ -554,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[server.name].append((rate, 100 * server_cpu / wall,
                                              100 * client_cpu / wall, tally))
                 err = sum(tally.errors.values())
-                print(f"  round {r + 1} {server.name:<9} {rate:8.1f} ops/s  "
+                print(f"  round {r + 1} {server.name:<16} {rate:8.1f} ops/s  "
                       f"{tally.sessions / args.duration:6.1f} sessions/s  server CPU "
                       f"{100 * server_cpu / wall:4.0f}%  client CPU "
                       f"{100 * client_cpu / wall:4.0f}%  errors {err}", flush=True)
@@ -567,21 +573,22 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
 
     print()
-    print(f"{'server':<10} {'clients':>7} {'ops/s':>9} {'rounds':<26} {'server CPU':>10} "
+    print(f"{'server':<16} {'clients':>7} {'ops/s':>9} {'rounds':<26} {'server CPU':>10} "
           f"{'client CPU':>10} {'errors':>6}")
     medians: dict[str, float] = {}
     for name, rows in results.items():
         rates = [row[0] for row in rows]
         medians[name] = statistics.median(rates)
         errors = sum(sum(row[3].errors.values()) for row in rows)
-        print(f"{name:<10} {args.clients:>7} {medians[name]:>9.1f} "
+        print(f"{name:<16} {args.clients:>7} {medians[name]:>9.1f} "
               f"{' '.join(f'{x:.1f}' for x in rates):<26} "
               f"{statistics.median(row[1] for row in rows):>9.0f}% "
               f"{statistics.median(row[2] for row in rows):>9.0f}% {errors:>6}")
-    if "cloudcote" in medians and "dovecot" in medians and medians["dovecot"]:
-        print(f"\ncloudcote/Dovecot: {medians['cloudcote'] / medians['dovecot']:.2f} "
-              f"({SESSION_COMMANDS} commands per session; {os.cpu_count()} cores shared by "
-              "servers and client)")
+    for name in medians:
+        if name.startswith("cloudcote") and medians.get("dovecot"):
+            print(f"\n{name}/Dovecot: {medians[name] / medians['dovecot']:.2f} "
+                  f"({SESSION_COMMANDS} commands per session; {os.cpu_count()} cores shared "
+                  "by servers and client)")
     return 0
 
 

@@ -48,7 +48,9 @@ class Feature(enum.StrEnum):
     CONSISTENT_LIST = "consistent-list"
     #: ``write(mode=CREATE)`` is atomic in the store: safe for races between processes.
     ATOMIC_CREATE = "atomic-create"
-    #: objects are durable on stable storage when a write returns.
+    #: writes, copies and deletes are durable on stable storage when they return, and
+    #: appends when they return or, on a store that defers them, when :meth:`Fs.sync`
+    #: of their path returns.
     DURABLE = "durable"
     #: reading any byte range of an append log costs a bounded number of store requests
     #: however many records it spans (S3 lacks it: one segment object per record).
@@ -361,7 +363,18 @@ class Fs(abc.ABC):
         order.  No reader ever sees part of a record: :meth:`read`, :meth:`read_range` and
         :meth:`read_stream` that meet the end of the object, and the size :meth:`stat`
         reports, end after a whole record; one still being appended is not there at all.
-        ``data`` must not be empty."""
+        ``data`` must not be empty.
+
+        Durability: on most stores the record is durable when this returns; a store may
+        defer that (posix ``fsync=optimized``) until :meth:`sync` of the path returns.
+        Either way it is visible to every reader at once and survives the end of the
+        process; only a power loss or an OS crash can take a deferred record, and then
+        with every record after it in the same object."""
+
+    async def sync(self, path: str) -> None:  # noqa: B027 - durable stores have nothing to do
+        """Make every record appended to ``path`` whose :meth:`append` has returned (in any
+        process) durable on stable storage.  A no-op where appends are durable on return,
+        which is every store but posix with ``fsync=optimized``."""
 
     @abc.abstractmethod
     async def stat(self, path: str) -> Stat:
@@ -465,6 +478,9 @@ class ForwardingFs(Fs):
 
     async def append(self, path: str, data: bytes) -> int:
         return await self.parent.append(path, data)
+
+    async def sync(self, path: str) -> None:
+        await self.parent.sync(path)
 
     async def stat(self, path: str) -> Stat:
         return await self.parent.stat(path)

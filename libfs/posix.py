@@ -1,6 +1,6 @@
 """The built-in driver: objects as files under a directory (the embedded default).
 
-Chain syntax: ``posix:/var/mail`` or ``posix:path=/var/mail,fsync=never``.
+Chain syntax: ``posix:/var/mail`` or ``posix:path=/var/mail,fsync=always``.
 
 - create: the data goes to a temporary file that is then ``link(2)``-ed to its name;
   ``link`` fails with EEXIST if the name exists, so exactly one creator wins and a reader
@@ -16,7 +16,11 @@ Chain syntax: ``posix:/var/mail`` or ``posix:path=/var/mail,fsync=never``.
   more is arriving, and reads that too: every read path ends at a record boundary;
 - metadata: extended attributes ``user.cloudcote.<key>`` set on the temporary file before it
   is published, so they appear atomically with the data;
-- ``fsync=always`` (the default) syncs the file and its directory before a write returns.
+- durability, ``fsync=``: ``optimized`` (the default) syncs the file and its directory
+  before a write, copy or delete returns, and an append only when ``sync`` asks (an append
+  that starts a file syncs the directory, so the name is never what is lost); ``always``
+  syncs every append before it returns too (``sync`` is then a no-op); ``never`` syncs
+  nothing.  What each mode means for mail: docs/storage.md, "Durability on posix".
 
 A path can't be both an object and a "directory" of other objects here (``a`` and ``a/b``),
 as on any POSIX file system.  The top-level name ``.cloudcote-tmp`` is reserved.
@@ -69,6 +73,8 @@ if TYPE_CHECKING:
     from .chain import Settings
 
 TMP_DIR = ".cloudcote-tmp"
+#: The ``fsync=`` settings; the first is the default.
+FSYNC_MODES = ("optimized", "always", "never")
 XATTR_PREFIX = "user.cloudcote."
 log = logging.getLogger("cloudcote.libfs.posix")
 #: Full-size inotify events read per read(2) when the descriptor is readable.
@@ -96,10 +102,20 @@ class PosixFs(Fs):
 
     name = "posix"
 
-    def __init__(self, root: str, *, fsync: bool = True, xattrs: bool = True) -> None:
+    def __init__(self, root: str, *, fsync: bool | str = "optimized",
+                 xattrs: bool = True) -> None:
         self.root = os.path.abspath(root)
         self.tmp = os.path.join(self.root, TMP_DIR)
-        self.fsync = fsync
+        if isinstance(fsync, bool):
+            fsync = "always" if fsync else "never"
+        if fsync not in FSYNC_MODES:
+            raise FsInvalidSpec(f"posix: fsync={fsync!r} is invalid: one of "
+                                f"{', '.join(FSYNC_MODES)}")
+        self.fsync_mode = fsync
+        #: Writes, copies and deletes are synced before they return.
+        self.fsync = fsync != "never"
+        #: Appends are synced before they return (else ``sync`` does it).
+        self.fsync_appends = fsync == "always"
         self.xattrs = xattrs
         feats = {Feature.APPEND, Feature.CONSISTENT_LIST, Feature.ATOMIC_CREATE,
                  Feature.BATCH_LOG_READ}
@@ -115,7 +131,7 @@ class PosixFs(Fs):
     async def open(cls, settings: Settings, parent: Fs | None) -> PosixFs:
         root = settings.str("", None) or settings.str("path", None, required=True)
         assert root is not None
-        fsync = settings.choice("fsync", "always", ("always", "never")) == "always"
+        fsync = settings.choice("fsync", "optimized", FSYNC_MODES)
         settings.finish()
         try:
             os.makedirs(os.path.join(root, TMP_DIR), exist_ok=True)
@@ -345,13 +361,36 @@ class PosixFs(Fs):
                 # O_APPEND moved this private descriptor to the end of our own record, under
                 # the same inode lock as the write: no other appender can move it.
                 end = os.lseek(fd, 0, os.SEEK_CUR)
-                if self.fsync:
+                if self.fsync_appends:
                     os.fsync(fd)
             finally:
                 os.close(fd)
+            if self.fsync and end == len(data):
+                # The first record: the file may be new, and its name must outlive a power
+                # loss as surely as the records that a later sync makes durable.
+                _fsync_dir(os.path.dirname(full))
             return end - len(data)
 
         return await self._run(run, "append", path)
+
+    async def sync(self, path: str) -> None:
+        """fsync(2) the file (``fsync=optimized``): the records every process appended to it
+        so far are durable.  A no-op in the other modes, and for an absent file."""
+        if self.fsync_appends or not self.fsync:
+            return
+        full = self._full(path)
+
+        def run() -> None:
+            try:
+                fd = os.open(full, os.O_RDONLY)
+            except FileNotFoundError:
+                return
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        await self._run(run, "sync", path)
 
     async def copy(self, src: str, dst: str, mode: WriteMode = WriteMode.CREATE) -> None:
         """Data (read as ``read_stream`` does) and xattrs copied into a temp file, then

@@ -56,6 +56,9 @@ T = TypeVar("T")
 SETTLE_ATTEMPTS = 6
 SETTLE_BACKOFF = 0.02
 SETTLE_MAX_BACKOFF = 1.0
+#: Log records that need not be durable on their own (Dovecot's ``fsync=optimized`` does
+#: not sync its index either): flag changes and \Recent claims.  Saves and expunges are.
+DEFERRABLE = frozenset({"f", "r"})
 
 
 class Mailbox(MailboxBase):
@@ -73,7 +76,8 @@ class Mailbox(MailboxBase):
             self.fs, f"{self.base}/index", MailboxState.decode_snapshot,
             limit=self.mail_store.settings.log_limit,
             what=f"user={user.user} mailbox={entry.name}",
-            before_snapshot=lambda st: st.take_cache_chunk(self.base))
+            before_snapshot=lambda st: st.take_cache_chunk(self.base),
+            deferrable=DEFERRABLE)
         self.refreshed_at = 0.0
         self.deleted = False
         self._changed = asyncio.Event()

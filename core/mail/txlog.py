@@ -30,6 +30,13 @@ acknowledges, that its frame is not in a re-created object nobody reads (docs/st
 go out together as the next frame, so a busy mailbox costs one append per batch, not per
 record.  A writer whose frame starts where its view of the log ends applies its own records
 without reading the log back.
+
+**Durability.** A frame is acknowledged once ``Fs.sync`` of its log returns, unless every
+record in it is of a kind the log was told may wait (``deferrable``: a mailbox's flag
+changes and \\Recent claims).  Such a frame becomes durable with the next synced frame of
+the same log object (a sync covers every byte before it), and every process syncs a log
+before it crosses into the next one, so a power loss can take only a tail of deferrable
+frames, never a log's closing frame that later logs depend on (docs/storage.md).
 """
 
 from __future__ import annotations
@@ -228,6 +235,7 @@ class TransactionLog(Generic[S]):
         limit: int | None = None,
         what: str = "",
         before_snapshot: Callable[[S], list[tuple[str, bytes]]] | None = None,
+        deferrable: frozenset[str] = frozenset(),
     ) -> None:
         self.fs = fs
         self.base = base
@@ -235,6 +243,8 @@ class TransactionLog(Generic[S]):
         self.limit = limit if limit is not None else default_limit(fs)
         self.what = what or base
         self.before_snapshot = before_snapshot
+        #: Record kinds whose frames are not synced on their own (see the module doc).
+        self.deferrable = deferrable
         self.state: S | None = None
         self.k = 0
         self.offset = 0
@@ -429,6 +439,7 @@ class TransactionLog(Generic[S]):
                                     "(an append still arriving, or a crash)",
                                     self.what, self.k, res.end)
             if closed or self.offset >= self.limit:
+                await self._sync(self.k)
                 self._cross()
                 continue
             return
@@ -491,8 +502,9 @@ class TransactionLog(Generic[S]):
             records: list[Any] = []
             for recs, _ in batch:
                 records.extend(recs)
+            durable = any(rec[0] not in self.deferrable for rec in records)
             try:
-                results = await self._append_frame(records)
+                results = await self._append_frame(records, durable)
             except BaseException as exc:  # noqa: BLE001 - handed to every waiter
                 for _, fut in batch:
                     if not fut.done():
@@ -506,12 +518,14 @@ class TransactionLog(Generic[S]):
                     fut.set_result(results[i:i + len(recs)])
                 i += len(recs)
 
-    async def _append_frame(self, records: list[Any]) -> list[Any]:
+    async def _append_frame(self, records: list[Any], durable: bool = True) -> list[Any]:
         data = encode_frame(records)
         for _ in range(64):
             # The view the append is made from: where this process believes log k ends.
             k, seen = self.k, self.offset
             start = await self._io(self.fs.append(self.log_path(k), data))
+            if durable and start < self.limit:
+                await self._sync(k)
             async with self._mutex:
                 if start < self.limit and (start < seen or seen == 0):
                     # A log never shrinks, so a frame before our view is in an object that
@@ -536,6 +550,7 @@ class TransactionLog(Generic[S]):
                         self.offset = start + len(data)
                         if self.offset >= self.limit:
                             self._snapshot_duty.add(k + 1)
+                            await self._sync(k)
                             self._cross()
                     else:
                         if start + len(data) >= self.limit:
@@ -603,6 +618,7 @@ class TransactionLog(Generic[S]):
         filler = encode_frame([["pad", "x" * pad]], compress=False)
         k = self.k
         start = await self._io(self.fs.append(self.log_path(k), filler))
+        await self._sync(k)
         async with self._mutex:
             if start < self.limit:
                 self._snapshot_duty.add(k + 1)
@@ -622,8 +638,13 @@ class TransactionLog(Generic[S]):
         pad = max(0, self.limit - self.offset)
         frame = encode_frame([["reset", k], ["pad", "x" * pad]], compress=False)
         await self._io(self.fs.append(self.log_path(k - 1), frame))
+        await self._sync(k - 1)
 
     # -- helpers --------------------------------------------------------------------------
+
+    async def _sync(self, k: int) -> None:
+        """Make log k durable as far as it was appended (a no-op on most stores)."""
+        await self._io(self.fs.sync(self.log_path(k)))
 
     async def _io(self, coro: Any) -> Any:
         return await store_io(coro, self.what)
