@@ -44,13 +44,15 @@ async def cmd_sort(s: ImapSession, cmd: Command, by_uid: bool) -> None:
     if ret is not None and ret.save:
         sel.saved = []
     key, found = await s.matching(criteria, charset)
-    by_seq = {seq: m for seq, m in found}
     order = await sorting.sort_order(sel.box, found, keys)
-    numbers = [by_seq[n].uid if by_uid else n for n in order]
+    uids: list[int] = []
+    if by_uid or ret is not None:
+        uid_of = {seq: m.uid for seq, m in found}
+        uids = [uid_of[n] for n in order]
+    numbers = uids if by_uid else order
     if ret is None:
-        s.emit("* SORT" + "".join(f" {n}" for n in numbers) + "\r\n")
+        s.emit(("* SORT " + " ".join(map(str, numbers)) if numbers else "* SORT") + "\r\n")
     else:
-        uids = [by_seq[n].uid for n in order]
         text = esearch_line(cmd.tag, by_uid, numbers, ret, ordered=True)
         if text is not None:
             s.emit(text + "\r\n")
