@@ -79,7 +79,7 @@ class _Derived:
     """The derived SORT/THREAD values of one mailbox's messages, by UID, per key; valid
     for one UIDVALIDITY."""
 
-    __slots__ = ("uidvalidity", "columns", "orders", "uids", "seqs", "results", "__weakref__")
+    __slots__ = ("uidvalidity", "columns", "orders", "found", "results", "__weakref__")
 
     def __init__(self, uidvalidity: int) -> None:
         self.uidvalidity = uidvalidity
@@ -87,22 +87,23 @@ class _Derived:
         #: Per (key, reverse): every UID of the key's table in that key's order (ties by
         #: UID, which is the order of sequence numbers); dropped when the table grows.
         self.orders: dict[tuple[str, bool], list[int]] = {}
-        #: The messages (UIDs, and their sequence numbers) of the last SORT or THREAD, and
-        #: its results by criteria: the same request again is answered from here.
-        self.uids: list[int] = []
-        self.seqs: list[int] = []
+        #: The messages ((sequence number, message) by sequence number) of the last SORT
+        #: or THREAD, and its results by criteria: the same request again is answered from
+        #: here (one comparison of the lists, in C: the same message objects compare by
+        #: identity).
+        self.found: list[tuple[int, api.Message]] = []
         self.results: dict[tuple[Any, ...], Any] = {}
 
-    def result(self, uids: list[int], seqs: list[int], criteria: tuple[Any, ...]) -> Any:
+    def result(self, found: list[tuple[int, api.Message]], criteria: tuple[Any, ...]) -> Any:
         """A kept result for these messages and criteria, or None."""
-        if uids != self.uids or seqs != self.seqs:
+        if found != self.found:
             return None
         return self.results.get(criteria)
 
-    def keep(self, uids: list[int], seqs: list[int], criteria: tuple[Any, ...],
+    def keep(self, found: list[tuple[int, api.Message]], criteria: tuple[Any, ...],
              result: Any) -> None:
-        if uids != self.uids or seqs != self.seqs:
-            self.uids, self.seqs = uids, seqs
+        if found != self.found:
+            self.found = found
             self.results = {}
         elif len(self.results) >= _RESULTS_KEPT:
             self.results.pop(next(iter(self.results)))
@@ -110,7 +111,7 @@ class _Derived:
 
 
 #: The most results kept per mailbox (for one set of messages).
-_RESULTS_KEPT = 8
+_RESULTS_KEPT = 16
 
 
 _DERIVED: weakref.WeakKeyDictionary[api.Mailbox, _Derived] = weakref.WeakKeyDictionary()
@@ -292,14 +293,14 @@ async def sort_order(box: api.Mailbox, found: list[tuple[int, api.Message]],
     # C-level passes (map, itemgetter) rather than comprehensions: this runs over every
     # message of the mailbox on each command.
     found = sorted(found, key=_SEQ)
+    data = _derived(box)
+    criteria = ("SORT", *keys)
+    kept = data.result(found, criteria)
+    if kept is not None:
+        return list(kept)
     seqs = list(map(_SEQ, found))
     msgs = list(map(_MSG, found))
     uids = list(map(_UID, msgs))
-    data = _derived(box)
-    criteria = ("SORT", *keys)
-    kept = data.result(uids, seqs, criteria)
-    if kept is not None:
-        return list(kept)
     names = {name for name, _ in keys}
     derived = sorted(names - {"ARRIVAL", "SIZE"})
     tables = await _columns(box, msgs, derived) if derived else {}
@@ -320,8 +321,25 @@ async def sort_order(box: api.Mailbox, found: list[tuple[int, api.Message]],
                 columns.append((values, reverse))
             order = sortmod.order_by(seqs, columns)
     if _derived(box) is data:
-        data.keep(uids, seqs, criteria, order)
+        data.keep(found, criteria, order)
     return list(order)
+
+
+async def sort_line(box: api.Mailbox, found: list[tuple[int, api.Message]],
+                    keys: list[tuple[str, bool]]) -> str:
+    """The untagged ``* SORT`` response (sequence numbers) for ``found``, kept with the
+    order: a repeated request costs no rendering either."""
+    found = sorted(found, key=_SEQ)
+    criteria = ("SORT-LINE", *keys)
+    data = _derived(box)
+    kept = data.result(found, criteria)
+    if kept is not None:
+        return str(kept)
+    order = await sort_order(box, found, keys)
+    line = ("* SORT " + " ".join(map(str, order)) if order else "* SORT") + "\r\n"
+    if _derived(box) is data:
+        data.keep(found, criteria, line)
+    return line
 
 
 _SEQ = operator.itemgetter(0)
@@ -357,19 +375,19 @@ async def threads(box: api.Mailbox, found: list[tuple[int, api.Message]],
     again (same messages, same sequence numbers) gets the same forest back: it is shared,
     callers must not change it."""
     algorithm = algorithm.upper()
-    found = sorted(found, key=lambda f: f[0])
-    seqs = [seq for seq, _ in found]
-    uids = [m.uid for _, m in found]
+    found = sorted(found, key=_SEQ)
     data = _derived(box)
     criteria = ("THREAD", algorithm)
-    kept = data.result(uids, seqs, criteria)
+    kept = data.result(found, criteria)
     if kept is not None:
         return kept
+    seqs = list(map(_SEQ, found))
+    uids = [m.uid for _, m in found]
     table = (await _columns(box, [m for _, m in found], [_THREAD]))[_THREAD]
     with _no_cycle_collection():
         infos = [sortmod.ThreadInfo(seq, *table[uid])
                  for seq, uid in zip(seqs, uids, strict=True)]
         result = sortmod.thread_infos(infos, algorithm)
     if _derived(box) is data:
-        data.keep(uids, seqs, criteria, result)
+        data.keep(found, criteria, result)
     return result

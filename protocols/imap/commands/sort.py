@@ -44,23 +44,24 @@ async def cmd_sort(s: ImapSession, cmd: Command, by_uid: bool) -> None:
     if ret is not None and ret.save:
         sel.saved = []
     key, found = await s.matching(criteria, charset)
-    order = await sorting.sort_order(sel.box, found, keys)
-    uids: list[int] = []
-    if by_uid or ret is not None:
+    if ret is None and not by_uid:
+        s.emit(await sorting.sort_line(sel.box, found, keys))
+    else:
+        order = await sorting.sort_order(sel.box, found, keys)
         uid_of = {seq: m.uid for seq, m in found}
         uids = [uid_of[n] for n in order]
-    numbers = uids if by_uid else order
-    if ret is None:
-        s.emit(("* SORT " + " ".join(map(str, numbers)) if numbers else "* SORT") + "\r\n")
-    else:
-        text = esearch_line(cmd.tag, by_uid, numbers, ret, ordered=True)
-        if text is not None:
-            s.emit(text + "\r\n")
-        if ret.save:
-            sel.saved = saved_of(ret, uids, ordered=True)
-        if ret.update:
-            s.keep_context(cmd.tag, SearchContext(key, by_uid, keys, uids,
-                                                  s.mailbox_version()))
+        if ret is None:
+            s.emit(("* SORT " + " ".join(map(str, uids)) if uids else "* SORT") + "\r\n")
+        else:
+            text = esearch_line(cmd.tag, by_uid, uids if by_uid else order, ret,
+                                ordered=True)
+            if text is not None:
+                s.emit(text + "\r\n")
+            if ret.save:
+                sel.saved = saved_of(ret, uids, ordered=True)
+            if ret.update:
+                s.keep_context(cmd.tag, SearchContext(key, by_uid, keys, uids,
+                                                      s.mailbox_version()))
     await s.after_command(cmd)
     s.ok(cmd)
 
