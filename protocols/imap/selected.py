@@ -356,6 +356,13 @@ class MailboxView(ImapWire):
                        if uid in messages]
         if isinstance(key, searchmod.All):  # SORT and THREAD over ALL, mostly
             return key, present
+        if isinstance(key, searchmod.SequenceNumbers) and len(present) == len(view):
+            # A bare sequence set over a view with every message present: slices of it,
+            # no evaluation per message.
+            picked: list[tuple[int, api.Message]] = []
+            for lo, hi in key.seqset.resolve(len(present)):
+                picked += present[lo - 1:hi]
+            return key, picked
         msgs = [m for _, m in present]
         hits = await box.search(key, msgs, frozenset(self.sel.recent))
         return key, [present[i - 1] for i in hits]
