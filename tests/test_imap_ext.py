@@ -392,6 +392,16 @@ def test_sort_keys(imap: Clients) -> None:
     bad(m, "SORT SUBJECT")
 
 
+def test_sort_of_a_sequence_set(imap: Clients) -> None:
+    """A bare sequence set (taken as slices of the view): reversed and overlapping ranges,
+    ``*``, numbers past the end, as SEARCH evaluates them."""
+    m = _filled(imap)
+    assert _numbers(ok(m, "SORT (DATE) UTF-8 4:2,*,3,9"), "SORT") == [3, 2, 4, 5]
+    assert _numbers(ok(m, "SORT (ARRIVAL) UTF-8 2:*"), "SORT") == [2, 3, 4, 5]
+    assert _numbers(ok(m, "SEARCH 5:4,1,1:1"), "SEARCH") == [1, 4, 5]
+    assert _numbers(ok(m, "UID SORT (REVERSE DATE) UTF-8 *:4"), "SORT") == [5, 4]
+
+
 def test_esort(imap: Clients) -> None:
     m = _filled(imap)
     r = ok(m, "SORT RETURN (MIN MAX COUNT ALL) (DATE) UTF-8 ALL")

@@ -150,3 +150,68 @@ def test_sorting_matches_the_algorithms(tmp_path: Path) -> None:
 ])
 def test_header_value(block: bytes | str, value: str | None) -> None:
     assert sorting.header_value(block, "References") == value
+
+
+def test_full_order_and_subset_order() -> None:
+    # UID -> value; ties go by ascending UID, reversed or not (as a stable sort keeps them).
+    table = {5: "b", 1: "b", 9: "a", 3: "c", 7: "a"}
+    assert sorting.full_order(table, False) == [7, 9, 1, 5, 3]
+    assert sorting.full_order(table, True) == [3, 1, 5, 7, 9]
+    order = sorting.full_order(table, False)
+    # A subset (UID -> sequence number) in that order; UIDs of the order outside it (other
+    # sessions' messages, expunged ones) are skipped.
+    assert sorting.subset_order(order, {9: 4, 1: 1, 3: 2}) == [4, 1, 2]
+    assert sorting.subset_order(order, {}) == []
+
+
+def test_one_key_sorts_the_mailbox_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        ) -> None:
+    """A one-key SORT sorts the whole mailbox once and then only picks its messages out of
+    that order, until new messages come (which must then take their places)."""
+    built: list[bool] = []
+    full_order = sorting.full_order
+
+    def counting(table: dict[int, Any], reverse: bool) -> list[int]:
+        built.append(reverse)
+        return full_order(table, reverse)
+
+    monkeypatch.setattr(sorting, "full_order", counting)
+
+    async def main() -> None:
+        fs = await open_fs(f"posix:{tmp_path}")
+        try:
+            um = await MailStore(fs, StorageSettings()).user("sorter")
+            box = await um.mailbox("INBOX")
+            rng = random.Random(3)
+            await box.save_many([SaveRequest(message(i, rng)) for i in range(30)])
+            every = list(enumerate(box.state, 1))
+            refs, _ = await reference(box, every)
+            for key in ("SUBJECT", "ARRIVAL"):
+                built.clear()
+                for found in (every, every[1:], every[::2], every):
+                    expected = sortmod.sort_messages([refs[seq - 1] for seq, _ in found],
+                                                     [(key, True)])
+                    assert await sorting.sort_order(box, found, [(key, True)]) == expected
+                assert built == [True], key
+            # Sequence numbers that fall as UIDs grow (no session numbers so): ties go
+            # by sequence number all the same.
+            odd = [(len(every) + 1 - seq, m) for seq, m in every]
+            odd_refs, _ = await reference(box, odd)
+            for key in ("SUBJECT", "ARRIVAL"):
+                assert (await sorting.sort_order(box, odd, [(key, True)])
+                        == sortmod.sort_messages(odd_refs, [(key, True)]))
+            await box.save_many([SaveRequest(b"Subject: aaa first\r\n\r\nx\r\n",
+                                             internaldate=dt.datetime(2001, 1, 1,
+                                                                      tzinfo=dt.UTC))])
+            every = list(enumerate(box.state, 1))
+            refs, _ = await reference(box, every)
+            for key in ("SUBJECT", "ARRIVAL"):
+                built.clear()
+                order = await sorting.sort_order(box, every, [(key, False)])
+                assert order == sortmod.sort_messages(refs, [(key, False)])
+                assert order[-1] != len(every), key  # the new message has its place
+                assert built == [False]
+        finally:
+            await fs.close()
+
+    asyncio.run(main())

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import operator
 import re
 import sys
 import weakref
 from collections import defaultdict
 from collections.abc import Iterator
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from cloudcote.core.mail import sort as sortmod
@@ -77,27 +79,31 @@ class _Derived:
     """The derived SORT/THREAD values of one mailbox's messages, by UID, per key; valid
     for one UIDVALIDITY."""
 
-    __slots__ = ("uidvalidity", "columns", "uids", "seqs", "results", "__weakref__")
+    __slots__ = ("uidvalidity", "columns", "orders", "found", "results", "__weakref__")
 
     def __init__(self, uidvalidity: int) -> None:
         self.uidvalidity = uidvalidity
         self.columns: dict[str, dict[int, Any]] = {}
-        #: The messages (UIDs, and their sequence numbers) of the last SORT or THREAD, and
-        #: its results by criteria: the same request again is answered from here.
-        self.uids: list[int] = []
-        self.seqs: list[int] = []
+        #: Per (key, reverse): every UID of the key's table in that key's order (ties by
+        #: UID, which is the order of sequence numbers); dropped when the table grows.
+        self.orders: dict[tuple[str, bool], list[int]] = {}
+        #: The messages ((sequence number, message) by sequence number) of the last SORT
+        #: or THREAD, and its results by criteria: the same request again is answered from
+        #: here (one comparison of the lists, in C: the same message objects compare by
+        #: identity).
+        self.found: list[tuple[int, api.Message]] = []
         self.results: dict[tuple[Any, ...], Any] = {}
 
-    def result(self, uids: list[int], seqs: list[int], criteria: tuple[Any, ...]) -> Any:
+    def result(self, found: list[tuple[int, api.Message]], criteria: tuple[Any, ...]) -> Any:
         """A kept result for these messages and criteria, or None."""
-        if uids != self.uids or seqs != self.seqs:
+        if found != self.found:
             return None
         return self.results.get(criteria)
 
-    def keep(self, uids: list[int], seqs: list[int], criteria: tuple[Any, ...],
+    def keep(self, found: list[tuple[int, api.Message]], criteria: tuple[Any, ...],
              result: Any) -> None:
-        if uids != self.uids or seqs != self.seqs:
-            self.uids, self.seqs = uids, seqs
+        if found != self.found:
+            self.found = found
             self.results = {}
         elif len(self.results) >= _RESULTS_KEPT:
             self.results.pop(next(iter(self.results)))
@@ -105,7 +111,7 @@ class _Derived:
 
 
 #: The most results kept per mailbox (for one set of messages).
-_RESULTS_KEPT = 8
+_RESULTS_KEPT = 16
 
 
 _DERIVED: weakref.WeakKeyDictionary[api.Mailbox, _Derived] = weakref.WeakKeyDictionary()
@@ -130,6 +136,51 @@ def _prune(column: dict[int, Any], box: api.Mailbox) -> None:
     if len(column) > 64 and len(column) * 4 > len(present) * 5:
         for uid in [u for u in column if u not in present]:
             del column[uid]
+
+
+def _table(data: _Derived, name: str, box: api.Mailbox) -> dict[int, Any]:
+    table = data.columns.get(name)
+    if table is None:
+        table = data.columns[name] = {}
+    else:
+        _prune(table, box)
+    return table
+
+
+def _grown(data: _Derived, name: str) -> None:
+    """``name``'s table has new values: its kept orders no longer cover it."""
+    for reverse in (False, True):
+        data.orders.pop((name, reverse), None)
+
+
+def _index_columns(data: _Derived, box: api.Mailbox, msgs: list[api.Message],
+                   names: list[str]) -> None:
+    """The tables of ARRIVAL and SIZE among ``names``, from the index (no read)."""
+    for name in names:
+        table = _table(data, name, box)
+        attr = "internaldate" if name == "ARRIVAL" else "size"
+        added = False
+        for m in msgs:
+            if m.uid not in table:
+                table[m.uid] = getattr(m, attr)
+                added = True
+        if added:
+            _grown(data, name)
+
+
+def full_order(table: dict[int, Any], reverse: bool) -> list[int]:
+    """Every UID of ``table`` (UID to sort value) in the order SORT gives them: by value,
+    reversed if ``reverse``, ties by ascending UID (a stable sort keeps them so)."""
+    order = sorted(table)
+    order.sort(key=table.__getitem__, reverse=reverse)
+    return order
+
+
+def subset_order(order: list[int], seq_of: dict[int, int]) -> list[int]:
+    """The sequence numbers of the messages of ``seq_of`` (UID to sequence number), in
+    the order of ``order`` (a ``full_order`` covering all of them): sequence numbers
+    grow with UIDs, so the ties of the subset stay by sequence number."""
+    return list(filter(None, map(seq_of.get, order)))  # sequence numbers are never 0
 
 
 async def _entries(box: api.Mailbox, msgs: list[api.Message],
@@ -219,15 +270,11 @@ async def _columns(box: api.Mailbox, msgs: list[api.Message], names: list[str],
     tables = {}
     missing: dict[int, api.Message] = {}
     for name in names:
-        table = data.columns.get(name)
-        if table is None:
-            table = data.columns[name] = {}
-        else:
-            _prune(table, box)
-        tables[name] = table
-        for m in msgs:
-            if m.uid not in table:
-                missing[m.uid] = m
+        table = tables[name] = _table(data, name, box)
+        if not all(map(table.__contains__, map(_UID, msgs))):
+            for m in msgs:
+                if m.uid not in table:
+                    missing[m.uid] = m
     if missing:
         loaded = await _entries(box, list(missing.values()), headers=_THREAD in tables)
         with _no_cycle_collection():
@@ -235,38 +282,91 @@ async def _columns(box: api.Mailbox, msgs: list[api.Message], names: list[str],
                 for name, table in tables.items():
                     if m.uid not in table:
                         table[m.uid] = _compute(name, m, entry, header)
+        for name in names:
+            _grown(data, name)
     return tables
 
 
 async def sort_order(box: api.Mailbox, found: list[tuple[int, api.Message]],
                      keys: list[tuple[str, bool]]) -> list[int]:
     """The sequence numbers of ``found`` in the order of the sort ``keys``."""
-    found = sorted(found, key=lambda f: f[0])
-    seqs = [seq for seq, _ in found]
-    uids = [m.uid for _, m in found]
+    # C-level passes (map, itemgetter) rather than comprehensions: this runs over every
+    # message of the mailbox on each command.
+    found = sorted(found, key=_SEQ)
     data = _derived(box)
     criteria = ("SORT", *keys)
-    kept = data.result(uids, seqs, criteria)
+    kept = data.result(found, criteria)
     if kept is not None:
         return list(kept)
-    msgs = [m for _, m in found]
-    derived = sorted({name for name, _ in keys} - {"ARRIVAL", "SIZE"})
+    seqs = list(map(_SEQ, found))
+    msgs = list(map(_MSG, found))
+    uids = list(map(_UID, msgs))
+    names = {name for name, _ in keys}
+    derived = sorted(names - {"ARRIVAL", "SIZE"})
     tables = await _columns(box, msgs, derived) if derived else {}
-    columns: list[tuple[list[Any], bool]] = []
     with _no_cycle_collection():
-        for name, reverse in keys:
-            if name == "ARRIVAL":
-                values: list[Any] = [m.internaldate for m in msgs]
-            elif name == "SIZE":
-                values = [m.size for m in msgs]
-            else:
-                table = tables[name]
-                values = [table[m.uid] for m in msgs]
-            columns.append((values, reverse))
-        order = sortmod.order_by(seqs, columns)
+        order = None
+        if len(keys) == 1 and _derived(box) is data:
+            order = _single_key_order(data, box, msgs, tables, keys[0], uids, seqs)
+        if order is None:
+            columns: list[tuple[list[Any], bool]] = []
+            for name, reverse in keys:
+                if name == "ARRIVAL":
+                    values: list[Any] = [m.internaldate for m in msgs]
+                elif name == "SIZE":
+                    values = [m.size for m in msgs]
+                else:
+                    table = tables[name]
+                    values = [table[m.uid] for m in msgs]
+                columns.append((values, reverse))
+            order = sortmod.order_by(seqs, columns)
     if _derived(box) is data:
-        data.keep(uids, seqs, criteria, order)
+        data.keep(found, criteria, order)
     return list(order)
+
+
+async def sort_line(box: api.Mailbox, found: list[tuple[int, api.Message]],
+                    keys: list[tuple[str, bool]]) -> str:
+    """The untagged ``* SORT`` response (sequence numbers) for ``found``, kept with the
+    order: a repeated request costs no rendering either."""
+    found = sorted(found, key=_SEQ)
+    criteria = ("SORT-LINE", *keys)
+    data = _derived(box)
+    kept = data.result(found, criteria)
+    if kept is not None:
+        return str(kept)
+    order = await sort_order(box, found, keys)
+    line = ("* SORT " + " ".join(map(str, order)) if order else "* SORT") + "\r\n"
+    if _derived(box) is data:
+        data.keep(found, criteria, line)
+    return line
+
+
+_SEQ = operator.itemgetter(0)
+_MSG = operator.itemgetter(1)
+_UID = operator.attrgetter("uid")
+
+
+def _single_key_order(data: _Derived, box: api.Mailbox, msgs: list[api.Message],
+                      tables: dict[str, dict[int, Any]], key: tuple[str, bool],
+                      uids: list[int], seqs: list[int]) -> list[int] | None:
+    """The order of one sort key, the usual SORT: the mailbox's messages are sorted by it
+    once and kept, and a command takes its messages out of that order in linear time.
+    None if the kept order does not cover them all (an expunge raced the command), or
+    if the sequence numbers do not grow with the UIDs (a session's always do)."""
+    if not all(map(operator.lt, uids, islice(uids, 1, None))):
+        return None
+    name, reverse = key
+    if name in ("ARRIVAL", "SIZE"):
+        _index_columns(data, box, msgs, [name])
+        table = data.columns[name]
+    else:
+        table = tables[name]
+    full = data.orders.get(key)
+    if full is None:
+        full = data.orders[key] = full_order(table, reverse)
+    order = subset_order(full, dict(zip(uids, seqs, strict=True)))
+    return order if len(order) == len(seqs) else None
 
 
 async def threads(box: api.Mailbox, found: list[tuple[int, api.Message]],
@@ -275,19 +375,19 @@ async def threads(box: api.Mailbox, found: list[tuple[int, api.Message]],
     again (same messages, same sequence numbers) gets the same forest back: it is shared,
     callers must not change it."""
     algorithm = algorithm.upper()
-    found = sorted(found, key=lambda f: f[0])
-    seqs = [seq for seq, _ in found]
-    uids = [m.uid for _, m in found]
+    found = sorted(found, key=_SEQ)
     data = _derived(box)
     criteria = ("THREAD", algorithm)
-    kept = data.result(uids, seqs, criteria)
+    kept = data.result(found, criteria)
     if kept is not None:
         return kept
+    seqs = list(map(_SEQ, found))
+    uids = [m.uid for _, m in found]
     table = (await _columns(box, [m for _, m in found], [_THREAD]))[_THREAD]
     with _no_cycle_collection():
         infos = [sortmod.ThreadInfo(seq, *table[uid])
                  for seq, uid in zip(seqs, uids, strict=True)]
         result = sortmod.thread_infos(infos, algorithm)
     if _derived(box) is data:
-        data.keep(uids, seqs, criteria, result)
+        data.keep(found, criteria, result)
     return result

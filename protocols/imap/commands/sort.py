@@ -44,21 +44,24 @@ async def cmd_sort(s: ImapSession, cmd: Command, by_uid: bool) -> None:
     if ret is not None and ret.save:
         sel.saved = []
     key, found = await s.matching(criteria, charset)
-    by_seq = {seq: m for seq, m in found}
-    order = await sorting.sort_order(sel.box, found, keys)
-    numbers = [by_seq[n].uid if by_uid else n for n in order]
-    if ret is None:
-        s.emit("* SORT" + "".join(f" {n}" for n in numbers) + "\r\n")
+    if ret is None and not by_uid:
+        s.emit(await sorting.sort_line(sel.box, found, keys))
     else:
-        uids = [by_seq[n].uid for n in order]
-        text = esearch_line(cmd.tag, by_uid, numbers, ret, ordered=True)
-        if text is not None:
-            s.emit(text + "\r\n")
-        if ret.save:
-            sel.saved = saved_of(ret, uids, ordered=True)
-        if ret.update:
-            s.keep_context(cmd.tag, SearchContext(key, by_uid, keys, uids,
-                                                  s.mailbox_version()))
+        order = await sorting.sort_order(sel.box, found, keys)
+        uid_of = {seq: m.uid for seq, m in found}
+        uids = [uid_of[n] for n in order]
+        if ret is None:
+            s.emit(("* SORT " + " ".join(map(str, uids)) if uids else "* SORT") + "\r\n")
+        else:
+            text = esearch_line(cmd.tag, by_uid, uids if by_uid else order, ret,
+                                ordered=True)
+            if text is not None:
+                s.emit(text + "\r\n")
+            if ret.save:
+                sel.saved = saved_of(ret, uids, ordered=True)
+            if ret.update:
+                s.keep_context(cmd.tag, SearchContext(key, by_uid, keys, uids,
+                                                      s.mailbox_version()))
     await s.after_command(cmd)
     s.ok(cmd)
 
