@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cc_server import PASSWORD, ServerProcess  # noqa: E402
-from latency_common import USER, ImapClient, build_mailbox, median  # noqa: E402
+from latency_common import USER, ImapClient, build_mailbox, cpu_seconds, median  # noqa: E402
 
 
 def small_messages(n: int) -> list[bytes]:
@@ -69,13 +68,6 @@ async def bulk_command(client: ImapClient, text: str) -> int:
             if not status.startswith(tag + b"OK"):
                 raise RuntimeError(f"{text}: {status!r}")
             return lines - 1
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """CPU time (user + system) the server process has used so far: on a busy machine a
-    far steadier figure than wall time."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def login(srv: ServerProcess) -> ImapClient:
