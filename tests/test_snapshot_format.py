@@ -7,7 +7,6 @@ import json
 import zlib
 
 from cloudcote.core.mail.index import CACHE_CHUNK_MIN, MailboxState
-from cloudcote.protocols.imap.values import serialize, serialize_envelope
 
 
 def _state() -> MailboxState:
@@ -63,18 +62,3 @@ def test_version_1_snapshot_still_opens() -> None:
     old = MailboxState.decode_snapshot(_v1(st))
     assert _fields(old) == _fields(st)
     assert _fields(MailboxState.decode_snapshot(old.encode_snapshot())) == _fields(st)
-
-
-def test_envelope_fast_path_matches_generic_form() -> None:
-    addr = [["Bob", None, "bob", "example.org"]]
-    envs = [
-        ["Tue, 1 Dec 2026 10:00:00 +0000", "plain", addr, addr, addr, [], None, None, None,
-         "<1@x>"],
-        ["d", 'a "quoted" \\ word', addr, None, None, None, None, None, None, None],
-        ["d", "caf\u00e9", None, None, None, None, None, None, None, None],
-        ["d", "line\r\nbreak", None, None, None, None, None, None, None, None],
-        ["d", "", [["a", None, "b", "c"], [None, "route", None, None]], None, None, None,
-         None, None, None, None],
-    ]
-    for env in envs:
-        assert serialize_envelope(env) == serialize(env)
