@@ -257,8 +257,7 @@ def render_meta_block(jobs: list[tuple[int, api.Message]], items: list[str], *,
                      for seq, m in jobs])
 
 
-def render_meta(msg: api.Message, items: list[str], *, seq: int, recent: bool,
-                flags: frozenset[str] | None = None) -> bytes:
+def render_meta(msg: api.Message, items: list[str], *, seq: int, recent: bool) -> bytes:
     """``render`` for a request of index items only (UID, FLAGS, INTERNALDATE,
     RFC822.SIZE, MODSEQ), with ``items`` from ``response_items``: no awaiting, so a
     listing of a large mailbox costs little per message."""
@@ -267,7 +266,7 @@ def render_meta(msg: api.Message, items: list[str], *, seq: int, recent: bool,
         if name == "UID":
             out.append(b"UID %d" % msg.uid)
         elif name == "FLAGS":
-            out.append(b"FLAGS " + flags_list(msg.flags if flags is None else flags, recent))
+            out.append(b"FLAGS " + flags_list(msg.flags, recent))
         elif name == "INTERNALDATE":
             out.append(b"INTERNALDATE " + format_internaldate(msg))
         elif name == "RFC822.SIZE":
