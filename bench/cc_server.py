@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import multiprocessing.connection
+import os
 import shutil
 import socket
 import tempfile
@@ -90,7 +91,14 @@ def _child(config_path: str, conn: multiprocessing.connection.Connection) -> Non
             await server.stop()
             conn.send(("stopped", None))
 
-    asyncio.run(main())
+    profile = os.environ.get("CLOUDCOTE_BENCH_PROFILE")
+    if not profile:
+        asyncio.run(main())
+        return
+    # A cProfile dump per server process, to see where a benchmark's server time goes.
+    import cProfile
+
+    cProfile.runctx("asyncio.run(main())", globals(), locals(), f"{profile}.{os.getpid()}")
 
 
 class ServerProcess:

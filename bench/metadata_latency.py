@@ -12,7 +12,9 @@ and of the FETCH, and the store requests each made (every libfs call, counted by
 ``metrics`` stage), each round on a freshly started server, so nothing is in its memory
 yet.  The FETCH must read no message object: its reads are the cache
 chunks (one per 64 messages or more), so a read count far below the message count shows
-that no message was opened.  ``--rounds`` rounds, medians shown.
+that no message was opened.  ``select cpu`` and ``fetch cpu`` are the server process's CPU
+time for the two commands, steadier than wall time on a shared machine.  ``--rounds``
+rounds, medians shown.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from latency_common import (  # noqa: E402
     ImapClient,
     bar_plot,
     build_mailbox,
+    cpu_seconds,
     make_messages,
     median,
     message_sizes,
@@ -47,14 +50,16 @@ async def session(srv: ServerProcess, n: int) -> dict[str, float]:
     out["login_s"] = time.perf_counter() - t0
     out["login_req"] = sum(srv.requests().values())
     srv.reset_requests()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds(srv.pid)
     await client.command("SELECT INBOX")
     out["select_s"] = time.perf_counter() - t0
+    out["select_cpu"] = cpu_seconds(srv.pid) - c0
     out["select_req"] = sum(srv.requests().values())
     srv.reset_requests()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds(srv.pid)
     lines = await client.command("FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)")
     out["fetch_s"] = time.perf_counter() - t0
+    out["fetch_cpu"] = cpu_seconds(srv.pid) - c0
     reqs = srv.requests()
     out["fetch_req"] = sum(reqs.values())
     out["fetch_reads"] = sum(v for k, v in reqs.items() if k in ("fs.read", "fs.read_range",
@@ -82,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"built {n} messages in {time.perf_counter() - t0:.0f} s; store latency "
           f"{args.latency:g} ms per request")
     print(f"{'count':>5} {'login s':>8} {'select s':>8} {'fetch s':>8} {'login req':>9} "
-          f"{'select req':>10} {'fetch req':>9} {'fetch reads':>11}")
+          f"{'select req':>10} {'fetch req':>9} {'fetch reads':>11} {'select cpu':>10} "
+          f"{'fetch cpu':>9}")
     rows: list[tuple[int, dict[str, float]]] = []
     for count in [int(x) for x in args.counts.split(",")]:
         runs = []
@@ -93,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         med = {k: median([r[k] for r in runs]) for k in runs[0]}
         print(f"{count:5d} {med['login_s']:8.3f} {med['select_s']:8.3f} {med['fetch_s']:8.3f} "
               f"{med['login_req']:9.0f} {med['select_req']:10.0f} {med['fetch_req']:9.0f} "
-              f"{med['fetch_reads']:11.0f}", flush=True)
+              f"{med['fetch_reads']:11.0f} {med['select_cpu']:10.3f} {med['fetch_cpu']:9.3f}",
+              flush=True)
         rows.append((count, med))
     bar_plot(args.plot, f"LOGIN, SELECT and FETCH 1:* metadata of {n} messages at "
              f"{args.latency:g} ms", [f"prefetch_count {c}" for c, _ in rows],

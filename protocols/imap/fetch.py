@@ -196,11 +196,86 @@ def format_datetime(when: dt.datetime) -> bytes:
             f'{sign}{off // 60:02d}{off % 60:02d}"').encode("ascii")
 
 
+#: Rendered flag lists by (flags, recent): a mailbox has few distinct flag sets, and a
+#: listing renders the same few again and again.
+_FLAG_LISTS: dict[tuple[frozenset[str], bool], bytes] = {}
+
+
 def flags_list(flags: frozenset[str] | set[str], recent: bool = False) -> bytes:
+    if isinstance(flags, frozenset):
+        done = _FLAG_LISTS.get((flags, recent))
+        if done is not None:
+            return done
     names = sorted(flags)
     if recent:
         names.append("\\Recent")
-    return b"(" + " ".join(names).encode("utf-8", "replace") + b")"
+    text = b"(" + " ".join(names).encode("utf-8", "replace") + b")"
+    if isinstance(flags, frozenset):
+        if len(_FLAG_LISTS) >= 4096:
+            _FLAG_LISTS.clear()
+        _FLAG_LISTS[(flags, recent)] = text
+    return text
+
+
+def response_items(req: FetchRequest, *, with_uid: bool, with_modseq: bool,
+                   flags: bool) -> list[str]:
+    """The simple items of the response, in order: the request's, plus UID, MODSEQ and
+    FLAGS where the command adds them."""
+    items = list(req.items)
+    if with_uid and "UID" not in items:
+        items.insert(0, "UID")
+    if with_modseq and "MODSEQ" not in items:
+        items.append("MODSEQ")
+    if flags and "FLAGS" not in items:
+        items.append("FLAGS")
+    return items
+
+
+def render_meta_block(jobs: list[tuple[int, api.Message]], items: list[str], *,
+                      recent: set[int] | frozenset[int]) -> bytes:
+    """``render_meta`` of many messages as one block: the item lists a flag
+    resynchronization sends (FLAGS, UID FLAGS, with or without MODSEQ) in one
+    comprehension each, with each distinct flag list rendered once."""
+    lists: dict[tuple[frozenset[str], bool], bytes] = {}
+
+    def fl(m: api.Message) -> bytes:
+        key = (m.flags, m.uid in recent)
+        text = lists.get(key)
+        if text is None:
+            text = lists[key] = flags_list(*key)
+        return text
+
+    if items == ["FLAGS"]:
+        return b"".join([b"* %d FETCH (FLAGS %s)\r\n" % (seq, fl(m)) for seq, m in jobs])
+    if items == ["UID", "FLAGS"]:
+        return b"".join([b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, m.uid, fl(m))
+                         for seq, m in jobs])
+    if items == ["UID", "FLAGS", "MODSEQ"]:
+        return b"".join([b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n"
+                         % (seq, m.uid, fl(m), m.modseq) for seq, m in jobs])
+    return b"".join([render_meta(m, items, seq=seq, recent=m.uid in recent)
+                     for seq, m in jobs])
+
+
+def render_meta(msg: api.Message, items: list[str], *, seq: int, recent: bool) -> bytes:
+    """``render`` for a request of index items only (UID, FLAGS, INTERNALDATE,
+    RFC822.SIZE, MODSEQ), with ``items`` from ``response_items``: no awaiting, so a
+    listing of a large mailbox costs little per message."""
+    out: list[bytes] = []
+    for name in items:
+        if name == "UID":
+            out.append(b"UID %d" % msg.uid)
+        elif name == "FLAGS":
+            out.append(b"FLAGS " + flags_list(msg.flags, recent))
+        elif name == "INTERNALDATE":
+            out.append(b"INTERNALDATE " + format_internaldate(msg))
+        elif name == "RFC822.SIZE":
+            out.append(b"RFC822.SIZE %d" % msg.size)
+        elif name == "MODSEQ":
+            out.append(b"MODSEQ (%d)" % msg.modseq)
+        else:
+            raise ValueError(f"{name} is not an index item")
+    return b"* %d FETCH (" % seq + b" ".join(out) + b")\r\n"
 
 
 async def render(box: api.Mailbox, msg: api.Message, req: FetchRequest, *, seq: int,
@@ -210,13 +285,8 @@ async def render(box: api.Mailbox, msg: api.Message, req: FetchRequest, *, seq: 
     message's flags when the FETCH itself just set \\Seen.  Raises :class:`UnknownCte` when
     a BINARY item cannot be decoded (the whole FETCH then fails, RFC 3516 4.3)."""
     out: list[bytes] = []
-    items = list(req.items)
-    if with_uid and "UID" not in items:
-        items.insert(0, "UID")
-    if with_modseq and "MODSEQ" not in items:
-        items.append("MODSEQ")
-    if flags is not None and "FLAGS" not in items:
-        items.append("FLAGS")
+    items = response_items(req, with_uid=with_uid, with_modseq=with_modseq,
+                           flags=flags is not None)
     cur_flags = msg.flags if flags is None else flags
     entry: dict[str, Any] | None = None
     if req.needs_cache:
@@ -301,4 +371,5 @@ def _literal8(data: bytes) -> bytes:
 
 
 __all__ = ["Atom", "BodyItem", "FetchRequest", "UnknownCte", "format_datetime",
-           "format_internaldate", "flags_list", "parse_fetch_items", "render"]
+           "format_internaldate", "flags_list", "parse_fetch_items", "render", "render_meta",
+           "render_meta_block", "response_items"]

@@ -122,10 +122,60 @@ def _write_list(items: Iterable[object], out: list[bytes]) -> None:
     out.append(b")")
 
 
+#: Characters that keep an ASCII text from being sent as is between double quotes.
+_QUOTE_SPECIAL = re.compile(r'[\x00\r\n"\\]')
+
+
+def _plain_envelope(env: list[object]) -> bytes | None:
+    """The ENVELOPE built as one text when every string in it is plain ASCII that needs
+    no escaping (nearly every message): one pass, one encode.  None otherwise."""
+    out: list[str] = []
+    add = out.append
+    special = _QUOTE_SPECIAL.search
+    add("(")
+    for i, value in enumerate(env):
+        if i:
+            add(" ")
+        if value is None:
+            add("NIL")
+        elif type(value) is str:
+            if not value.isascii() or special(value):
+                return None
+            add('"')
+            add(value)
+            add('"')
+        elif 2 <= i <= 7 and type(value) is list:
+            add("(")
+            for addr in value:
+                if type(addr) is not list or len(addr) != 4:
+                    return None
+                add("(")
+                for j, f in enumerate(addr):
+                    if j:
+                        add(" ")
+                    if f is None:
+                        add("NIL")
+                    elif type(f) is str and f.isascii() and not special(f):
+                        add('"')
+                        add(f)
+                        add('"')
+                    else:
+                        return None
+                add(")")
+            add(")")
+        else:
+            return None
+    add(")")
+    return "".join(out).encode("ascii")
+
+
 def serialize_envelope(env: list[object]) -> bytes:
     """``serialize`` of an ENVELOPE (RFC 3501 7.4.2), without the generic walk: a listing
     of many messages spends most of its time here.  Fields 2-7 are address lists of
     4-field addresses; anything else takes the generic path."""
+    plain = _plain_envelope(env)
+    if plain is not None:
+        return plain
     parts: list[bytes] = []
     for i, value in enumerate(env):
         if value is None:

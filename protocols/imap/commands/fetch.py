@@ -10,7 +10,14 @@ from cloudcote.core.mail import search as searchmod
 from cloudcote.core.mail.api import MessageExpunged
 from cloudcote.core.mail.prefetch import Prefetch
 
-from ..fetch import UnknownCte, parse_fetch_items, render
+from ..fetch import (
+    UnknownCte,
+    parse_fetch_items,
+    render,
+    render_meta,
+    render_meta_block,
+    response_items,
+)
 from ..parser import Command, ImapParseError, as_atom, as_list, as_number
 from ..responses import Bad, No, seqset_text
 from .registry import SELECTED, command
@@ -19,6 +26,9 @@ if TYPE_CHECKING:
     from cloudcote.core.mail import api
 
     from ..session import ImapSession
+
+#: Messages rendered per block when a FETCH asks for index items only.
+META_BLOCK = 256
 
 
 @command("FETCH", SELECTED, uid=True)
@@ -108,10 +118,19 @@ async def cmd_fetch(s: ImapSession, cmd: Command, by_uid: bool) -> None:
             raise No(str(exc), "UNKNOWN-CTE") from None
 
     if not needs_io:
-        for seq, m in jobs:
-            data = await one(seq, m)
-            if data is not None:
-                s.emit(data)
+        # Index items only: rendered without awaiting anything per message.
+        plain = response_items(req, with_uid=with_uid, with_modseq=with_modseq, flags=False)
+        with_flags = response_items(req, with_uid=with_uid, with_modseq=with_modseq,
+                                    flags=True)
+        if newly_seen:
+            for seq, m in jobs:
+                items = with_flags if m.uid in newly_seen else plain
+                s.emit(render_meta(m, items, seq=seq, recent=m.uid in recent))
+                await s.maybe_flush()
+        else:
+            for start in range(0, len(jobs), META_BLOCK):
+                s.emit(render_meta_block(jobs[start:start + META_BLOCK], plain,
+                                         recent=recent))
                 await s.maybe_flush()
     elif not (req.needs_message or req.bodies):
         # Cached fields only: read the cache chunks ahead (a chunk holds many messages'
