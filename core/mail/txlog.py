@@ -63,10 +63,11 @@ MAX_FRAME = 256 * 1024 * 1024
 #: Log rotation limit where reading a log range is one request (posix, SQL, Cassandra).
 LIMIT_BATCH_READ = 1024 * 1024
 #: Log rotation limit where every record is an object of its own (S3).  Opening reads the
-#: tail's segments concurrently, so a longer tail costs requests but little time; each
-#: rotation costs about three requests (snapshot, new log head, its listing), which
-#: 64 KiB (some 130 single saves) spreads to about 0.02 per save.
-LIMIT_SEGMENTED = 64 * 1024
+#: tail's segments concurrently, so a longer tail costs requests more than time.  A
+#: rotation costs about three requests (snapshot, new log head, its listing): 32 KiB (some
+#: 65 single saves) makes that 0.04 per save, where 64 KiB would save 0.02 more per save
+#: for some 30 more reads per opening (docs/storage.md).
+LIMIT_SEGMENTED = 32 * 1024
 
 _NAME = re.compile(r"^(log|snap)\.(\d{8})$")
 #: Times an opener lists and reads again a log whose snapshots are listed but not yet
