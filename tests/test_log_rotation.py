@@ -5,8 +5,8 @@ transaction log).
 The stalled process is a second ``MailStore`` on the same chain whose appends to the
 mailbox's index log wait at a gate (a paused process, in-process): the save is issued,
 its append is held while another store saves enough to rotate the log more than
-``KEEP_GENERATIONS`` times (so the log the stalled append names is deleted), then the
-append goes through.  Whatever the stalled save acknowledges must be what a fresh store
+``KEEP_GENERATIONS`` times and purges (so the log the stalled append names is deleted),
+then the append goes through.  Whatever the stalled save acknowledges must be what a fresh store
 reads.
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from cloudcote.core.mail import txlog
+from cloudcote.core.mail.resync import purge
 from cloudcote.core.mail.storage import MailStore, StorageSettings
 from cloudcote.libfs.api import ForwardingFs
 from cloudcote.libfs.chain import open_fs
@@ -85,10 +86,12 @@ def test_stalled_writer_across_rotations(target: str, where: str,
             pending = asyncio.create_task(sbox.save(message(100, "stalled")))
             await asyncio.wait_for(gate.held.wait(), 30)
             i = 3
-            # Rotate until the stalled writer's log and its snapshot are gone.
+            # Rotate until the stalled writer's log is dead, and purge it (rotation
+            # deletes nothing; the grace keeps the stalled save's young message object).
             while box.log.k <= k0 + txlog.KEEP_GENERATIONS + 1:
                 await box.save(message(i, "live"))
                 i += 1
+            await purge(live, ["sam"], grace=3600.0)
             snaps, logs = await box.log.list_objects()
             assert k0 not in logs and snaps[0] > k0, (k0, snaps, logs)
             gate.open.set()

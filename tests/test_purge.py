@@ -289,9 +289,10 @@ def test_purge_takes_old_orphans_by_mtime_and_dead_generations(tmp_path: Path) -
                 await box.save_many([SaveRequest(message(i, size=100))])
             snaps, _ = await box.log.list_objects()
             assert snaps[-1] > KEEP_GENERATIONS + 1
-            # A generation left behind (its deletion failed) and old orphans.
+            # A dead generation (rotation leaves them to purge) and old orphans.
             dead = f"{box.log.base}/log.{1:08d}"
-            await store.fs.write(dead, b"x")
+            if not await store.fs.exists(dead):
+                await store.fs.write(dead, b"x")
             chunk = f"{box.base}/cache/{uuid.uuid4().hex}"
             await store.fs.write(chunk, b"junk")
             old = await write_sdbox(store.fs, box.base, b"old\r\n",
@@ -320,6 +321,40 @@ def test_purge_takes_old_orphans_by_mtime_and_dead_generations(tmp_path: Path) -
                 assert (await box.read_message(msg)).startswith(b"From: ")
         finally:
             await store.close()
+
+    asyncio.run(main())
+
+
+def test_rotation_keeps_generations_and_purge_deletes_the_dead(tmp_path: Path) -> None:
+    """Rotation deletes nothing (no requests for clean-up on the commit path); purge
+    deletes the generations older than KEEP_GENERATIONS behind the newest snapshot, and a
+    fresh reader still sees every message."""
+    spec = f"posix:{tmp_path / 'fs'}"
+
+    async def main() -> None:
+        store = await open_store(spec, log_limit=2048)
+        try:
+            box = await (await store.user(USER)).mailbox("INBOX")
+            for i in range(40):
+                await box.save(message(i, size=100))
+            snaps, logs = await box.log.list_objects()
+            assert snaps[-1] > KEEP_GENERATIONS + 2, snaps
+            assert snaps == list(range(1, snaps[-1] + 1)), snaps
+            assert logs == list(range(1, logs[-1] + 1)), logs
+            stats = await purge(store, [USER], grace=3600.0)
+            assert stats["generations_deleted"] >= snaps[-1] - KEEP_GENERATIONS
+            snaps, logs = await box.log.list_objects()
+            assert snaps[0] == snaps[-1] - KEEP_GENERATIONS + 1, snaps
+            assert logs[0] == snaps[0], (snaps, logs)
+            await box.save(message(40, size=100))
+        finally:
+            await store.close()
+        fresh = await open_store(spec)
+        try:
+            fbox = await (await fresh.user(USER)).mailbox("INBOX")
+            assert fbox.state.exists == 41
+        finally:
+            await fresh.close()
 
     asyncio.run(main())
 

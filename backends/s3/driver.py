@@ -853,6 +853,12 @@ class S3Fs(Fs):
 
     async def _append_object(self, path: str, key: str, data: bytes) -> int:
         token = _token()
+        known = self._logs.get(path)
+        if known is not None and known.tail_known:
+            offset = await self._append_known(path, key, known, data, token)
+            if offset is not None:
+                return offset
+            token = _token()
         phantom = 0
         for _ in range(MAX_RESTARTS):
             try:
@@ -887,6 +893,56 @@ class S3Fs(Fs):
             return await self._append_segment(path, live, data, token)
         raise FsUnavailable(f"{self.describe()} append {path!r}: log keeps changing",
                             path=path, op="append")
+
+    async def _append_known(self, path: str, key: str, state: _Log, data: bytes,
+                            token: str) -> int | None:
+        """Append to a log whose tail this process knows: segment ``state.count`` is put
+        while a HEAD checks, at the same time, that ``state``'s generation is still the
+        live one; one round trip where HEAD-then-PUT takes two.  The HEAD proves the
+        segment is in the live log whichever of the two the store served first: a
+        generation never comes back once deleted, and deleting a log removes its head
+        before its segments.  None when the slow path must decide (the segment number was
+        taken, or the log changed generation: then our segment, in a dead generation, is
+        removed again).  Raises when the store fails, the segment possibly stored (an
+        uncertain append, as a lost reply is)."""
+        n = state.count
+        seg_key = self._seg_key(path, state.gen, n)
+        put, head = await asyncio.gather(
+            self._call("put_object", "append", path, Key=seg_key, Body=_body(data),
+                       ContentType=f"{CT_SEG}; token={token}", IfNoneMatch="*"),
+            self._head(key, "append", path), return_exceptions=True)
+        stored = not isinstance(put, BaseException)
+        if isinstance(put, FsExists) and _retried(put):
+            stored = await self._holds_token(seg_key, token, "append", path)
+        elif isinstance(put, BaseException) and not isinstance(put, FsExists):
+            state.tail_known = False
+            raise put
+        live = False
+        if isinstance(head, FsNotFound):
+            self._logs.pop(path, None)
+        elif isinstance(head, BaseException):
+            state.tail_known = False
+            raise head
+        else:
+            main, params = _parse_ctype(head.get("ContentType"))
+            live = main == CT_LOG and params.get("gen") == state.gen
+            if not live:
+                self._logs.pop(path, None)
+        if not live:
+            if stored:
+                with contextlib.suppress(FsError):
+                    await self._call("delete_object", "append", path, Key=seg_key)
+            return None
+        if not stored:  # another appender took number n
+            state.tail_known = False
+            return None
+        self._cache_segment(seg_key, data)
+        offset = state.start(n)
+        if state.count == n:
+            state.add(len(data), time.time())
+        else:  # a listing overtook us (our own segment was listed)
+            state.tail_known = False
+        return offset
 
     async def _append_segment(self, path: str, state: _Log, data: bytes, token: str) -> int:
         """Segment ``state.count`` (or the next free one after it); its offset."""

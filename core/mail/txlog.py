@@ -69,9 +69,12 @@ COMPRESS_ABOVE = 200
 MAX_FRAME = 256 * 1024 * 1024
 #: Log rotation limit where reading a log range is one request (posix, SQL, Cassandra).
 LIMIT_BATCH_READ = 1024 * 1024
-#: Log rotation limit where every record is an object of its own (S3): keeps the tail that
-#: opening must read to a handful of requests.
-LIMIT_SEGMENTED = 12 * 1024
+#: Log rotation limit where every record is an object of its own (S3).  Opening reads the
+#: tail's segments concurrently, so a longer tail costs requests more than time.  A
+#: rotation costs about three requests (snapshot, new log head, its listing): 32 KiB (some
+#: 65 single saves) makes that 0.04 per save, where 64 KiB would save 0.02 more per save
+#: for some 30 more reads per opening (docs/storage.md).
+LIMIT_SEGMENTED = 32 * 1024
 
 _NAME = re.compile(r"^(log|snap)\.(\d{8})$")
 #: Times an opener lists and reads again a log whose snapshots are listed but not yet
@@ -80,7 +83,8 @@ OPEN_RETRIES = 5
 
 
 #: Log generations (and their snapshots) kept behind the newest, for readers that are
-#: behind; one further behind catches up from the newest snapshot.
+#: behind; one further behind catches up from the newest snapshot.  Rotation deletes
+#: nothing: purge deletes the older generations (resync.py ``dead_generations``).
 KEEP_GENERATIONS = 4
 
 
@@ -476,12 +480,8 @@ class TransactionLog(Generic[S]):
                 log.warning("%s: could not write snap.%08d now; a later rotation will",
                             self.what, k)
                 continue
-            # Keep KEEP_GENERATIONS for readers that are behind; older ones go.
-            for old in (k - KEEP_GENERATIONS,):
-                if old >= 1:
-                    with contextlib.suppress(FsError, StorageUnavailable):
-                        await self._io(self.fs.delete(self.snap_path(old)))
-                        await self._io(self.fs.delete(self.log_path(old)))
+            # Generations older than KEEP_GENERATIONS behind are left to purge: deleting
+            # them here cost every rotation two to four requests on the commit path.
 
     # -- writing --------------------------------------------------------------------------
 
