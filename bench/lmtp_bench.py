@@ -11,7 +11,7 @@ the chain and the driver's own request counter read over a pipe), and one Doveco
 (``dovecot-lmtpd``, installed with apt-get when missing) configured by
 ``bench/dovecot.py`` with ``--dovecot-format`` (maildir by default, ``mail_fsync =
 optimized``) on posix storage in a temporary directory.  cloudcote's posix storage fsyncs
-every object and log append it acknowledges (``fsync=always``, the default).
+every object and every log append that commits a save (``fsync=optimized``, the default).
 
 Each of ``--clients`` concurrent clients holds one LMTP connection (TCP_NODELAY, LHLO,
 MAIL/RCPT/DATA pipelined as RFC 2920 allows when the server offers PIPELINING, which both
