@@ -10,6 +10,7 @@ answer; it gets :class:`Credentials` or one of the errors below.
 
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
 from collections.abc import Awaitable, Callable
@@ -50,15 +51,15 @@ class Credentials:
     authzid: str = ""
 
 
-class Mechanism:
+class Mechanism(abc.ABC):
     """One exchange of one mechanism: ``step`` takes the client's next response (None:
     the command carried no initial response) and returns the next challenge or, at the
     end, the credentials."""
 
     name = ""
 
-    def step(self, response: bytes | None) -> bytes | Credentials:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def step(self, response: bytes | None) -> bytes | Credentials: ...
 
 
 class Plain(Mechanism):

@@ -4,6 +4,7 @@ and the ServerContext the application hands to every session."""
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import ssl
@@ -162,7 +163,7 @@ class Disconnect(Exception):
     """End the session now: what had to be said was said, or the client went away."""
 
 
-class LineSession:
+class LineSession(abc.ABC):
     """Base of IMAP/POP3/LMTP sessions: one ``Connection``; read a command, dispatch it.
 
     ``run`` owns the loop: the greeting, the bad-command budget, unexpected errors (logged
@@ -209,32 +210,37 @@ class LineSession:
 
     # -- the protocol's part --------------------------------------------------------------
 
+    @abc.abstractmethod
     def greeting(self) -> str:
-        raise NotImplementedError
+        ...
 
     async def read_command(self) -> Any:
         """The next command (None: it was answered while being read); raises what
         ``read_line`` raises."""
         return await self.read_line()
 
+    @abc.abstractmethod
     async def dispatch(self, command: Any) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def bad_command_reply(self, text: str, last: bool) -> str:
         """The reply to an invalid command; ``last``: the budget is spent and the
         connection closes after it."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def internal_error_reply(self, exc: Exception) -> str:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def timeout_reply(self) -> str:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def shutdown_reply(self) -> str:
-        raise NotImplementedError
+        ...
 
-    async def finish(self) -> None:
+    async def finish(self) -> None:  # noqa: B027 (a hook: nothing to do by default)
         """The session ended (whatever ended it): release what it holds, log it."""
 
     # -- the loop -------------------------------------------------------------------------
