@@ -17,6 +17,7 @@ import socket
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -125,11 +126,16 @@ def require_server(name: str, url_or_hostport: str) -> None:
         port = int(port_text)
     if _reachable(host, port):
         return
-    msg = (f"{name} is not reachable at {host}:{port}; "
-           f"start it with: bash scripts/services.sh start")
+    cannot_run(f"{name} is not reachable at {host}:{port}; "
+               f"start it with: bash scripts/services.sh start")
+
+
+def cannot_run(why: str) -> NoReturn:
+    """A test whose server, tool or machine limit is missing: it fails when ``CI`` is set
+    (CI must run everything) and is skipped with the reason otherwise."""
     if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
+        pytest.fail(why)
+    pytest.skip(why)
 
 
 @pytest.fixture(scope="session")

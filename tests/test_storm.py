@@ -20,6 +20,7 @@ import pytest
 from cloudcote.config import ConfigError, kernel_somaxconn, load_config
 from cloudcote.server import warn_backlog_cap
 
+from .conftest import cannot_run
 from .test_workers import PASSWORD, serve
 
 #: Simultaneous connections of the storm.
@@ -97,8 +98,8 @@ def nofile() -> Iterator[int]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = STORM + 500
     if hard != resource.RLIM_INFINITY and hard < need:
-        pytest.skip(f"the hard open file limit ({hard}) is below the {need} descriptors "
-                    f"{STORM} client connections need (raise it: ulimit -Hn)")
+        cannot_run(f"the hard open file limit ({hard}) is below the {need} descriptors "
+                   f"{STORM} client connections need (raise it: ulimit -Hn)")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         yield hard
