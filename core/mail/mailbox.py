@@ -94,10 +94,6 @@ class Mailbox(MailboxBase):
         self._repairing = False
 
     @property
-    def name(self) -> str:
-        return self.entry.name
-
-    @property
     def state(self) -> MailboxState:
         assert self.log.state is not None
         return self.log.state

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import mime
 from .index import MailboxState, Message
+from .mailbox_list import MailboxEntry
 from .recent import claim_recent
 from .search_adapter import search_mailbox
 from .values import SaveRequest, StorageSettings, internal_datetime
@@ -20,6 +21,12 @@ if TYPE_CHECKING:
 
 class MailboxBase:
     """The shared half of a mailbox; a backend provides the rest of api.Mailbox."""
+
+    entry: MailboxEntry
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
 
     if TYPE_CHECKING:
         @property

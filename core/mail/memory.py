@@ -207,9 +207,7 @@ class MemoryUser(UserBase):
         box = self._mailboxes.get(guid)
         if box is not None:
             return box
-        entry = self.list_state.by_guid.get(guid)
-        if entry is None:
-            raise MailboxNotFound(f"no mailbox with GUID {guid}")
+        entry = self.entry_by_guid(guid)
         data = self.data.boxes.setdefault(guid, MailboxData())
         box = MemoryMailbox(self, entry, data)
         box.refresh_now()
@@ -235,10 +233,6 @@ class MemoryMailbox(MailboxBase):
             data.log, MailboxState(entry.guid, entry.uidvalidity))
         self.refreshed_at = 0.0
         self.deleted = False
-
-    @property
-    def name(self) -> str:
-        return self.entry.name
 
     @property
     def state(self) -> MailboxState:

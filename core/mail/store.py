@@ -23,7 +23,6 @@ from cloudcote.libfs.api import ChangeFeed, Fs, FsError, FsExists, FsNotFound, S
 from .delivery import deliver_to
 from .errors import (
     CorruptMailbox,
-    MailboxNotFound,
     StorageUnavailable,
 )
 from .layout import user_prefix
@@ -269,9 +268,7 @@ class UserMail(UserBase):
     async def open_mailbox_apart(self, guid: str) -> Mailbox:
         """The mailbox opened for one caller alone, not kept by this user (the caller
         closes it): purge looks at every mailbox without keeping their indexes."""
-        entry = self.list_state.by_guid.get(guid)
-        if entry is None:
-            raise MailboxNotFound(f"no mailbox with GUID {guid}")
+        entry = self.entry_by_guid(guid)
         box = Mailbox(self, entry)
         await box.open()  # closes it on failure
         return box
@@ -280,9 +277,7 @@ class UserMail(UserBase):
         box = self._mailboxes.get(guid)
         if box is not None:
             return box
-        entry = self.list_state.by_guid.get(guid)
-        if entry is None:
-            raise MailboxNotFound(f"no mailbox with GUID {guid}")
+        entry = self.entry_by_guid(guid)
         box = Mailbox(self, entry)
         try:
             await box.open()

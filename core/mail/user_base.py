@@ -94,6 +94,13 @@ class UserBase:
             raise MailboxNotFound(f"no mailbox {name!r}")
         return entry
 
+    def entry_by_guid(self, guid: str) -> MailboxEntry:
+        """The list entry of the mailbox ``guid``; ``MailboxNotFound`` if there is none."""
+        entry = self.list_state.by_guid.get(guid)
+        if entry is None:
+            raise MailboxNotFound(f"no mailbox with GUID {guid}")
+        return entry
+
     async def create_mailbox(self, name: str, special_use: Iterable[str] = ()) -> MailboxEntry:
         """RFC 3501 6.3.3 CREATE (with RFC 6154 CREATE-SPECIAL-USE).  One of two concurrent
         creators of a name wins; the other gets MailboxExists."""
