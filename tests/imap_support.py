@@ -90,6 +90,20 @@ class ImapServer:
                                  timeout=60)
 
 
+def run_client_threads(target: Callable[[int], None], count: int,
+                       errors: list[BaseException], timeout: float = 600) -> None:
+    """Run ``target(0..count-1)`` in threads (real clients at once), wait for them, and
+    raise the first error they put into ``errors``."""
+    threads = [threading.Thread(target=target, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), "a client thread hung"
+    if errors:
+        raise errors[0]
+
+
 def libfs_only(srv: ImapServer, why: str) -> None:
     """Skip a test about the libfs backend's internals (its chain, objects, stages of the
     test's own) on the in-memory backend, which has no libfs chain."""

@@ -44,7 +44,13 @@ from cloudcote.core.mail.resync import force_resync
 from cloudcote.core.mail.storage import MailStore, StorageSettings
 from cloudcote.libfs import open_fs
 
-from .imap_support import PASSWORD, fs_spec_for, start_server, stop_server
+from .imap_support import (
+    PASSWORD,
+    fs_spec_for,
+    run_client_threads,
+    start_server,
+    stop_server,
+)
 
 DURABILITY_BACKENDS = ["posix", "seaweedfs", "cassandra", "postgresql", "mysql"]
 #: (backend, mailbox layout): every backend with sdbox, and mdbox (messages packed into
@@ -476,14 +482,7 @@ def test_concurrent_deliveries(backend: str, request: pytest.FixtureRequest,
             finally:
                 client.close()
 
-        threads = [threading.Thread(target=client_thread, args=(n,)) for n in range(CLIENTS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(600)
-        assert not any(t.is_alive() for t in threads), "an LMTP client hung"
-        if errors:
-            raise errors[0]
+        run_client_threads(client_thread, CLIENTS, errors)
         assert len(sent) == CLIENTS * PER_CLIENT
 
         mode = naming(srv.host, srv.port, users[0])

@@ -33,7 +33,7 @@ from cloudcote.libfs import open_fs
 from cloudcote.libfs.api import ForwardingFs, Fs, FsUnavailable
 
 from .conftest import driver_spec
-from .imap_support import start_server, stop_server
+from .imap_support import run_client_threads, start_server, stop_server
 
 #: posix first (no default retry stage: the mail layer alone), then every remote store.
 E2E_STORES = ["posix", "seaweedfs", "cassandra", "postgresql", "mysql"]
@@ -96,14 +96,7 @@ def _deliver_all(host: str, port: int, users: list[str], run: str
         except BaseException as exc:  # reported by the test thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=client_thread, args=(n,)) for n in range(CLIENTS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(600)
-    assert not any(t.is_alive() for t in threads), "an LMTP client hung"
-    if errors:
-        raise errors[0]
+    run_client_threads(client_thread, CLIENTS, errors)
     return acked, codes
 
 
