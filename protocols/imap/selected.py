@@ -187,7 +187,7 @@ class MailboxView(ImapWire):
         except searchmod.SearchError:
             raise ImapParseError("invalid message sequence set") from None
         if not view:
-            raise No("No messages.") if text != "*" else No("No messages.")
+            raise No("No messages.")
         out: list[int] = []
         for lo, hi in sset.resolve(len(view)):
             if hi > len(view):
