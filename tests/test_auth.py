@@ -49,6 +49,7 @@ from cloudcote.core.auth import passdb as passdb_module
 from cloudcote.core.mail.errors import StorageUnavailable
 from cloudcote.core.mail.storage import MailStore, StorageSettings
 from cloudcote.libfs import open_fs
+from cloudcote.protocols.pop3.session import Pop3Session
 from cloudcote.protocols.session import LineSession, ServerContext
 from cloudcote.server import store_opener
 
@@ -743,8 +744,9 @@ class _CasePassDb:
 
 
 def _session(ctx: ServerContext, peer: str = "192.0.2.1:40000") -> LineSession:
+    """A protocol session (POP3's) not yet reading: the shared login checks of the base."""
     conn = types.SimpleNamespace(peer=peer, session_id="s1", secured=True)
-    return LineSession(conn, ctx)  # type: ignore[arg-type]
+    return Pop3Session(conn, ctx)  # type: ignore[arg-type]
 
 
 def test_check_password_penalty_and_user_entry(caplog: pytest.LogCaptureFixture) -> None:
